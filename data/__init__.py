@@ -1,0 +1,1 @@
+"""Data loading and preparation: training patches, test sets, disparity readers, augmentation."""

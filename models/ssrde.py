@@ -1,0 +1,188 @@
+"""SSRDE-FNet: the recursive stereo SR + disparity network that wires the paper's concepts together.
+
+Dai et al., "Feedback Network for Mutually Boosted Stereo Image Super-Resolution and Disparity Estimation",
+ACM MM 2021. One recursion = LR features -> parallax attention (PAM) -> SR reconstruction -> HR disparity from a
+local cost volume -> HR feature interaction. Between the two recursions, the HR disparity feedback (HRDIF) rebuilds
+the LR features. Both views share all weights; they are folded into the batch as [left; right].
+
+Module attribute names and their registration order are exactly those of the official `SSRDEFNet`, so the state_dict
+matches `ssrdefnet_x{2,4}_state_dict.json` and the authors' checkpoint loads. Equivalence with the official code is
+checked by tests/test_official_parity.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.blocks import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, transition
+from models.cost_volume import (CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax,
+                                swap_views, warp)
+from models.features import hr_matching_feature, lr_matching_feature
+from models.feedback import FeedbackBlock, feedback_features, subpixel_draft
+from models.interaction import correlation_gate, hr_valid_mask
+from models.outputs import Pair, SSRDEFNetOutput
+from models.parallax_attention import ParallaxAttention
+
+# Feature width of the whole network and growth rate of its dense blocks (official G0 = 64, G = 24).
+CHANNELS = 64
+GROWTH = 24
+# Smallest LR height and width: the 30x30 average pool of the LR matching features (spec §5).
+MIN_LR_SIZE = 30
+# Down-projection of HRDIF (official `down`): (kernel, stride, padding) per scale; maps sH x sW exactly to H x W.
+DOWN_PROJECTION = {2: (6, 2, 2), 4: (8, 4, 2)}
+
+
+@dataclass
+class SSRDEFNetConfig:
+    """Hyperparameters of SSRDE-FNet; defaults are the paper's and the official code's."""
+
+    scale_factor: int = 4
+    # Official quirk (spec Q1): the right-view cost volume samples at the *left* view's hypotheses. The released
+    # weights were trained with it, so it stays on by default; True samples at the right view's own hypotheses.
+    fix_right_cost_volume: bool = False
+
+
+def validate_inputs(left: Tensor, right: Tensor, scale_factor: int) -> None:
+    """Raise ValueError, before any computation, if an LR pair is not something the network accepts."""
+    for name, x in (('left', left), ('right', right)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} image must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} image must have shape (B, 3, H, W) (RGB in [0, 1]), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} image must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+    if left.shape != right.shape:
+        raise ValueError(f"left and right images must have the same shape, got {tuple(left.shape)} and "
+                         f"{tuple(right.shape)}")
+    h, w = left.shape[2:]
+    if h < MIN_LR_SIZE or w < MIN_LR_SIZE:
+        raise ValueError(f"LR images must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE} pixels (the network pools "
+                         f"{MIN_LR_SIZE}x{MIN_LR_SIZE} windows), got {h}x{w}; pad or upsample the input")
+    if scale_factor == 2 and (h % 2 or w % 2):
+        raise ValueError(f"at x2 the LR height and width must be even (the HR hourglass halves them twice), "
+                         f"got {h}x{w}; crop or pad one row/column")
+    for name, x in (('left', left), ('right', right)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} image contains NaN or Inf values")
+
+
+class SSRDEFNet(nn.Module):
+    """SSRDE-FNet, x2 or x4.
+
+    forward(left, right): LR views (B, 3, H, W) in [0, 1] -> `SSRDEFNetOutput` (see models/outputs.py), the same
+    type in train and eval mode. `self.training` (set by .train()/.eval()) only switches BatchNorm, as in the
+    official code; all intermediate outputs are always returned.
+    """
+
+    def __init__(self, config: SSRDEFNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or SSRDEFNetConfig()
+        scale = config.scale_factor
+        if scale not in DOWN_PROJECTION:
+            raise ValueError(f"scale_factor must be one of {sorted(DOWN_PROJECTION)}, got {scale}")
+        self.scale = scale
+
+        # Registration order below = official state_dict order. Comments name the paper concept of each module.
+        # LR feature extraction (shared by both views)
+        self.init_feature = nn.Conv2d(3, CHANNELS, 3, 1, 1, bias=True)
+        self.deep_feature = ResidualDenseGroup(CHANNELS, num_layers=4, growth=GROWTH, num_blocks=4)
+        # LR parallax attention, its matching features and its fusion
+        self.pam = ParallaxAttention(CHANNELS)
+        self.transition = transition(CHANNELS)
+        # HR matching features (cost volume input)
+        self.transition2 = transition(CHANNELS)
+        self.StereoFea = lr_matching_feature()
+        self.StereoFeaHigh = hr_matching_feature()
+        self.encode = ResidualDenseBlock(CHANNELS, num_layers=6, growth=GROWTH)       # fuses PAM output (LR)
+        self.encoder2 = ResidualDenseBlock(CHANNELS, num_layers=6, growth=GROWTH)     # fuses HR interaction (HR)
+        self.CALayer2 = ChannelAttention(CHANNELS, 8)                                  # after HR interaction
+        self.CALayer = ChannelAttention(CHANNELS, 8)                                   # after PAM fusion
+        # SR reconstruction
+        self.reconstruct = ResidualDenseGroup(CHANNELS, num_layers=4, growth=GROWTH, num_blocks=4)
+        self.upscale = nn.Sequential(nn.Conv2d(CHANNELS, CHANNELS * scale ** 2, 1, 1, 0, bias=True),
+                                     nn.PixelShuffle(scale))
+        self.final = nn.Conv2d(CHANNELS, 3, 3, 1, 1, bias=True)      # SR head of the LR branch (out1, out3)
+        self.final2 = nn.Conv2d(CHANNELS, 3, 3, 1, 1, bias=True)     # SR head after HR interaction (out2, out4)
+        # HR cost volume and its aggregation
+        self.get_cv = CostVolume(GROWTH)
+        self.dres0 = aggregation_block(final_activation=True)
+        self.dres1 = aggregation_block(final_activation=False)
+        self.dres2 = Hourglass()
+        # HR feature interaction gate
+        self.att1 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
+        self.att2 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
+        # HRDIF feedback
+        self.backatt1 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
+        self.backatt2 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
+        self.feedbackatt = FeedbackBlock(CHANNELS)
+        self.down = ConvBlock(CHANNELS, CHANNELS, *DOWN_PROJECTION[scale])
+        self.compress_in = nn.Conv2d(2 * CHANNELS, CHANNELS, 1, bias=True)
+        self.resblock = ResidualDenseBlock(CHANNELS, num_layers=2, growth=GROWTH)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def forward(self, left: Tensor, right: Tensor) -> SSRDEFNetOutput:
+        validate_inputs(left, right, self.scale)
+        lr = torch.cat([left, right])                                           # (2B, 3, H, W)
+        upsampled = F.interpolate(lr, scale_factor=self.scale, mode='bicubic', align_corners=False)
+        features = self.deep_feature(self.init_feature(lr))                     # (2B, 64, H, W)
+
+        out = SSRDEFNetOutput(sr=[], attention=[], valid_lr=[], valid_hr=[], coords_lr=[], coords_hr=[])
+        refined, coords_hr = self.recursion(features, upsampled, out)           # recursion 1
+        features = self.hr_disparity_feedback(features, refined, coords_hr)     # HRDIF, once
+        self.recursion(features, upsampled, out)                                # recursion 2
+        return out
+
+    def recursion(self, features: Tensor, upsampled: Tensor, out: SSRDEFNetOutput):
+        """One recursion on LR features (2B, 64, H, W); appends its outputs to `out`.
+
+        Returns the refined HR features (2B, 64, sH, sW) and the HR coordinates (2B, 1, sH, sW) for the feedback.
+        """
+        s = self.scale
+        # LR stage: parallax attention and SR reconstruction
+        pam = self.pam(features, self.StereoFea(self.transition(features)))
+        fused = self.CALayer(features + self.encode(pam.features - features))
+        hr_features = self.upscale(self.reconstruct(fused))                     # (2B, 64, sH, sW)
+        sr_lr = self.final(hr_features) + upsampled
+
+        # HR disparity: hypotheses around the upsampled PAM coordinates, cost volume, aggregation, soft-argmax
+        coords_lr = F.interpolate(pam.coords * s, scale_factor=s, mode='bilinear', align_corners=False)
+        coords_hr = self.hr_disparity(hr_features, coords_lr)
+
+        # HR feature interaction: gated fusion of the other view's HR features warped by the HR disparity
+        warped = warp(swap_views(hr_features), coords_hr)
+        gate = correlation_gate(self.att1(hr_features), self.att2(warped))
+        refined = self.CALayer2(self.encoder2((warped - hr_features) * gate) + hr_features)
+        sr_hr = self.final2(refined) + upsampled
+
+        out.sr += [Pair.unfold(sr_lr), Pair.unfold(sr_hr)]
+        out.attention.append(Pair(*pam.attention))
+        out.valid_lr.append(Pair.unfold(pam.valid))
+        out.valid_hr.append(Pair.unfold(hr_valid_mask(coords_hr, pam.valid, s)))
+        out.coords_lr.append(Pair.unfold(coords_lr))
+        out.coords_hr.append(Pair.unfold(coords_hr))
+        return refined, coords_hr
+
+    def hr_disparity(self, hr_features: Tensor, coords_lr: Tensor) -> Tensor:
+        """HR coordinates (2B, 1, sH, sW) regressed over 24 hypotheses around `coords_lr` (2B, 1, sH, sW)."""
+        matching = self.StereoFeaHigh(self.transition2(hr_features))          # (2B, 24, sH, sW)
+        hypotheses = disparity_hypotheses(coords_lr.detach(), max_coord=hr_features.shape[3])
+        if self.config.fix_right_cost_volume:
+            sample_at = hypotheses
+        else:  # official quirk Q1: both views' costs are sampled at the left view's hypotheses
+            left_hypotheses = hypotheses.chunk(2)[0]
+            sample_at = torch.cat([left_hypotheses, left_hypotheses])
+        cost = self.get_cv(matching, sample_at)
+        cost = self.dres0(cost)
+        cost = self.dres1(cost) + cost
+        cost = self.dres2(cost) + cost
+        return soft_argmax(cost, hypotheses)
+
+    def hr_disparity_feedback(self, features: Tensor, refined: Tensor, coords_hr: Tensor) -> Tensor:
+        """HRDIF: new LR features (2B, 64, H, W) for recursion 2 from the recursion-1 LR features, the refined HR
+        features and the HR coordinates (not detached: the SR losses train the HR disparity through it)."""
+        draft = subpixel_draft(features, coords_hr, self.scale, self.backatt1, self.backatt2, self.resblock)
+        feedback = feedback_features(refined, self.down, self.feedbackatt)
+        return self.compress_in(torch.cat([draft, feedback], dim=1))

@@ -1,0 +1,126 @@
+"""The vectorised ops against the slow loop forms of the official code, kept here as references."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.blocks import ViewwiseBatchNorm2d
+from models.cost_volume import CostVolume, sampling_grid, swap_views
+from models.feedback import subpixel_draft
+from models.interaction import correlation_gate
+from models.parallax_attention import cycle_valid_mask, relax_rows
+
+
+def reference_cost_volume(query, key, coords):
+    """The official GetCostVolume loop: one grid_sample per hypothesis, written into a zero tensor."""
+    n, c, h, w = query.shape
+    d = coords.shape[1]
+    grid = sampling_grid(coords)
+    cost = torch.zeros(n, d, h, w, dtype=query.dtype)
+    for i in range(d):
+        sampled = F.grid_sample(key, grid[:, i * h:(i + 1) * h], mode='bilinear', padding_mode='zeros',
+                                align_corners=False)
+        cost[:, i] = (query * sampled).mean(dim=1)
+    return cost
+
+
+def test_cost_volume_matches_hypothesis_loop():
+    torch.manual_seed(0)
+    cv = CostVolume(24)
+    features = torch.randn(4, 24, 16, 40)
+    coords = torch.rand(4, 24, 16, 40) * 44 - 2  # includes samples outside the image
+    fast = cv(features, coords)
+    slow = reference_cost_volume(cv.query(features), swap_views(cv.key(features)), coords)
+    assert fast.shape == (4, 24, 16, 40)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+
+
+def reference_subpixel_draft(features, coords_hr, scale, query, key, fuse):
+    """The official HRDIF loop over the s*s sub-pixel phases, u (rows) outer and v (columns) inner."""
+    left, right = features.chunk(2)
+    coords_left, coords_right = coords_hr.chunk(2)
+    drafts = []
+    for own, other, coords in ((left, right, coords_left), (right, left, coords_right)):
+        q = query(own)
+        acc = None
+        for u in range(scale):
+            for v in range(scale):
+                pi = coords[:, :, u::scale, v::scale] / scale
+                n, c, h, w = other.shape
+                warped = F.grid_sample(other, sampling_grid(pi), mode='bilinear', padding_mode='zeros',
+                                       align_corners=False)
+                gate = (torch.tanh(5 * torch.sum(q * key(warped), 1).unsqueeze(1)) + 1) / 2
+                mixed = (1 - gate) * own + gate * warped
+                term = own + fuse(mixed - own)
+                acc = term if acc is None else acc + term
+        drafts.append(acc / scale ** 2)
+    return torch.cat(drafts)
+
+
+@pytest.mark.parametrize('scale', [2, 4])
+def test_subpixel_draft_matches_phase_loop(scale):
+    from models.blocks import ResidualDenseBlock
+    torch.manual_seed(scale)
+    query, key = torch.nn.Conv2d(64, 32, 1), torch.nn.Conv2d(64, 32, 1)
+    fuse = ResidualDenseBlock(64, num_layers=2, growth=24)
+    features = torch.randn(4, 64, 8, 12)
+    coords_hr = torch.rand(4, 1, 8 * scale, 12 * scale) * 12 * scale
+    with torch.no_grad():
+        fast = subpixel_draft(features, coords_hr, scale, query, key, fuse)
+        slow = reference_subpixel_draft(features, coords_hr, scale, query, key, fuse)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def reference_relax(m, pixels):
+    """The official M_Relax: the map plus copies shifted down and up by 1..pixels rows, zero-filled."""
+    total = m.clone()
+    for i in range(pixels):
+        total = total + F.pad(m[:, :-1 - i, :], (0, 0, i + 1, 0))
+        total = total + F.pad(m[:, i + 1:, :], (0, 0, 0, i + 1))
+    return total
+
+
+def test_relax_and_valid_mask_match_official_forms():
+    torch.manual_seed(0)
+    n, w = 6, 11
+    forward = torch.softmax(torch.randn(n, w, w), -1)
+    backward = torch.softmax(torch.randn(n, w, w), -1)
+    torch.testing.assert_close(relax_rows(forward, 2), reference_relax(forward, 2), atol=1e-6, rtol=0)
+    # official: bmm of each relaxed row with the matching column of the backward attention
+    mass = torch.bmm(reference_relax(forward, 2).reshape(-1, w).unsqueeze(1),
+                     backward.permute(0, 2, 1).reshape(-1, w).unsqueeze(2)).view(n, w)
+    torch.testing.assert_close(cycle_valid_mask(forward, backward), torch.tanh(5 * mass), atol=1e-6, rtol=0)
+
+
+def test_correlation_gate_broadcasts_like_per_phase_calls():
+    torch.manual_seed(0)
+    a = torch.randn(2, 1, 32, 5, 6)
+    b = torch.randn(2, 4, 32, 5, 6)
+    gate = correlation_gate(a, b)
+    assert gate.shape == (2, 4, 1, 5, 6)
+    for p in range(4):
+        expected = (torch.tanh(5 * torch.sum(a[:, 0] * b[:, p], 1).unsqueeze(1)) + 1) / 2
+        torch.testing.assert_close(gate[:, p], expected)
+
+
+def test_viewwise_batchnorm_equals_two_official_calls():
+    """Training mode: each view normalised with its own statistics, running stats updated left then right."""
+    torch.manual_seed(0)
+    ours = ViewwiseBatchNorm2d(8)
+    official = torch.nn.BatchNorm2d(8)
+    official.load_state_dict(ours.state_dict())
+    left, right = torch.randn(3, 8, 5, 7) * 2 + 1, torch.randn(3, 8, 5, 7) - 1
+    for _ in range(2):
+        folded = ours(torch.cat([left, right]))
+        separate = torch.cat([official(left), official(right)])
+        torch.testing.assert_close(folded, separate, atol=0, rtol=0)
+    for name, value in official.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0)
+    assert ours.num_batches_tracked.item() == 4
+    # and the two views really are normalised separately (a joint BatchNorm would differ)
+    joint = torch.nn.BatchNorm2d(8)(torch.cat([left, right]))
+    assert (joint - folded).abs().max() > 0.1
+    ours.eval()
+    official.eval()
+    torch.testing.assert_close(ours(torch.cat([left, right])), torch.cat([official(left), official(right)]))
