@@ -35,6 +35,28 @@ def seed_worker(worker_id: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Devices
+
+def add_device_args(parser) -> None:
+    """--device (default: cuda when available) and --amp, shared by every script."""
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        help='torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (autocast) on CUDA; ignored on CPU')
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device for `name`, with a clear error when CUDA is asked for but absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f'--device {name!r} is not a valid torch device ({err})') from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {name} asked for CUDA, but no CUDA device is available; use --device cpu')
+    return device
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -95,35 +117,76 @@ def infer_scale_factor(state_dict: dict) -> int | None:
     return int(round((weight.shape[0] / weight.shape[1]) ** 0.5))
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
-    """Load weights from `path` into `model` strictly; returns the whole checkpoint dict (epoch, args, ...).
+def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str | os.PathLike) -> None:
+    """Load `state_dict` into `model` strictly, with errors that say what does not fit and where it came from.
 
-    Official and project checkpoints both work. Only the BatchNorm `num_batches_tracked` counters may be missing
-    (checkpoints written by PyTorch < 0.4.1); anything else that does not fit raises a ValueError that says what.
+    Only the BatchNorm `num_batches_tracked` counters may be missing (checkpoints written by PyTorch < 0.4.1).
     """
-    state_dict, checkpoint = read_checkpoint(path)
     target = unwrap_model(model)
     expected = target.state_dict()
-
     want_scale, have_scale = getattr(target, 'scale', None), infer_scale_factor(state_dict)
     if want_scale is not None and have_scale is not None and want_scale != have_scale:
-        raise ValueError(f"{path} holds x{have_scale} weights but the model was built for x{want_scale}; "
+        raise ValueError(f"{source} holds x{have_scale} weights but the model was built for x{want_scale}; "
                          f"use --scale_factor {have_scale}")
     missing = [k for k in expected if k not in state_dict and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit {type(target).__name__}: {len(missing)} missing keys "
+        raise ValueError(f"{source} does not fit {type(target).__name__}: {len(missing)} missing keys "
                          f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}. Is it a checkpoint of "
                          f"another model?")
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
              for k, v in state_dict.items() if v.shape != expected[k].shape]
     if wrong:
-        raise ValueError(f"{path} does not fit {type(target).__name__}: {len(wrong)} tensors have other shapes, "
+        raise ValueError(f"{source} does not fit {type(target).__name__}: {len(wrong)} tensors have other shapes, "
                          f"e.g. {wrong[:3]}")
+    state_dict = dict(state_dict)
     for key, value in expected.items():  # only num_batches_tracked can be absent here
         state_dict.setdefault(key, value)
     target.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load weights from `path` into `model` strictly; returns the whole checkpoint dict (epoch, args, ...).
+
+    Reads the authors' release and the project's own checkpoints; see `load_state_dict_checked` for the errors.
+    """
+    state_dict, checkpoint = read_checkpoint(path)
+    load_state_dict_checked(model, state_dict, path)
     return checkpoint
+
+
+def describe_checkpoint(path: str | os.PathLike, checkpoint: dict) -> str:
+    """One line saying which weights these are, for the header of every report."""
+    args = checkpoint.get('args') or {}
+    if checkpoint.get('demo'):
+        kind = 'project demo checkpoint (NOT the paper\'s weights)'
+    elif 'version' in checkpoint:
+        kind = f"project checkpoint, {checkpoint.get('epoch', '?')} epochs"
+        if args.get('trainset'):
+            kind += f", trained on {args['trainset']}"
+    elif 'epoch' in checkpoint:
+        kind = f"authors' release format, epoch {checkpoint['epoch']}"
+    else:
+        kind = 'bare state_dict'
+    return f'{path} ({kind})'
+
+
+def load_model(path: str | os.PathLike, scale_factor: int, device: str | torch.device = 'cpu',
+               **options) -> tuple[nn.Module, dict]:
+    """Build SSRDE-FNet for `scale_factor`, load `path` into it, move it to `device`, eval mode.
+
+    Architecture options stored in a project checkpoint's args (fix_right_cost_volume) override `options`.
+    Returns (model, checkpoint dict).
+    """
+    from models import build_model  # utils is imported by models' users; keep the dependency one-way at import
+
+    state_dict, checkpoint = read_checkpoint(path)
+    stored = checkpoint.get('args') or {}
+    if 'fix_right_cost_volume' in stored:
+        options['fix_right_cost_volume'] = bool(stored['fix_right_cost_volume'])
+    model = build_model('ssrdefnet', scale_factor, **options)
+    load_state_dict_checked(model, state_dict, path)
+    return model.to(device).eval(), checkpoint
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
@@ -139,3 +202,219 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
     tmp = path.with_name(path.name + '.tmp')
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MATLAB-compatible resizing (the stereo-SR test and training sets are made with MATLAB's imresize)
+
+def _matlab_cubic(x: np.ndarray) -> np.ndarray:
+    """MATLAB's bicubic kernel: Keys' cubic convolution with a = -0.5."""
+    ax = np.abs(x)
+    ax2, ax3 = ax ** 2, ax ** 3
+    return ((1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
+            + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+
+
+def resize_contributions(in_length: int, out_length: int, scale: float,
+                         antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (out_length, P) and 0-based source indices (out_length, P) of MATLAB's imresize along one axis.
+
+    Output pixel j (1-based) is centred at u = j/scale + (1 - 1/scale)/2 in input coordinates. When shrinking with
+    antialiasing the kernel is stretched by 1/scale. Weights are normalised to sum 1; indices outside the image are
+    mirrored (symmetric padding); taps whose weight is zero for every output pixel are dropped, as MATLAB does.
+    """
+    kernel_width = 4.0
+    if scale < 1 and antialiasing:
+        kernel = lambda x: scale * _matlab_cubic(scale * x)  # noqa: E731
+        kernel_width /= scale
+    else:
+        kernel = _matlab_cubic
+    u = np.arange(1, out_length + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - kernel_width / 2)
+    taps = int(np.ceil(kernel_width)) + 2
+    indices = left[:, None] + np.arange(taps)                      # 1-based, may fall outside [1, in_length]
+    weights = kernel(u[:, None] - indices)
+    weights = weights / weights.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(in_length), np.arange(in_length)[::-1]])
+    indices = mirror[np.mod(indices.astype(np.int64) - 1, 2 * in_length)]
+    keep = np.any(weights != 0, axis=0)
+    return weights[:, keep], indices[:, keep]
+
+
+def _resize_axis(img: np.ndarray, axis: int, weights: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Apply precomputed contributions along `axis`, accumulating the taps in order in float64."""
+    src = np.moveaxis(img, axis, 0).astype(np.float64)
+    shape = (weights.shape[0],) + (1,) * (src.ndim - 1)
+    out = np.zeros((weights.shape[0],) + src.shape[1:], dtype=np.float64)
+    for k in range(weights.shape[1]):
+        out += weights[:, k].reshape(shape) * src[indices[:, k]]
+    if img.dtype == np.uint8:  # MATLAB rounds (half away from zero) and saturates after every axis
+        out = np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    return np.moveaxis(out, 0, axis)
+
+
+def imresize(img: np.ndarray, scale: float | None = None, output_shape: tuple[int, int] | None = None,
+             antialiasing: bool = True) -> np.ndarray:
+    """MATLAB `imresize(img, scale, 'bicubic')` for HxW or HxWxC NumPy images.
+
+    uint8 in -> uint8 out, rounded after each axis as MATLAB does; float in -> float out (computed in float64,
+    returned in the input dtype, not clipped). Output size is ceil(scale * size) unless `output_shape` is given.
+    The axis with the smaller scale is resized first (rows first on ties), as in MATLAB.
+    """
+    if img.ndim not in (2, 3):
+        raise ValueError(f'imresize expects an HxW or HxWxC image, got shape {img.shape}')
+    if img.dtype != np.uint8 and not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f'imresize supports uint8 and floating-point images, got {img.dtype}')
+    if (scale is None) == (output_shape is None):
+        raise ValueError('give exactly one of scale and output_shape')
+    if output_shape is None:
+        scales = (float(scale), float(scale))
+        output_shape = tuple(int(np.ceil(s * n)) for s, n in zip(scales, img.shape[:2]))
+    else:
+        scales = tuple(o / n for o, n in zip(output_shape, img.shape[:2]))
+    out = img
+    for axis in ((0, 1) if scales[0] <= scales[1] else (1, 0)):
+        weights, indices = resize_contributions(img.shape[axis], output_shape[axis], scales[axis], antialiasing)
+        out = _resize_axis(out, axis, weights, indices)
+    return out if out.dtype == img.dtype else out.astype(img.dtype)
+
+
+def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom rows and right columns so that height and width are multiples of `scale` (MATLAB modcrop)."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics: pure functions on tensors, one value per image over the last three (C, H, W) dimensions.
+
+# Columns removed from the left of the left view for the "Left" scores: they have no match in the right view
+# (iPASSR evaluation.m `stereo_boundary`, official test_sr.py `[:, :, :, 64:]`), the same at x2 and x4.
+STEREO_BOUNDARY = 64
+# SSIM of iPASSR's evaluation.m: 7x7 averaging window ('valid' filtering), K = (0.01, 0.03), L = 1.
+SSIM_WINDOW = 7
+SSIM_K = (0.01, 0.03)
+# KITTI D1 outlier: error > 3 px and > 5 % of the true disparity.
+D1_PIXELS, D1_RELATIVE = 3.0, 0.05
+
+
+def quantize(img: Tensor) -> Tensor:
+    """What an 8-bit PNG stores: clamp to [0, 1], scale to 255, round to nearest (not truncate), back to [0, 1]."""
+    return torch.floor(img.clamp(0, 1) * 255 + 0.5) / 255  # half up, as data.readers.write_image
+
+
+def psnr(sr: Tensor, hr: Tensor, data_range: float = 1.0, crop_left: int = 0) -> Tensor:
+    """PSNR in dB on all channels, (..., C, H, W) -> (...). 10 log10(range^2 / MSE), MSE over C*H*W in float64.
+
+    crop_left: columns removed from the left first (STEREO_BOUNDARY for the official "Left" score). No Y channel,
+    no other border crop. Identical images give inf.
+    """
+    if sr.shape != hr.shape:
+        raise ValueError(f'psnr: shapes differ, {tuple(sr.shape)} vs {tuple(hr.shape)}')
+    diff = sr[..., crop_left:].double() - hr[..., crop_left:].double()
+    mse = diff.pow(2).mean(dim=(-3, -2, -1))
+    return 10 * torch.log10(data_range ** 2 / mse)
+
+
+def ssim(sr: Tensor, hr: Tensor, data_range: float = 1.0, crop_left: int = 0, window: int = SSIM_WINDOW) -> Tensor:
+    """SSIM with the convention of iPASSR's evaluation.m, (..., C, H, W) -> (...).
+
+    Per channel: box (averaging) window `window` x `window`, statistics over 'valid' positions only (no padding),
+    C1 = (0.01 L)^2, C2 = (0.03 L)^2, mean of the SSIM map; then the mean over channels. Computed in float64.
+    """
+    if sr.shape != hr.shape:
+        raise ValueError(f'ssim: shapes differ, {tuple(sr.shape)} vs {tuple(hr.shape)}')
+    x = sr[..., crop_left:].double()
+    y = hr[..., crop_left:].double()
+    lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
+    if h < window or w < window:
+        raise ValueError(f'ssim needs images of at least {window}x{window}, got {h}x{w}')
+    x, y = x.reshape(-1, c, h, w), y.reshape(-1, c, h, w)
+
+    def local_mean(t):
+        return torch.nn.functional.avg_pool2d(t, window, stride=1)
+
+    c1, c2 = (SSIM_K[0] * data_range) ** 2, (SSIM_K[1] * data_range) ** 2
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x ** 2
+    var_y = local_mean(y * y) - mu_y ** 2
+    cov = local_mean(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(-3, -2, -1)).reshape(lead)
+
+
+def _masked_errors(pred: Tensor, gt: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    if not (pred.shape == gt.shape == mask.shape):
+        raise ValueError(f'disparity metrics: shapes differ, pred {tuple(pred.shape)}, gt {tuple(gt.shape)}, '
+                         f'mask {tuple(mask.shape)}')
+    mask = mask.bool()
+    if not mask.any():
+        raise ValueError('disparity metrics: the mask selects no pixel')
+    return (pred[mask].double() - gt[mask].double()).abs(), gt[mask].double()
+
+
+def epe(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
+    """End-point error: mean |pred - gt| in pixels over the pixels where `mask` is true."""
+    error, _ = _masked_errors(pred, gt, mask)
+    return error.mean().item()
+
+
+def bad_pixel_rate(pred: Tensor, gt: Tensor, mask: Tensor, threshold: float) -> float:
+    """Fraction of masked pixels whose error exceeds `threshold` pixels (e.g. >1 px, >3 px)."""
+    error, _ = _masked_errors(pred, gt, mask)
+    return (error > threshold).double().mean().item()
+
+
+def d1_error(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
+    """KITTI D1: fraction of masked pixels with error > 3 px and > 5 % of the true disparity."""
+    error, truth = _masked_errors(pred, gt, mask)
+    return ((error > D1_PIXELS) & (error > D1_RELATIVE * truth.abs())).double().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pictures: colour-coded maps and figures (matplotlib, headless)
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def colorize(values: np.ndarray, vmin: float, vmax: float, cmap: str = 'magma',
+             invalid: np.ndarray | None = None) -> np.ndarray:
+    """HxW map -> HxWx3 uint8 colour image with a fixed value range; `invalid` pixels (and non-finite ones) black."""
+    import matplotlib
+    normalised = (np.nan_to_num(values.astype(np.float64), nan=vmin) - vmin) / max(vmax - vmin, 1e-12)
+    rgb = matplotlib.colormaps[cmap](np.clip(normalised, 0, 1))[:, :, :3]
+    bad = ~np.isfinite(values) if invalid is None else (invalid | ~np.isfinite(values))
+    rgb[bad] = 0
+    return np.floor(rgb * 255 + 0.5).astype(np.uint8)
+
+
+def save_figure(path: str | os.PathLike, panels: list[dict], columns: int = 2, title: str | None = None) -> None:
+    """Grid of panels. A panel is {'title', 'image': HxWx3 in [0, 1]} or
+    {'title', 'map': HxW, 'vmin', 'vmax', 'cmap', 'label'} (drawn with a colour bar labelled `label`)."""
+    plt = _pyplot()
+    rows = (len(panels) + columns - 1) // columns
+    first = panels[0].get('image', panels[0].get('map'))
+    aspect = first.shape[0] / first.shape[1]
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 6 * aspect * rows + 0.8), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        ax.set_title(panel['title'], fontsize=10)
+        ax.axis('off')
+        if 'image' in panel:
+            ax.imshow(np.clip(panel['image'], 0, 1))
+        else:
+            shown = np.ma.masked_invalid(panel['map'].astype(np.float64))
+            im = ax.imshow(shown, cmap=panel.get('cmap', 'magma'), vmin=panel['vmin'], vmax=panel['vmax'])
+            fig.colorbar(im, ax=ax, fraction=0.046 * aspect if aspect < 1 else 0.046, pad=0.02,
+                         label=panel.get('label', ''))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis('off')
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

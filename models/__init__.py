@@ -18,10 +18,14 @@ def build_model(name: str = 'ssrdefnet', scale_factor: int = 4, **options) -> nn
     return SSRDEFNet(SSRDEFNetConfig(scale_factor=scale_factor, **options))
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Architecture flags shared by train.py, test_sr.py, test_disp.py and demo.py."""
+def add_model_args(parser: argparse.ArgumentParser, baselines: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """Architecture flags shared by train.py, test_sr.py, test_disp.py and demo.py.
+
+    `baselines`: extra non-network choices of --model that a script supports (test_sr.py: 'bicubic').
+    """
     group = parser.add_argument_group('architecture')
-    group.add_argument('--model', default='ssrdefnet', choices=MODEL_NAMES, help='network to build')
+    group.add_argument('--model', default='ssrdefnet', choices=MODEL_NAMES + tuple(baselines),
+                       help='network to evaluate' + (f' or a baseline ({", ".join(baselines)})' if baselines else ''))
     group.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale (paper: 2 and 4)')
     group.add_argument('--fix_right_cost_volume', action='store_true',
                        help='sample the right-view HR cost volume at the right view\'s own hypotheses instead of the '
