@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.readers import read_image_uint8, write_image
-from data.testsets import DISPARITY_DATASETS, find_datasets, list_scenes, load_pair
+from data.readers import image_size, read_image_uint8, write_image
+from data.testsets import DISPARITY_DATASETS, Scene, find_datasets, list_scenes, load_pair
 from models import add_model_args, model_options
 from models.inference import super_resolve
 from utils import (STEREO_BOUNDARY, add_device_args, describe_checkpoint, imresize, load_model, psnr, quantize,
@@ -81,6 +81,55 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
+def bicubic_sr(scale: int):
+    """SR function of the bicubic baseline: MATLAB imresize of the 8-bit LR files (uint8 in, uint8 out)."""
+    def run(scenes: list[Scene]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [tuple(to_tensor(imresize(read_image_uint8(p), scale)).float() / 255 for p in s.lr) for s in scenes]
+    return run
+
+
+def network_sr(model: torch.nn.Module, device: torch.device, tta: bool = False, amp: bool = False):
+    """SR function of a network: the final output of a batch of equal-size scenes, clamped, on the CPU."""
+    def run(scenes: list[Scene]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = [load_pair(s.lr) for s in scenes]
+        left = torch.stack([to_tensor(a) for a, _ in pairs]).to(device)
+        right = torch.stack([to_tensor(b) for _, b in pairs]).to(device)
+        out = super_resolve(model, left, right, tta=tta, amp=amp)
+        return list(zip(out.left.float().cpu(), out.right.float().cpu()))
+    return run
+
+
+def evaluate_dataset(sr_fn, dataset_dir: Path, scale: int, batch_size: int = 1, quantize_mode: str | None = None,
+                     save_dir: Path | None = None) -> dict:
+    """Scores of one test set: {'psnr_left', 'ssim_left', 'psnr_avg', 'ssim_avg', ..., 'num_scenes', 'scenes'}.
+
+    sr_fn(scenes) -> [(sr_left, sr_right)] (3, sH, sW) in [0, 1]; consecutive scenes of equal LR size are batched.
+    Raises FileNotFoundError / ValueError naming the file at fault.
+    """
+    scenes = list_scenes(dataset_dir, scale)
+    per_scene = {}
+    bar = tqdm(total=len(scenes), desc=dataset_dir.name, unit='pair')
+    for _, group in groupby(scenes, key=lambda s: image_size(s.lr[0])):
+        group = list(group)
+        for start in range(0, len(group), batch_size):
+            batch = group[start:start + batch_size]
+            for scene, (sr_l, sr_r) in zip(batch, sr_fn(batch)):
+                hr_l, hr_r = (to_tensor(x) for x in load_pair(scene.hr))
+                if sr_l.shape != hr_l.shape:
+                    raise ValueError(f'{scene.hr[0]} is {tuple(hr_l.shape[1:])}, but the x{scale} SR of '
+                                     f'{scene.lr[0]} is {tuple(sr_l.shape[1:])}: HR must be exactly {scale}x the LR')
+                sr_l, sr_r = quantized(sr_l, quantize_mode), quantized(sr_r, quantize_mode)
+                per_scene[scene.name] = scene_scores(sr_l, hr_l, sr_r, hr_r)
+                if save_dir is not None:
+                    write_image(save_dir / f'{scene.name}_L.png', sr_l.permute(1, 2, 0).numpy())
+                    write_image(save_dir / f'{scene.name}_R.png', sr_r.permute(1, 2, 0).numpy())
+                bar.set_postfix(psnr_left=f"{per_scene[scene.name]['psnr_left']:.2f}")
+                bar.update()
+    bar.close()
+    mean = {key: float(np.mean([s[key] for s in per_scene.values()])) for key in next(iter(per_scene.values()))}
+    return {**mean, 'num_scenes': len(per_scene), 'scenes': per_scene}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -126,47 +175,15 @@ def main(argv=None) -> dict:
               f'device: {device}']
     log.info('\n'.join(header))
 
+    sr_fn = bicubic_sr(scale) if args.model == 'bicubic' else network_sr(model, device, args.tta, args.amp)
     results = {}
     for name in names:
+        save_dir = None if args.no_save else args.results_dir / run_name / name
         try:
-            scenes = list_scenes(args.testset_dir / name, scale)
-        except FileNotFoundError as err:
+            scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir)
+        except (FileNotFoundError, ValueError) as err:
             sys.exit(f'error: {err}')
-        per_scene = {}
-        bar = tqdm(total=len(scenes), desc=name, unit='pair')
-        # batches of consecutive scenes with equal LR size
-        by_size = groupby(scenes, key=lambda s: read_image_uint8(s.lr[0]).shape)
-        for _, group in by_size:
-            group = list(group)
-            for start in range(0, len(group), batch_size):
-                batch = group[start:start + batch_size]
-                if args.model == 'bicubic':
-                    srs = [[imresize(read_image_uint8(p), scale).astype(np.float32) / 255 for p in s.lr]
-                           for s in batch]
-                    srs = [(to_tensor(a), to_tensor(b)) for a, b in srs]
-                else:
-                    lr = [load_pair(s.lr) for s in batch]
-                    left = torch.stack([to_tensor(a) for a, _ in lr]).to(device)
-                    right = torch.stack([to_tensor(b) for _, b in lr]).to(device)
-                    out = super_resolve(model, left, right, tta=args.tta, amp=args.amp)
-                    srs = list(zip(out.left.float().cpu(), out.right.float().cpu()))
-                for scene, (sr_l, sr_r) in zip(batch, srs):
-                    hr_l, hr_r = (to_tensor(x) for x in load_pair(scene.hr))
-                    if sr_l.shape != hr_l.shape:
-                        sys.exit(f'error: {scene.hr[0]} is {tuple(hr_l.shape[1:])}, but x{scale} SR of '
-                                 f'{scene.lr[0]} is {tuple(sr_l.shape[1:])}: HR must be exactly {scale}x the LR')
-                    sr_l, sr_r = quantized(sr_l, args.quantize), quantized(sr_r, args.quantize)
-                    per_scene[scene.name] = scene_scores(sr_l, hr_l, sr_r, hr_r)
-                    if not args.no_save:
-                        out_dir = args.results_dir / run_name / name
-                        write_image(out_dir / f'{scene.name}_L.png', sr_l.permute(1, 2, 0).numpy())
-                        write_image(out_dir / f'{scene.name}_R.png', sr_r.permute(1, 2, 0).numpy())
-                    bar.set_postfix(psnr_left=f"{per_scene[scene.name]['psnr_left']:.2f}")
-                    bar.update()
-        bar.close()
-        mean = {key: float(np.mean([s[key] for s in per_scene.values()])) for key in next(iter(per_scene.values()))}
-        results[name] = {**mean, 'num_scenes': len(per_scene), 'scenes': per_scene, 'weights': weights,
-                         'scale_factor': scale, 'protocol': protocol}
+        results[name] = {**scores, 'weights': weights, 'scale_factor': scale, 'protocol': protocol}
 
     # ---- report
     lines = ['', *header, '', '| Dataset | pairs | Left PSNR | Left SSIM | (L+R)/2 PSNR | (L+R)/2 SSIM |',

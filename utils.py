@@ -374,7 +374,8 @@ def d1_error(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 # Pictures: colour-coded maps and figures (matplotlib, headless)
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the headless Agg backend."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -395,7 +396,7 @@ def colorize(values: np.ndarray, vmin: float, vmax: float, cmap: str = 'magma',
 def save_figure(path: str | os.PathLike, panels: list[dict], columns: int = 2, title: str | None = None) -> None:
     """Grid of panels. A panel is {'title', 'image': HxWx3 in [0, 1]} or
     {'title', 'map': HxW, 'vmin', 'vmax', 'cmap', 'label'} (drawn with a colour bar labelled `label`)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = (len(panels) + columns - 1) // columns
     first = panels[0].get('image', panels[0].get('map'))
     aspect = first.shape[0] / first.shape[1]

@@ -29,6 +29,18 @@ def _read_raw(path: PathLike) -> np.ndarray:
         raise ValueError(f'{path}: cannot decode image ({type(err).__name__}: {err})') from None
 
 
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header without decoding the pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'image not found: {path}')
+    try:
+        shape = iio.improps(path).shape
+    except Exception as err:
+        raise ValueError(f'{path}: cannot read image header ({type(err).__name__}: {err})') from None
+    return int(shape[0]), int(shape[1])
+
+
 def to_rgb(img: np.ndarray, path: PathLike = '<array>') -> np.ndarray:
     """HxW, HxWx1, HxWx2 (grey+alpha), HxWx3 or HxWx4 (RGBA) -> HxWx3, same dtype (alpha dropped, grey replicated)."""
     if img.ndim == 2:

@@ -1,0 +1,144 @@
+"""Training patches: extraction exactly as iPASSR's GenerateTrainingPatches.m, the patch datasets, and the iPASSR
+augmentation (horizontal flip with a left/right swap, vertical flip).
+
+On disk (the layout the authors' loader reads): <trainset_dir>/patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.readers import read_image_uint8
+from utils import imresize, modcrop
+
+# iPASSR patch geometry, in LR pixels: 30 x 90 patches every 20 pixels, starting at (1-based) index 3.
+PATCH_HEIGHT, PATCH_WIDTH = 30, 90
+PATCH_STRIDE = 20
+PATCH_OFFSET = 2          # 0-based start of the first patch (MATLAB 3:20:end)
+PATCH_FILES = ('hr0.png', 'hr1.png', 'lr0.png', 'lr1.png')
+
+
+def make_hr_lr(left: np.ndarray, right: np.ndarray, scale: int, halve: bool = False):
+    """uint8 views -> (hr_left, hr_right, lr_left, lr_right): [halve], modcrop, MATLAB-bicubic LR."""
+    if halve:
+        left, right = imresize(left, 0.5), imresize(right, 0.5)
+    hr = modcrop(left, scale), modcrop(right, scale)
+    return hr[0], hr[1], imresize(hr[0], 1 / scale), imresize(hr[1], 1 / scale)
+
+
+def patch_origins(lr_height: int, lr_width: int) -> Iterator[tuple[int, int]]:
+    """0-based LR top-left corners, rows outer and columns inner: MATLAB `for x = 3:20:H-33, for y = 3:20:W-93`."""
+    for top in range(PATCH_OFFSET, lr_height - PATCH_HEIGHT - 3, PATCH_STRIDE):
+        for left in range(PATCH_OFFSET, lr_width - PATCH_WIDTH - 3, PATCH_STRIDE):
+            yield top, left
+
+
+def extract_patches(hr_left, hr_right, lr_left, lr_right, scale: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """(hr0, hr1, lr0, lr1) patches: LR 30x90 and the co-located HR (30s)x(90s)."""
+    for top, left in patch_origins(*lr_left.shape[:2]):
+        lr = np.s_[top:top + PATCH_HEIGHT, left:left + PATCH_WIDTH]
+        hr = np.s_[top * scale:(top + PATCH_HEIGHT) * scale, left * scale:(left + PATCH_WIDTH) * scale]
+        yield hr_left[hr], hr_right[hr], lr_left[lr], lr_right[lr]
+
+
+def augment(hr_left, hr_right, lr_left, lr_right, hflip: bool, vflip: bool):
+    """iPASSR augmentation on HxWxC arrays. A horizontal flip mirrors both views and swaps them (the mirrored right
+    view becomes the left view), which keeps the pair rectified with positive disparities."""
+    if hflip:
+        hr_left, hr_right = hr_right[:, ::-1], hr_left[:, ::-1]
+        lr_left, lr_right = lr_right[:, ::-1], lr_left[:, ::-1]
+    if vflip:
+        hr_left, hr_right, lr_left, lr_right = (x[::-1] for x in (hr_left, hr_right, lr_left, lr_right))
+    return hr_left, hr_right, lr_left, lr_right
+
+
+class StereoPatches(Dataset):
+    """Patches as (hr_left, hr_right, lr_left, lr_right) float32 CHW tensors in [0, 1].
+
+    Augmentation is drawn from (seed, epoch, index), so an epoch's data is the same in every process and after a
+    resume; call `set_epoch` before each epoch.
+    """
+
+    def __init__(self, scale: int, augment: bool = True, seed: int = 0):
+        self.scale = scale
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, index: int) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int):
+        views = self.load(index)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            views = augment(*views, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5)
+        return tuple(torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).float().div(255) for v in views)
+
+
+class PatchFolder(StereoPatches):
+    """Patches stored as <root>/patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png, sorted by folder name."""
+
+    def __init__(self, root: str | Path, scale: int, augment: bool = True, seed: int = 0):
+        super().__init__(scale, augment, seed)
+        self.folder = Path(root) / f'patches_x{scale}'
+        hint = (f'create it with `python data/prepare_train.py --src <raw Flickr1024+Middlebury> --scale_factor '
+                f'{scale} --out {root}`, or train on the built-in sample with `--trainset sample`')
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f'training patches not found: {self.folder} does not exist; {hint}')
+        self.samples = sorted(p for p in self.folder.iterdir() if p.is_dir())
+        if not self.samples:
+            raise FileNotFoundError(f'training patches not found: {self.folder} is empty; {hint}')
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, ...]:
+        folder = self.samples[index]
+        try:
+            views = tuple(read_image_uint8(folder / name) for name in PATCH_FILES)
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f'bad training patch {folder}: {err}') from None
+        check_patch(views, self.scale, folder)
+        return views
+
+
+class PatchList(StereoPatches):
+    """Patches held in memory (the built-in sample and synthetic sets)."""
+
+    def __init__(self, patches: list[tuple[np.ndarray, ...]], scale: int, augment: bool = True, seed: int = 0):
+        super().__init__(scale, augment, seed)
+        for i, views in enumerate(patches):
+            check_patch(views, scale, f'patch {i}')
+        self.patches = patches
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def load(self, index: int) -> tuple[np.ndarray, ...]:
+        return self.patches[index]
+
+
+def check_patch(views: tuple[np.ndarray, ...], scale: int, where) -> None:
+    hr_left, hr_right, lr_left, lr_right = views
+    if hr_left.shape != hr_right.shape or lr_left.shape != lr_right.shape:
+        raise ValueError(f'bad training patch {where}: left and right differ in size '
+                         f'(hr {hr_left.shape} vs {hr_right.shape}, lr {lr_left.shape} vs {lr_right.shape})')
+    if hr_left.shape[:2] != (lr_left.shape[0] * scale, lr_left.shape[1] * scale):
+        raise ValueError(f'bad training patch {where}: HR {hr_left.shape[:2]} is not {scale}x LR {lr_left.shape[:2]}; '
+                         f'patches of another scale?')
+
+
+def sample_patches(scale: int) -> list[tuple[np.ndarray, ...]]:
+    """Patches of scikit-image's Middlebury Motorcycle pair (no download). The pair is already reduced, so it is not
+    halved first (it would leave no 90-pixel-wide LR patch at x4): 25 patches at x4, 154 at x2."""
+    from skimage import data as skdata
+    left, right, _ = skdata.stereo_motorcycle()
+    return list(extract_patches(*make_hr_lr(left, right, scale), scale))

@@ -1,0 +1,73 @@
+"""Training patches from the raw Flickr1024 + Middlebury training pairs, as iPASSR's GenerateTrainingPatches.m does,
+without MATLAB.
+
+    python data/prepare_train.py --src ./data/train --scale_factor 4 --out ./data/train/Flickr1024_patches
+
+Reads <src>/Middlebury/*.png, then <src>/Flickr1024/*.png (the iPASSR training download: 60 Middlebury and 800
+Flickr1024 pairs). As in the MATLAB script: files are paired consecutively in sorted order (left, right); Middlebury
+images are first halved with MATLAB bicubic; then HR = modcrop(scale), LR = MATLAB-bicubic downscale; LR patches of
+30x90 every 20 pixels from (1-based) index 3, with the co-located HR patches; one running counter over both datasets
+gives the folder names <out>/patches_x<s>/000001/{hr0,hr1,lr0,lr1}.png, ...
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from data.patches import PATCH_FILES, extract_patches, make_hr_lr  # noqa: E402
+from data.readers import read_image_uint8, write_image  # noqa: E402
+
+log = logging.getLogger('prepare_train')
+# Source folders in the order of the MATLAB script; Middlebury is halved to Flickr1024's resolution.
+SOURCES = (('Middlebury', True), ('Flickr1024', False))
+
+
+def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    files = sorted(folder.glob('*.png'))
+    if len(files) % 2:
+        raise ValueError(f'{folder} holds an odd number of PNG files ({len(files)}); pairs are consecutive files')
+    return [(files[i], files[i + 1]) for i in range(0, len(files), 2)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--src', type=Path, default=Path('./data/train'),
+                        help='folder holding Middlebury/ and Flickr1024/ with the raw training PNGs')
+    parser.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale of the patches')
+    parser.add_argument('--out', type=Path, default=Path('./data/train/Flickr1024_patches'),
+                        help='patch root; patches go to <out>/patches_x<s>/ (train.py --trainset_dir)')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+
+    jobs = []
+    for name, halve in SOURCES:
+        folder = args.src / name
+        if not folder.is_dir():
+            sys.exit(f'error: {folder} not found; --src must hold Middlebury/ and Flickr1024/ (iPASSR training data)')
+        try:
+            jobs += [(pair, halve) for pair in find_pairs(folder)]
+        except ValueError as err:
+            sys.exit(f'error: {err}')
+    out = args.out / f'patches_x{args.scale_factor}'
+    count = 0
+    for (left_path, right_path), halve in tqdm(jobs, desc=f'patches x{args.scale_factor}', unit='pair'):
+        left, right = read_image_uint8(left_path), read_image_uint8(right_path)
+        if left.shape != right.shape:
+            sys.exit(f'error: {left_path} and {right_path} differ in size; are the files paired correctly?')
+        views = make_hr_lr(left, right, args.scale_factor, halve)
+        for patch in extract_patches(*views, args.scale_factor):
+            count += 1
+            for name, img in zip(PATCH_FILES, patch):
+                write_image(out / f'{count:06d}' / name, img)
+    log.info(f'wrote {count} patches from {len(jobs)} pairs to {out}')
+    return count
+
+
+if __name__ == '__main__':
+    main()

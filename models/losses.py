@@ -1,0 +1,181 @@
+"""The training objective of SSRDE-FNet, every term in one place (official train.py + loss.py; spec §8).
+
+total = sr + 0.1 cons + 0.1 (photo + smooth + cycle) + 0.001 disp_smooth + 0.01 disp_unsup
+
+The photometric, cycle and consistency terms compare a view with the other view brought over by a correspondence:
+the PAM attention maps at LR, the HR disparity warps at HR. `Correspondence` holds the two directions, so each term
+is written once for both views and all recursions. As in the official code, masked L1 terms divide by all elements
+(not by the mask sum) and every valid mask V is detached.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.cost_volume import warp
+from models.outputs import Pair, SSRDEFNetOutput
+from models.parallax_attention import transfer
+
+# Paper / official weights of the terms.
+DEFAULT_WEIGHTS = {'sr': 1.0, 'cons': 0.1, 'photo': 0.1, 'smooth': 0.1, 'cycle': 0.1, 'disp_smooth': 0.001,
+                   'disp_unsup': 0.01}
+# Unsupervised disparity loss (MonoDepth-style): 0.15 L1 + 0.85 (1 - SSIM) / 2, SSIM with an 11x11 Gaussian, sigma 1.5.
+PHOTO_L1_WEIGHT, PHOTO_SSIM_WEIGHT = 0.15, 0.85
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+
+
+class Correspondence(NamedTuple):
+    """Brings a (B, C, H, W) map of one view into the other: `to_left(right_map)`, `to_right(left_map)`."""
+
+    to_left: Callable[[Tensor], Tensor]
+    to_right: Callable[[Tensor], Tensor]
+
+    @staticmethod
+    def from_attention(attention: Pair, detach: bool = False) -> 'Correspondence':
+        """LR: row-wise attention, Pair(M_right_to_left, M_left_to_right) of shape (B, H, W, W)."""
+        rl, lr = (m.detach() if detach else m for m in attention)
+        flat = [m.reshape(-1, m.shape[-2], m.shape[-1]) for m in (rl, lr)]
+        return Correspondence(lambda x: transfer(flat[0], x), lambda x: transfer(flat[1], x))
+
+    @staticmethod
+    def from_coordinates(coords: Pair) -> 'Correspondence':
+        """HR: warps with the HR correspondence coordinates (not detached: these losses train the HR disparity)."""
+        return Correspondence(lambda x: warp(x, coords.left), lambda x: warp(x, coords.right))
+
+
+def masked_l1(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """mean |a*mask - b*mask| over all elements (official L1Loss on masked maps, spec Q13)."""
+    return (a * mask - b * mask).abs().mean()
+
+
+def view_consistency(x: Pair, corr: Correspondence, valid: Pair) -> Tensor:
+    """Each view against the other view transferred onto it (photometric and stereo-consistency terms)."""
+    return (masked_l1(x.left, corr.to_left(x.right), valid.left)
+            + masked_l1(x.right, corr.to_right(x.left), valid.right))
+
+
+def cycle_consistency(x: Pair, corr: Correspondence, valid: Pair) -> Tensor:
+    """Each view against itself taken to the other view and back (left -> right -> left, and vice versa)."""
+    return (masked_l1(x.left, corr.to_left(corr.to_right(x.left)), valid.left)
+            + masked_l1(x.right, corr.to_right(corr.to_left(x.right)), valid.right))
+
+
+def attention_smoothness(attention: Pair) -> Tensor:
+    """PASSRnet smoothness of the attention maps (B, H, W, W): neighbouring rows agree, and the diagonal neighbour
+    in (own column, other column) space agrees."""
+    return sum(F.l1_loss(m[:, :-1], m[:, 1:]) + F.l1_loss(m[:, :, :-1, :-1], m[:, :, 1:, 1:]) for m in attention)
+
+
+def edge_aware_smoothness(coords: Tensor, image: Tensor) -> Tensor:
+    """sum(|grad d| * exp(-|grad I|)) / sum(exp(-|grad I|)) over x and y forward differences (official
+    loss_disp_smoothness). Applied to correspondence coordinates, as the official code does (spec Q9)."""
+    weight_x = torch.exp(-(image[..., :-1] - image[..., 1:]).abs().mean(1, keepdim=True))
+    weight_y = torch.exp(-(image[..., :-1, :] - image[..., 1:, :]).abs().mean(1, keepdim=True))
+    grad_x = (coords[..., :-1] - coords[..., 1:]).abs()
+    grad_y = (coords[..., :-1, :] - coords[..., 1:, :]).abs()
+    return ((grad_x * weight_x).sum() + (grad_y * weight_y).sum()) / (weight_x.sum() + weight_y.sum())
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
+    g = torch.tensor([math.exp(-(x - size // 2) ** 2 / (2 * sigma ** 2)) for x in range(size)])
+    g = g / g.sum()
+    return torch.outer(g, g)
+
+
+def ssim_map(a: Tensor, b: Tensor) -> Tensor:
+    """Per-pixel SSIM (B, C, H, W), depthwise 11x11 Gaussian window, zero padding (official loss.ssim)."""
+    c = a.shape[1]
+    window = gaussian_window().to(a).expand(c, 1, SSIM_WINDOW, SSIM_WINDOW)
+
+    def blur(t):
+        return F.conv2d(t, window, padding=SSIM_WINDOW // 2, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+
+
+def photometric_warp(image: Tensor, coords: Tensor) -> Tensor:
+    """Official loss.warp_disp: border padding and x = 2 coord / W - 1, y = 2 row / (H - 1) - 1 (a different
+    normalisation from the network's warps), grid_sample with align_corners=False."""
+    b, _, h, w = image.shape
+    y = torch.linspace(0, 1, h, device=image.device, dtype=image.dtype).view(1, h, 1).expand(b, h, w)
+    grid = 2 * torch.stack([coords[:, 0] / w, y], dim=3) - 1
+    return F.grid_sample(image, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+def unsupervised_disparity(target: Tensor, source: Tensor, coords: Tensor, valid: Tensor) -> Tensor:
+    """0.15 L1 + 0.85 (1 - SSIM)/2 between `target` and `source` warped by `coords`, masked by `valid`."""
+    warped = photometric_warp(source, coords)
+    return (PHOTO_L1_WEIGHT * masked_l1(warped, target, valid)
+            + PHOTO_SSIM_WEIGHT * (valid * (1 - ssim_map(target, warped)) / 2).mean())
+
+
+class SSRDEFNetLoss(nn.Module):
+    """loss(out, lr_left, lr_right, hr_left, hr_right) -> {'sr', 'photo', 'smooth', 'cycle', 'cons',
+    'disp_smooth', 'disp_unsup', 'total'} for a training-mode `SSRDEFNetOutput`.
+
+    Deviation from the official train.py: the LR valid masks are upsampled by the real scale in `disp_unsup`
+    (the official code hard-codes x4, so it cannot train at x2).
+    """
+
+    def __init__(self, scale_factor: int, weights: dict[str, float] | None = None):
+        super().__init__()
+        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f'unknown loss terms {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}')
+        self.scale = scale_factor
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+
+    def forward(self, out: SSRDEFNetOutput, lr_left: Tensor, lr_right: Tensor, hr_left: Tensor,
+                hr_right: Tensor) -> dict[str, Tensor]:
+        s = self.scale
+        hr = Pair(hr_left, hr_right)
+        down = lambda x: F.interpolate(x, scale_factor=1 / s, mode='bicubic', align_corners=False)  # noqa: E731
+        # illuminance-robust residuals (iPASSR): |HR - bicubic(LR)|, and their LR version; no gradient
+        residual_hr = Pair(*((h - F.interpolate(l, scale_factor=s, mode='bicubic', align_corners=False)).abs()
+                             for h, l in zip(hr, (lr_left, lr_right))))
+        residual_lr = residual_hr.map(down)
+
+        terms = dict.fromkeys(['sr', 'photo', 'smooth', 'cycle', 'cons', 'disp_smooth', 'disp_unsup'], 0)
+        # 1. SR: L1 of all eight outputs
+        for sr in out.sr:
+            terms['sr'] = terms['sr'] + F.l1_loss(sr.left, hr.left) + F.l1_loss(sr.right, hr.right)
+
+        for r in range(len(out.attention)):
+            lr_corr = Correspondence.from_attention(out.attention[r])
+            hr_corr = Correspondence.from_coordinates(out.coords_hr[r])
+            valid_lr, valid_hr = out.valid_lr[r], out.valid_hr[r]
+            sr_lr, sr_hr = out.sr[2 * r], out.sr[2 * r + 1]      # LR-branch and HR-interaction outputs
+            # 2. photometric: residuals of one view explained by the other
+            terms['photo'] = (terms['photo'] + view_consistency(residual_lr, lr_corr, valid_lr)
+                              + view_consistency(residual_hr, hr_corr, valid_hr))
+            # 3. attention smoothness
+            terms['smooth'] = terms['smooth'] + attention_smoothness(out.attention[r])
+            # 4. cycle: there and back
+            terms['cycle'] = (terms['cycle'] + cycle_consistency(residual_lr, lr_corr, valid_lr)
+                              + cycle_consistency(residual_hr, hr_corr, valid_hr))
+            # 5. stereo consistency of the SR errors (attention detached at LR, disparity not detached at HR)
+            error_lr = Pair(*((h - x).abs() for h, x in zip(hr, sr_lr))).map(down)
+            error_hr = Pair(*((h - x).abs() for h, x in zip(hr, sr_hr)))
+            terms['cons'] = (terms['cons']
+                             + view_consistency(error_lr, Correspondence.from_attention(out.attention[r], True),
+                                                valid_lr)
+                             + view_consistency(error_hr, hr_corr, valid_hr))
+            # 6. edge-aware smoothness of the HR disparity (coordinates)
+            coords = out.coords_hr[r]
+            terms['disp_smooth'] = (terms['disp_smooth'] + edge_aware_smoothness(coords.left, hr.left)
+                                    + edge_aware_smoothness(coords.right, hr.right))
+            # 7. unsupervised photometric disparity loss of the upsampled PAM and the HR disparities
+            valid_up = valid_lr.map(lambda v: F.interpolate(v, scale_factor=s, mode='nearest'))
+            for c, v in ((out.coords_lr[r], valid_up), (coords, valid_hr)):
+                terms['disp_unsup'] = (terms['disp_unsup'] + unsupervised_disparity(hr.left, hr.right, c.left, v.left)
+                                       + unsupervised_disparity(hr.right, hr.left, c.right, v.right))
+
+        terms['total'] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms

@@ -1,0 +1,138 @@
+"""train.py end to end on CPU: it trains, checkpoints, resumes bit for bit, stops cleanly on Ctrl-C and on a
+non-finite loss, and two DDP processes match one process with the same global batch (x2 keeps it fast)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from models.losses import SSRDEFNetLoss
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--scale_factor', '2', '--trainset', 'sample', '--batch_size', '2', '--num_workers', '0']
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_resume_after_interrupt_is_bit_exact(tmp_path):
+    """2 epochs x 2 iterations, once straight and once interrupted after 3 iterations (mid-epoch 2) and resumed.
+    The StepLR halves the learning rate every epoch here, so the schedule is exercised too."""
+    recipe = TINY + ['--n_epochs', '2', '--max_iters_per_epoch', '2', '--n_steps', '1']
+    assert train.main(recipe + ['--checkpoint_dir', str(tmp_path / 'straight')]) == 0
+    assert train.main(recipe + ['--checkpoint_dir', str(tmp_path / 'cut'), '--stop_after', '3']) == train.INTERRUPTED
+    cut = load(tmp_path / 'cut' / 'last.pth')
+    assert (cut['epoch'], cut['iteration']) == (1, 1)                 # epoch 1 done, 1 batch of epoch 2 done
+    assert train.main(['--resume', str(tmp_path / 'cut' / 'last.pth'), '--n_epochs', '2', '--num_workers', '0']) == 0
+
+    straight, resumed = load(tmp_path / 'straight' / 'last.pth'), load(tmp_path / 'cut' / 'last.pth')
+    assert straight['epoch'] == resumed['epoch'] == 2 and resumed['iteration'] == 0
+    for key, value in straight['state_dict'].items():
+        assert torch.equal(value, resumed['state_dict'][key]), key
+    assert straight['scheduler']['_last_lr'] == resumed['scheduler']['_last_lr'] == [2e-4 * 0.25]
+    assert set(straight) >= {'state_dict', 'optimizer', 'scheduler', 'epoch', 'args', 'version'}
+    # the logs and curves are written beside the checkpoint, one row per epoch
+    rows = [json.loads(line) for line in (tmp_path / 'straight' / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [1, 2] and rows[1]['lr'] == pytest.approx(1e-4)
+    assert rows[0]['iterations'] == 2 and 10 < rows[0]['psnr_left'] < 50
+    assert (tmp_path / 'straight' / 'curves.png').stat().st_size > 10_000
+    assert json.loads((tmp_path / 'straight' / 'args.json').read_text())['batch_size'] == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+    calls = {'n': 0}
+    forward = SSRDEFNetLoss.forward
+
+    def poisoned(self, *args):
+        terms = forward(self, *args)
+        calls['n'] += 1
+        if calls['n'] == 2:                                          # first iteration of epoch 2
+            terms['total'] = terms['total'] * float('nan')
+        return terms
+
+    monkeypatch.setattr(SSRDEFNetLoss, 'forward', poisoned)
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
+    assert 'non-finite loss at epoch 2, iteration 1' in caplog.text
+    kept = load(run / 'last.pth')
+    assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
+
+
+def test_missing_and_corrupt_data_are_explained(tmp_path):
+    with pytest.raises(SystemExit, match=r'patches_x4 does not exist; create it with .*prepare_train.py.*'
+                                         r'--trainset sample'):
+        train.main(['--trainset_dir', str(tmp_path / 'nowhere'), '--num_workers', '0'])
+    (tmp_path / 'p' / 'patches_x4').mkdir(parents=True)
+    with pytest.raises(SystemExit, match='patches_x4 is empty'):
+        train.main(['--trainset_dir', str(tmp_path / 'p'), '--num_workers', '0'])
+    bad = tmp_path / 'p' / 'patches_x4' / '000001'
+    bad.mkdir()
+    for name in ('hr0.png', 'hr1.png', 'lr0.png', 'lr1.png'):
+        (bad / name).write_bytes(b'garbage')
+    with pytest.raises(SystemExit, match=r'bad training patch .*000001.*hr0.png: cannot decode'):
+        train.main(['--trainset_dir', str(tmp_path / 'p'), '--num_workers', '0', '--batch_size', '1',
+                    '--checkpoint_dir', str(tmp_path / 'run')])
+    with pytest.raises(SystemExit, match='must split into 1 processes x 4 micro-batches'):
+        train.main(TINY + ['--grad_accum', '4', '--batch_size', '6'])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    proc = subprocess.Popen([sys.executable, 'train.py', *TINY, '--n_epochs', '1', '--max_iters_per_epoch', '50',
+                             '--checkpoint_dir', str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:                                          # wait until training has started
+        if 'training patches' in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == train.INTERRUPTED, rest[-2000:]
+    assert 'Continue with --resume' in rest
+    saved = load(tmp_path / 'last.pth')
+    assert saved['epoch'] == 0 and saved['iteration'] >= 1
+
+
+def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    """torchrun with 2 CPU processes (gloo) vs 1 process accumulating the same two half-batches: same weights.
+    BatchNorm running statistics differ (each DDP rank keeps its own), so only parameters are compared."""
+    recipe = TINY + ['--device', 'cpu', '--n_epochs', '1', '--max_iters_per_epoch', '2']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    ddp = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                          '--master_port', str(free_port()), 'train.py', *recipe,
+                          '--checkpoint_dir', str(tmp_path / 'ddp')], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / 'ddp').iterdir()) == ['args.json', 'curves.png', 'last.pth',
+                                                                      'log.csv', 'log.jsonl']
+    # same thread count as each DDP process: float32 training-mode rounding depends on it, and Adam's first step
+    # (+-lr by the gradient's sign) turns rounding noise in near-zero gradients into lr-sized differences
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train.main(recipe + ['--grad_accum', '2', '--checkpoint_dir', str(tmp_path / 'one')]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, b = load(tmp_path / 'ddp' / 'last.pth')['state_dict'], load(tmp_path / 'one' / 'last.pth')['state_dict']
+    torch.manual_seed(1234)                                           # train.py's default seed: the initial weights
+    initial = train.build_model('ssrdefnet', 2).state_dict()
+    moved = 0
+    for key, value in a.items():
+        if 'running_' in key or 'num_batches' in key:
+            continue
+        torch.testing.assert_close(value, b[key], atol=1e-7, rtol=0, msg=key)
+        moved += not torch.equal(value, initial[key])
+    assert moved > 300                                                # the parameters did train
