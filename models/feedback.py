@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks import DeconvBlock, resize_bilinear
-from models.cost_volume import sample_columns, swap_views
+from models.cost_volume import sample_columns
 from models.interaction import correlation_gate
 
 # b <- b + 0.1 * b * attention(b), the official weight of the feedback attention.
@@ -45,23 +45,25 @@ def feedback_features(refined_hr: Tensor, down: nn.Module, attention: FeedbackBl
     return projected + FEEDBACK_ATTENTION_WEIGHT * (projected * attention(projected))
 
 
-def subpixel_draft(features: Tensor, coords_hr: Tensor, scale: int, query: nn.Module, key: nn.Module,
+def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: int, query: nn.Module, key: nn.Module,
                    fuse: nn.Module) -> Tensor:
     """Draft path: average over the s*s sub-pixel phases of the HR disparity of a gated cross-view warp.
 
-    features: (2B, C, H, W) recursion-1 LR deep features as [left; right]; coords_hr: (2B, 1, sH, sW) HR coordinates.
-    For phase (u, v) the LR coordinate map is coords_hr[..., u::s, v::s] / s (no phase offset, spec Q4); it warps the
-    other view's features, a correlation gate between `query(features)` and `key(warp)` mixes the warp with the own
-    features, and `fuse` (an RDB) refines the difference. All phases run as one batch: pixel-unshuffle puts phase
-    u*s+v on the channel axis, which `sample_columns` treats as hypotheses. Returns (2B, C, H, W).
+    features: (N, C, H, W) recursion-1 LR deep features of one view, `other` those of the other view;
+    coords_hr: (N, 1, sH, sW) HR coordinates of this view. For phase (u, v) the LR coordinate map is
+    coords_hr[..., u::s, v::s] / s (no phase offset, spec Q4); it warps `other`, a correlation gate between
+    `query(features)` and `key(warp)` mixes the warp with the own features, and `fuse` (an RDB) refines the
+    difference. All phases run as one batch: pixel-unshuffle puts phase u*s+v on the channel axis, which
+    `sample_columns` treats as hypotheses. Returns (N, C, H, W).
     """
     n, c, h, w = features.shape
     phases = scale * scale
-    coords = F.pixel_unshuffle(coords_hr, scale) / scale                 # (2B, s*s, H, W)
-    warped = sample_columns(swap_views(features), coords)               # (2B, C, s*s, H, W)
+    coords = F.pixel_unshuffle(coords_hr, scale) / scale                 # (N, s*s, H, W)
+    warped = sample_columns(other, coords)                              # (N, C, s*s, H, W)
     warped = warped.transpose(1, 2).reshape(n * phases, c, h, w)        # phases folded into the batch
-    own = features.unsqueeze(1)                                         # (2B, 1, C, H, W)
+    own = features.unsqueeze(1)                                         # (N, 1, C, H, W)
     gate = correlation_gate(query(features).unsqueeze(1), key(warped).view(n, phases, -1, h, w))
-    mixed = (1 - gate) * own + gate * warped.view(n, phases, c, h, w)   # (2B, s*s, C, H, W)
+    mixed = (1 - gate) * own + gate * warped.view(n, phases, c, h, w)   # (N, s*s, C, H, W)
+    del warped, gate
     residual = fuse((mixed - own).view(n * phases, c, h, w)).view(n, phases, c, h, w)
     return (own + residual).sum(1) / phases

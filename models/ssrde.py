@@ -13,18 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from models.blocks import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, transition
+from models.blocks import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, recomputing, transition
 from models.cost_volume import (CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax,
                                 swap_views, warp)
 from models.features import hr_matching_feature, lr_matching_feature
 from models.feedback import FeedbackBlock, feedback_features, subpixel_draft
 from models.interaction import correlation_gate, hr_valid_mask
 from models.outputs import Pair, SSRDEFNetOutput
-from models.parallax_attention import ParallaxAttention
+from models.parallax_attention import PAMOutput, ParallaxAttention
 
 # Feature width of the whole network and growth rate of its dense blocks (official G0 = 64, G = 24).
 CHANNELS = 64
@@ -43,6 +46,9 @@ class SSRDEFNetConfig:
     # Official quirk (spec Q1): the right-view cost volume samples at the *left* view's hypotheses. The released
     # weights were trained with it, so it stays on by default; True samples at the right view's own hypotheses.
     fix_right_cost_volume: bool = False
+    # Activation recomputation in training: keep only the inputs of each stage and recompute the rest during the
+    # backward pass. Same results, much less memory, about a third more time.
+    grad_checkpoint: bool = False
 
 
 def validate_inputs(left: Tensor, right: Tensor, scale_factor: int) -> None:
@@ -67,6 +73,38 @@ def validate_inputs(left: Tensor, right: Tensor, scale_factor: int) -> None:
     for name, x in (('left', left), ('right', right)):
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} image contains NaN or Inf values")
+
+
+def activation_format(x: Tensor, model: nn.Module) -> torch.memory_format:
+    """Memory format of the activations: channels-last (NHWC) on GPUs and in CPU evaluation, where oneDNN and cuDNN
+    convolve it 1.5-6x faster than NCHW (most of all the many cheap convolutions at HR); NCHW for CPU training, where
+    oneDNN's NHWC backward is slower (and CPU training mode without autograd, where it would change the rounding
+    that training-mode BatchNorm amplifies). Convolutions follow their input's format; values agree to rounding."""
+    return torch.channels_last if x.is_cuda or one_view_at_a_time(model) else torch.contiguous_format
+
+
+def one_view_at_a_time(model: nn.Module) -> bool:
+    """Whether the HR stages may run the views separately: only in eval mode without autograd, where it halves the
+    peak memory. In training mode BatchNorm must see both views ([left; right], `ViewwiseBatchNorm2d`), with or
+    without autograd."""
+    return not (model.training or torch.is_grad_enabled())
+
+
+def per_view(fn, x: Tensor, separately: bool) -> Tensor:
+    """fn(x) for x = [left; right] on dim 0, or, when `separately`, one view at a time."""
+    if not separately:
+        return fn(x)
+    return torch.cat([fn(view) for view in x.chunk(2)])
+
+
+def per_view_pair(fn, x: Tensor, *extras: Tensor, separately: bool) -> Tensor:
+    """fn(own, other, *extras) for x = [left; right] on dim 0, `other` being the opposite view and `extras` split
+    like x. When `separately`, one view at a time, with no copy of the swapped views (see `per_view`)."""
+    if not separately:
+        return fn(x, swap_views(x), *extras)
+    left, right = x.chunk(2)
+    extras = [t.chunk(2) for t in extras]
+    return torch.cat([fn(left, right, *(e[0] for e in extras)), fn(right, left, *(e[1] for e in extras))])
 
 
 class SSRDEFNet(nn.Module):
@@ -125,15 +163,25 @@ class SSRDEFNet(nn.Module):
     # ---------------------------------------------------------------------------------------------------------
     def forward(self, left: Tensor, right: Tensor) -> SSRDEFNetOutput:
         validate_inputs(left, right, self.scale)
-        lr = torch.cat([left, right])                                           # (2B, 3, H, W)
+        lr = torch.cat([left, right]).contiguous(memory_format=activation_format(left, self))   # (2B, 3, H, W)
         upsampled = F.interpolate(lr, scale_factor=self.scale, mode='bicubic', align_corners=False)
-        features = self.deep_feature(self.init_feature(lr))                     # (2B, 64, H, W)
+        features = self.stage(lambda x: self.deep_feature(self.init_feature(x)), lr)   # (2B, 64, H, W)
 
         out = SSRDEFNetOutput(sr=[], attention=[], valid_lr=[], valid_hr=[], coords_lr=[], coords_hr=[])
         refined, coords_hr = self.recursion(features, upsampled, out)           # recursion 1
-        features = self.hr_disparity_feedback(features, refined, coords_hr)     # HRDIF, once
+        features = self.stage(self.hr_disparity_feedback, features, refined, coords_hr)   # HRDIF, once
+        del refined                                                             # (frees HR memory in evaluation)
         self.recursion(features, upsampled, out)                                # recursion 2
         return out
+
+    def stage(self, fn, *args):
+        """fn(*args), with activation recomputation when `grad_checkpoint` is on in training: only the stage's inputs
+        and outputs are kept, its inside is recomputed in the backward pass (BatchNorm running statistics are
+        updated once, see `recomputing`)."""
+        if not (self.config.grad_checkpoint and self.training and torch.is_grad_enabled()):
+            return fn(*args)
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False,
+                                                 context_fn=lambda: (contextlib.nullcontext(), recomputing()))
 
     def recursion(self, features: Tensor, upsampled: Tensor, out: SSRDEFNetOutput):
         """One recursion on LR features (2B, 64, H, W); appends its outputs to `out`.
@@ -142,19 +190,14 @@ class SSRDEFNet(nn.Module):
         """
         s = self.scale
         # LR stage: parallax attention and SR reconstruction
-        pam = self.pam(features, self.StereoFea(self.transition(features)))
-        fused = self.CALayer(features + self.encode(pam.features - features))
-        hr_features = self.upscale(self.reconstruct(fused))                     # (2B, 64, sH, sW)
+        pam, hr_features = self.stage(self.lr_stage, features)                 # hr_features: (2B, 64, sH, sW)
         sr_lr = self.final(hr_features) + upsampled
 
         # HR disparity: hypotheses around the upsampled PAM coordinates, cost volume, aggregation, soft-argmax
         coords_lr = F.interpolate(pam.coords * s, scale_factor=s, mode='bilinear', align_corners=False)
-        coords_hr = self.hr_disparity(hr_features, coords_lr)
+        coords_hr = self.stage(self.hr_disparity, hr_features, coords_lr)
 
-        # HR feature interaction: gated fusion of the other view's HR features warped by the HR disparity
-        warped = warp(swap_views(hr_features), coords_hr)
-        gate = correlation_gate(self.att1(hr_features), self.att2(warped))
-        refined = self.CALayer2(self.encoder2((warped - hr_features) * gate) + hr_features)
+        refined = self.stage(self.hr_interaction, hr_features, coords_hr)
         sr_hr = self.final2(refined) + upsampled
 
         out.sr += [Pair.unfold(sr_lr), Pair.unfold(sr_hr)]
@@ -165,9 +208,16 @@ class SSRDEFNet(nn.Module):
         out.coords_hr.append(Pair.unfold(coords_hr))
         return refined, coords_hr
 
+    def lr_stage(self, features: Tensor) -> tuple[PAMOutput, Tensor]:
+        """Parallax attention on LR features (2B, 64, H, W), fusion, reconstruction and upsampling to HR features."""
+        pam = self.pam(features, self.StereoFea(self.transition(features)))
+        fused = self.CALayer(features + self.encode(pam.features - features))
+        return pam, per_view(lambda x: self.upscale(self.reconstruct(x)), fused, one_view_at_a_time(self))
+
     def hr_disparity(self, hr_features: Tensor, coords_lr: Tensor) -> Tensor:
         """HR coordinates (2B, 1, sH, sW) regressed over 24 hypotheses around `coords_lr` (2B, 1, sH, sW)."""
-        matching = self.StereoFeaHigh(self.transition2(hr_features))          # (2B, 24, sH, sW)
+        matching = per_view(lambda x: self.StereoFeaHigh(self.transition2(x)), hr_features,
+                            one_view_at_a_time(self))  # (2B, 24, sH, sW)
         hypotheses = disparity_hypotheses(coords_lr.detach(), max_coord=hr_features.shape[3])
         if self.config.fix_right_cost_volume:
             sample_at = hypotheses
@@ -180,9 +230,25 @@ class SSRDEFNet(nn.Module):
         cost = self.dres2(cost) + cost
         return soft_argmax(cost, hypotheses)
 
+    def hr_interaction(self, hr_features: Tensor, coords_hr: Tensor) -> Tensor:
+        """Refined HR features (2B, 64, sH, sW): the other view's HR features, warped by the HR disparity, fused
+        through a correlation gate, a residual dense block and channel attention."""
+        return per_view_pair(self.interact, hr_features, coords_hr, separately=one_view_at_a_time(self))
+
+    def interact(self, own: Tensor, other: Tensor, coords: Tensor) -> Tensor:
+        warped = warp(other, coords)
+        gate = correlation_gate(self.att1(own), self.att2(warped))
+        update = (warped - own) * gate
+        del warped, gate  # evaluation: free before the dense block, the memory peak of the network
+        refined = self.encoder2(update)
+        refined += own
+        return self.CALayer2(refined)
+
     def hr_disparity_feedback(self, features: Tensor, refined: Tensor, coords_hr: Tensor) -> Tensor:
         """HRDIF: new LR features (2B, 64, H, W) for recursion 2 from the recursion-1 LR features, the refined HR
         features and the HR coordinates (not detached: the SR losses train the HR disparity through it)."""
-        draft = subpixel_draft(features, coords_hr, self.scale, self.backatt1, self.backatt2, self.resblock)
+        draft = per_view_pair(lambda own, other, coords: subpixel_draft(
+            own, other, coords, self.scale, self.backatt1, self.backatt2, self.resblock), features, coords_hr,
+            separately=one_view_at_a_time(self))
         feedback = feedback_features(refined, self.down, self.feedbackatt)
         return self.compress_in(torch.cat([draft, feedback], dim=1))

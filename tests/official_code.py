@@ -1,4 +1,4 @@
-"""Import helpers for the authors' code (MIVRC/SSRDEFNet-PyTorch), used only by the parity tests.
+"""Import helpers for the authors' code (MIVRC/SSRDEFNet-PyTorch), used by the parity tests and bench.py.
 
 Point SSRDEF_OFFICIAL_DIR at a checkout of the official repository; nothing of it is committed here. The official
 files are imported under private module names, with their own `utils`/`common` in place of ours while they load.
@@ -9,10 +9,13 @@ import contextlib
 import importlib.util
 import os
 import sys
+import textwrap
 import types
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812  (the official loss code refers to F)
 
 OFFICIAL_DIR = os.environ.get('SSRDEF_OFFICIAL_DIR')
 requires_official = pytest.mark.skipif(
@@ -54,3 +57,37 @@ def official_module(name: str) -> types.ModuleType:
             spec.loader.exec_module(module)
         _cache[name] = module
     return _cache[name]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loss code of the official train.py, executed verbatim (it is inline in train(), not a function).
+
+LOSS_TERMS = {'sr': 'loss_SR', 'photo': 'loss_photo', 'smooth': 'loss_smooth', 'cycle': 'loss_cycle',
+              'cons': 'loss_cons', 'disp_smooth': 'loss_S', 'disp_unsup': 'loss_P', 'total': 'loss'}
+
+
+def official_loss_code() -> str:
+    """The lines of the official train() from "''' SR Loss '''" to the total `loss = ...`, dedented."""
+    lines = (Path(OFFICIAL_DIR) / 'train.py').read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "''' SR Loss '''" in line)
+    end = next(i for i, line in enumerate(lines) if line.strip().startswith('loss = loss_SR'))
+    return textwrap.dedent('\n'.join(lines[start:end + 1]))
+
+
+def run_official_loss(outputs, lr_left, lr_right, hr_left, hr_right, scale) -> dict:
+    loss_module = official_module('loss')
+    names = ['SR_left', 'SR_right', 'SR_left2', 'SR_right2', 'SR_left3', 'SR_right3', 'SR_left4', 'SR_right4']
+    env = dict(zip(names, outputs[:8]))
+    (env['M_right_to_left'], env['M_left_to_right']), (env['disp1'], env['disp2']), (env['V_left'], env['V_right']), \
+        (env['V_left2'], env['V_right2']), (env['disp1_high'], env['disp2_high']), \
+        (env['M_right_to_left3'], env['M_left_to_right3']), (env['disp1_3'], env['disp2_3']), \
+        (env['V_left3'], env['V_right3']), (env['V_left4'], env['V_right4']), \
+        (env['disp1_high_2'], env['disp2_high_2']) = outputs[8:]
+    b, c, h, w = lr_left.shape
+    env.update(HR_left=hr_left, HR_right=hr_right, LR_left=lr_left, LR_right=lr_right, b=b, c=c, h=h, w=w,
+               scale=scale, torch=torch, F=F, criterion_L1=torch.nn.L1Loss(),
+               dispwarpfeature=official_module('model').dispwarpfeature,
+               loss_disp_smoothness=loss_module.loss_disp_smoothness,
+               loss_disp_unsupervised=loss_module.loss_disp_unsupervised)
+    exec(official_loss_code(), env)  # noqa: S102  (the authors' code, from SSRDEF_OFFICIAL_DIR)
+    return {ours: env[theirs] for ours, theirs in LOSS_TERMS.items()}

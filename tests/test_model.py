@@ -103,6 +103,26 @@ def test_train_mode_returns_same_type_and_trains():
     assert model.get_cv.query.weight.grad.abs().sum() > 0
 
 
+
+@pytest.mark.parametrize('train_mode', [True, False])
+def test_outputs_do_not_depend_on_autograd(train_mode):
+    """Without autograd the network takes its memory-saving paths (views one at a time in eval mode, in-place dense
+    blocks, NHWC on CPU); the numbers must stay those of the autograd path, in training mode too, where BatchNorm
+    must still see both views. float64, because training-mode BatchNorm on random weights amplifies rounding."""
+    torch.manual_seed(2)
+    model = build_model('ssrdefnet', 2).double().train(train_mode)
+    randomise_batchnorm(model)
+    left, right = (t.double() for t in random_pair(2, 30, 60, seed=6))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with_grad = model(left, right)
+    model.load_state_dict(state)  # training mode updated the running statistics
+    with torch.no_grad():
+        without_grad = model(left, right)
+    for recursion in range(2):
+        for view in range(2):
+            assert (with_grad.sr[2 * recursion + 1][view] - without_grad.sr[2 * recursion + 1][view]).abs().max() < 1e-9
+            assert (with_grad.coords_hr[recursion][view] - without_grad.coords_hr[recursion][view]).abs().max() < 1e-6
+
 def test_eval_batch_equals_single_images():
     """The official evaluation mode only runs batch 1; ours gives the same per-image result for any batch."""
     torch.manual_seed(1)

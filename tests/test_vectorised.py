@@ -67,7 +67,7 @@ def test_subpixel_draft_matches_phase_loop(scale):
     features = torch.randn(4, 64, 8, 12)
     coords_hr = torch.rand(4, 1, 8 * scale, 12 * scale) * 12 * scale
     with torch.no_grad():
-        fast = subpixel_draft(features, coords_hr, scale, query, key, fuse)
+        fast = subpixel_draft(features, swap_views(features), coords_hr, scale, query, key, fuse)
         slow = reference_subpixel_draft(features, coords_hr, scale, query, key, fuse)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 

@@ -1,0 +1,250 @@
+"""Speed and memory of SSRDE-FNet: inference and training steps, ours and (optionally) the official implementation.
+
+    python bench.py                                   # CPU: the default cases, a markdown table
+    python bench.py --device cuda --json bench.json   # GPU, with mixed precision / torch.compile variants
+    SSRDEF_OFFICIAL_DIR=/path/to/SSRDEFNet-PyTorch python bench.py   # adds the official code, same weights/inputs
+
+Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the
+process, Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs
+after one warm-up. The speed-up against the official code comes from one more process that runs both
+implementations alternately (median of the per-pair ratios), so that a machine whose speed drifts, as shared
+machines do, cannot bias it. GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and
+element-wise work are not counted), so GFLOP/s is a lower bound of the work done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+# Cases: (kind, scale, batch, LR height, LR width). KITTI: 375x1242 pairs -> LR 94x311 at x4 (x2 needs even sizes).
+# Flickr1024-sized: HR 736x1024.
+INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 184, 256),
+             ('infer', 2, 1, 30, 90), ('infer', 2, 1, 94, 310), ('infer', 2, 1, 368, 512)]
+TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
+# Peak dense throughput in TFLOP/s by (device name fragment, dtype), from the vendors' data sheets (SXM, no sparsity).
+PEAK_TFLOPS = {('H100', 'float32'): 67, ('H100', 'tf32'): 495, ('H100', 'bfloat16'): 989,
+               ('H200', 'float32'): 67, ('H200', 'tf32'): 495, ('H200', 'bfloat16'): 989}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--cases', default='infer,train', help='comma-separated: infer, train')
+    parser.add_argument('--sizes', default=None, help='only these LR sizes, e.g. 30x90,94x311')
+    parser.add_argument('--scales', default='4,2', help='comma-separated scales')
+    parser.add_argument('--batches', default=None, help='only these training batch sizes, e.g. 2')
+    parser.add_argument('--variants', default=None,
+                        help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint), '
+                             'ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), official. '
+                             'Default: everything that applies')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs per case (median reported)')
+    parser.add_argument('--timeout', type=int, default=900, help='seconds per case before it is reported as such')
+    parser.add_argument('--json', type=Path, default=None, help='also write the results here')
+    parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One case, in its own process
+
+def official_model(scale):
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from official_code import official_module
+    return official_module('model').SSRDEFNet(scale)
+
+
+def build_step(spec: dict, variant: str):
+    """A closure running one inference or training step of `variant` on the case's fixed weights and inputs."""
+    kind, scale, batch, h, w = (spec[k] for k in ('kind', 'scale', 'batch', 'h', 'w'))
+    device = torch.device(spec['device'])
+    sys.path.insert(0, str(ROOT))
+    from models import build_model
+    from models.losses import SSRDEFNetLoss
+    torch.manual_seed(0)
+    ours = build_model('ssrdefnet', scale, grad_checkpoint=variant == 'ours_ckpt')
+    if variant == 'official':
+        model = official_model(scale)
+        model.load_state_dict(ours.state_dict())
+    else:
+        model = ours
+    model = model.to(device)
+    g = torch.Generator().manual_seed(1)
+    left, right = (torch.rand(batch, 3, h, w, generator=g).to(device) for _ in range(2))
+    hr = torch.rand(batch, 3, h * scale, w * scale, generator=g).to(device)
+    amp = variant == 'ours_amp'
+    forward = torch.compile(model) if variant == 'ours_compile' else model
+
+    if kind == 'infer':
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                return forward(left, right, 0) if variant == 'official' else forward(left, right)
+        return step
+    model.train()
+    criterion = SSRDEFNetLoss(scale)
+    if variant == 'official':
+        sys.path.insert(0, str(ROOT / 'tests'))
+        from official_code import run_official_loss
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        if variant == 'official':
+            loss = run_official_loss(forward(left, right, 1), left, right, hr, hr, scale)['total']
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = criterion(forward(left, right), left, right, hr, hr)['total']
+        loss.backward()
+    return step
+
+
+def timed(step, device: torch.device) -> float:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run_case(spec: dict) -> dict:
+    """Time (median), peak memory and GFLOP of one variant, alone in this process."""
+    device = torch.device(spec['device'])
+    step = build_step(spec, spec['variant'])
+    step()  # warm-up (and compilation)
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = [timed(step, device) for _ in range(spec['repeats'])]
+    result = {'seconds': statistics.median(times), 'all_seconds': times}
+    if device.type == 'cuda':
+        result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
+    else:
+        result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+    if spec['variant'] in ('ours', 'official'):
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        result['gflop'] = counter.get_total_flops() / 1e9
+    return result
+
+
+def run_paired(spec: dict) -> dict:
+    """Official and ours in one process, called alternately: the speed ratio is immune to the machine's drift."""
+    device = torch.device(spec['device'])
+    steps = {v: build_step(spec, v) for v in ('official', spec['variant'])}
+    for step in steps.values():
+        step()
+    ratios = []
+    for _ in range(spec['repeats']):
+        official = timed(steps['official'], device)
+        ratios.append(official / timed(steps[spec['variant']], device))
+    return {'paired_speedup': statistics.median(ratios), 'paired_ratios': ratios}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The driver
+
+def measure(spec: dict, timeout: int) -> dict:
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+    try:
+        proc = subprocess.run([sys.executable, __file__, '--case', json.dumps(spec)], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {'error': f'timeout after {timeout} s'}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['']
+        reason = 'out of memory' if proc.returncode in (-9, 137) or 'out of memory' in proc.stderr else tail[0]
+        return {'error': reason[:120]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def device_peak(device: str) -> tuple[str, float | None]:
+    if device.startswith('cuda'):
+        name = torch.cuda.get_device_name()
+        peak = next((v for (frag, dtype), v in PEAK_TFLOPS.items() if frag in name and dtype == 'float32'), None)
+        return name, peak
+    return f'CPU, {torch.get_num_threads()} threads', None
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    if args.case:
+        spec = json.loads(args.case)
+        print(json.dumps(run_paired(spec) if spec.get('paired') else run_case(spec)))
+        return []
+    official = bool(os.environ.get('SSRDEF_OFFICIAL_DIR'))
+    cuda = args.device.startswith('cuda')
+    variants = args.variants.split(',') if args.variants else \
+        ['ours', 'ours_ckpt'] + (['ours_amp', 'ours_compile'] if cuda else []) + (['official'] if official else [])
+    if 'official' in variants and not official:
+        sys.exit('error: the official variant needs SSRDEF_OFFICIAL_DIR (a checkout of MIVRC/SSRDEFNet-PyTorch)')
+    cases = [c for kind in args.cases.split(',') for c in (INFERENCE if kind == 'infer' else TRAINING)]
+    scales = {int(s) for s in args.scales.split(',')}
+    cases = [c for c in cases if c[1] in scales]
+    if args.sizes:
+        sizes = {tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')}
+        cases = [c for c in cases if (c[3], c[4]) in sizes]
+    if args.batches:
+        cases = [c for c in cases if c[0] == 'infer' or c[2] in {int(b) for b in args.batches.split(',')}]
+    name, peak = device_peak(args.device)
+    print(f'# bench.py on {name}, torch {torch.__version__}' + (f', fp32 peak {peak} TFLOP/s' if peak else ''))
+    rows = []
+    for kind, scale, batch, h, w in cases:
+        for variant in variants:
+            if (variant == 'ours_ckpt') != (kind == 'train') and variant == 'ours_ckpt':
+                continue
+            spec = dict(kind=kind, variant=variant, scale=scale, batch=batch, h=h, w=w, device=args.device,
+                        repeats=args.repeats if h * w <= 30 * 90 * 16 else 1)
+            result = measure(spec, args.timeout)
+            if official and variant != 'official' and 'error' not in result:
+                paired = measure({**spec, 'paired': True}, args.timeout)
+                result.update(paired if 'error' not in paired else {})
+            rows.append({**spec, **result})
+            print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
+                  (result['error'] if 'error' in result else
+                   f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
+                   (f", {result['paired_speedup']:.2f}x vs official (paired)" if 'paired_speedup' in result
+                    else '')), file=sys.stderr, flush=True)
+
+    # table, with the ratios official / ours measured in this run
+    reference = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r for r in rows
+                 if r['variant'] == 'official' and 'error' not in r}
+    gflops = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r['gflop'] for r in rows if 'gflop' in r}
+    lines = ['', '| case | variant | time (s) | peak mem (GB) | GFLOP | GFLOP/s | speed-up vs official | '
+             'memory vs official |', '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        key = (r['kind'], r['scale'], r['batch'], r['h'], r['w'])
+        case = f"{'inference' if r['kind'] == 'infer' else 'train step'} x{r['scale']} b{r['batch']} {r['h']}x{r['w']}"
+        if 'error' in r:
+            lines.append(f"| {case} | {r['variant']} | {r['error']} | | | | | |")
+            continue
+        work = gflops.get(key)
+        rate = f"{work / r['seconds']:.1f}" if work else ''
+        ref = reference.get(key)
+        speed = f"{r.get('paired_speedup', ref['seconds'] / r['seconds'] if ref else 0):.2f}x" \
+            if ref and r['variant'] != 'official' else ''
+        memory = f"{r['peak_gb'] / ref['peak_gb']:.2f}x" if ref and r['variant'] != 'official' else ''
+        lines.append(f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | "
+                     f"{work:.1f} | {rate} | {speed} | {memory} |" if work else
+                     f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | | | {speed} | {memory} |")
+    print('\n'.join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({'device': name, 'torch': torch.__version__, 'rows': rows}, indent=2))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
