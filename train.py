@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from data.patches import PatchFolder, PatchList, sample_patches
+from data.synthetic import SyntheticStereo
 from models import add_model_args, build_model, model_options
 from models.losses import DEFAULT_WEIGHTS, SSRDEFNetLoss
 from utils import (STEREO_BOUNDARY, add_device_args, psnr, pyplot, resolve_device, save_checkpoint, seed_everything,
@@ -40,7 +41,8 @@ from utils import (STEREO_BOUNDARY, add_device_args, psnr, pyplot, resolve_devic
 log = logging.getLogger('train')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RECIPE = ('model', 'scale_factor', 'fix_right_cost_volume', 'batch_size', 'lr', 'gamma', 'n_steps', 'grad_accum',
-          'loss_weight', 'trainset', 'trainset_dir', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment')
+          'loss_weight', 'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype',
+          'augment', 'grad_checkpoint')
 INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
 
 
@@ -61,9 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument('--max_iters_per_epoch', type=int, default=0,
                        help='stop each epoch after N iterations (0 = whole epoch); for quick experiments')
     group = parser.add_argument_group('data')
-    group.add_argument('--trainset', choices=('patches', 'sample'), default='patches',
+    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic'), default='patches',
                        help='patches: PNG patches under --trainset_dir (data/prepare_train.py); sample: patches of '
-                            'scikit-image\'s Motorcycle pair, built in memory (no download)')
+                            'scikit-image\'s Motorcycle pair, built in memory (no download); synthetic: layered stereo '
+                            'scenes rendered from scikit-image\'s photographs with known disparity, new every epoch '
+                            '(data/synthetic.py; how the demo checkpoint was trained)')
+    group.add_argument('--synthetic_size', type=int, default=4800, help='synthetic patches per epoch')
     group.add_argument('--trainset_dir', type=Path, default=Path('./data/train/Flickr1024_patches'),
                        help='folder holding patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png')
     group.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
@@ -78,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout)')
     group.add_argument('--val_every', type=int, default=0, help='validate every N epochs (0 = never); '
                        'the best mean (L+R)/2 PSNR is kept as best.pth')
+    group.add_argument('--export', type=Path, default=None,
+                       help='at the end, also write a weights-only checkpoint (state_dict, args, epoch; no optimiser '
+                            'state) to this path, e.g. for sharing. Runs not trained on real --trainset patches are '
+                            'labelled demo checkpoints in it')
     group.add_argument('--stop_after', type=int, default=0, help=argparse.SUPPRESS)  # tests: act as Ctrl-C
     group = parser.add_argument_group('runtime')
     add_device_args(parser)
@@ -127,9 +136,11 @@ def jsonable(args: argparse.Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def build_dataset(args) -> PatchList | PatchFolder:
+def build_dataset(args) -> PatchList | PatchFolder | SyntheticStereo:
     if args.trainset == 'sample':
         return PatchList(sample_patches(args.scale_factor), args.scale_factor, args.augment, args.seed)
+    if args.trainset == 'synthetic':
+        return SyntheticStereo(args.scale_factor, args.synthetic_size, args.augment, args.seed)
     return PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
 
 
@@ -178,6 +189,15 @@ def validate(model, args, device) -> dict:
     model.train()
     scores['val_psnr_avg'] = float(np.mean([v for k, v in scores.items() if k.endswith('_psnr_avg')]))
     return scores
+
+
+def export(model, args) -> None:
+    """Weights-only checkpoint for sharing: no optimiser state (a third of the size), labelled as a demo when the
+    weights were not trained on the real stereo-SR patches."""
+    demo = args.trainset != 'patches'
+    note = (f'demo checkpoint trained by this project on --trainset {args.trainset} (train.py, see args); '
+            f'NOT the weights of the SSRDE-FNet paper') if demo else 'trained by train.py on --trainset patches'
+    save_checkpoint(args.export, unwrap_model(model), epoch=args.n_epochs, args=jsonable(args), demo=demo, note=note)
 
 
 def main(argv=None) -> int:
@@ -362,6 +382,9 @@ def main(argv=None) -> int:
                      + (f", val (L+R)/2 {row['val_psnr_avg']:.2f} dB" if 'val_psnr_avg' in row else ''))
     if main_process:
         log.info(f'done: {run_dir / "last.pth"}, logs and curves.png in {run_dir}')
+        if args.export:
+            export(model, args)
+            log.info(f'weights-only checkpoint: {args.export}')
     if world > 1:
         dist.destroy_process_group()
     return 0

@@ -136,3 +136,19 @@ def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(value, b[key], atol=1e-7, rtol=0, msg=key)
         moved += not torch.equal(value, initial[key])
     assert moved > 300                                                # the parameters did train
+
+
+def test_export_writes_a_labelled_weights_only_checkpoint(tmp_path):
+    """--export: the trained weights, args and a demo label, without the optimiser state."""
+    from utils import describe_checkpoint, load_model
+    path = tmp_path / 'shared.pth'
+    assert train.main(TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1',
+                              '--checkpoint_dir', str(tmp_path / 'run'), '--export', str(path)]) == 0
+    exported, full = load(path), load(tmp_path / 'run' / 'last.pth')
+    assert 'optimizer' not in exported and exported['demo'] is True and 'NOT the weights' in exported['note']
+    assert exported['args']['trainset'] == 'sample' and exported['epoch'] == 1
+    assert path.stat().st_size < 0.5 * (tmp_path / 'run' / 'last.pth').stat().st_size
+    for key, value in full['state_dict'].items():
+        assert torch.equal(value, exported['state_dict'][key]), key
+    model, meta = load_model(path, 2)
+    assert 'demo checkpoint' in describe_checkpoint(path, meta)
