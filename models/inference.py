@@ -29,3 +29,81 @@ def super_resolve(model: nn.Module, left: Tensor, right: Tensor, tta: bool = Fal
         total = sr if total is None else Pair(total.left + sr.left, total.right + sr.right)
     return total.map(lambda x: (x / len(flips)).clamp(0, 1))
 
+
+
+def minimum_size(scale: int) -> tuple[int, int, int]:
+    """(min height, min width, multiple) of an LR input: 30x30 (the LR pyramid pooling), and even sizes at x2."""
+    from models.ssrde import MIN_LR_SIZE
+    return MIN_LR_SIZE, MIN_LR_SIZE, 2 if scale == 2 else 1
+
+
+def pad_to_valid(left: Tensor, right: Tensor, scale: int) -> tuple[Pair, tuple[int, int]]:
+    """Pad an LR pair (B, 3, H, W) at the bottom/right so the network accepts it (reflection, or edge replication
+    where the image is too small to reflect). Returns the padded pair and the original (H, W) to crop back to."""
+    min_h, min_w, multiple = minimum_size(scale)
+    h, w = left.shape[-2:]
+    target_h = max(min_h, -(-h // multiple) * multiple)
+    target_w = max(min_w, -(-w // multiple) * multiple)
+    pad = (0, target_w - w, 0, target_h - h)
+    if pad == (0, 0, 0, 0):
+        return Pair(left, right), (h, w)
+    mode = 'reflect' if target_h - h < h and target_w - w < w else 'replicate'
+    return Pair(*(torch.nn.functional.pad(x, pad, mode=mode) for x in (left, right))), (h, w)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, left: Tensor, right: Tensor, amp: bool = False) -> dict[str, Tensor]:
+    """Final SR images (clamped) and HR disparities of an LR pair of any size >= 1 px (padded as needed):
+    {'sr_left', 'sr_right': (B, 3, sH, sW), 'disp_left', 'disp_right': (B, 1, sH, sW)}."""
+    scale = model.scale
+    (left_p, right_p), (h, w) = pad_to_valid(left, right, scale)
+    with torch.autocast(left.device.type, enabled=amp and left.device.type == 'cuda'):
+        out = model(left_p, right_p)
+    crop = (..., slice(0, h * scale), slice(0, w * scale))
+    return {'sr_left': out.sr_left.float()[crop].clamp(0, 1), 'sr_right': out.sr_right.float()[crop].clamp(0, 1),
+            'disp_left': out.disp_left.float()[crop], 'disp_right': out.disp_right.float()[crop]}
+
+
+def band_weights(length: int, overlap_before: int, overlap_after: int, device=None) -> Tensor:
+    """Blending weights (length,) of a band: linear ramps over the rows it shares with its neighbours."""
+    weight = torch.ones(length, device=device)
+    if overlap_before:
+        weight[:overlap_before] = torch.linspace(0, 1, overlap_before + 2, device=device)[1:-1]
+    if overlap_after:
+        weight[length - overlap_after:] = torch.linspace(1, 0, overlap_after + 2, device=device)[1:-1]
+    return weight
+
+
+def band_starts(height: int, band: int, overlap: int) -> list[int]:
+    """First rows of bands of `band` rows covering [0, height), consecutive bands sharing at least `overlap` rows."""
+    if band >= height:
+        return [0]
+    starts = list(range(0, height - band, band - overlap))
+    return starts + [height - band]
+
+
+def predict_tiled(model: nn.Module, left: Tensor, right: Tensor, band: int, overlap: int = 8,
+                  amp: bool = False) -> dict[str, Tensor]:
+    """`predict` on horizontal bands of `band` LR rows (full image width: the parallax search needs whole rows),
+    blended linearly over `overlap` shared rows. Peak memory is that of one band. Channel attention and the pyramid
+    pooling see one band at a time, so the result differs slightly from a whole-image pass."""
+    scale = model.scale
+    min_h, _, multiple = minimum_size(scale)
+    band = max(min_h, band - band % multiple)
+    overlap = min(max(overlap - overlap % multiple, 0), band - multiple)
+    h = left.shape[-2]
+    starts = band_starts(h, band, overlap)
+    total, weight_sum = None, torch.zeros(h * scale, device=left.device)
+    for i, top in enumerate(starts):
+        bottom = min(h, top + band)
+        part = predict(model, left[..., top:bottom, :], right[..., top:bottom, :], amp)
+        before = (starts[i - 1] + band - top) if i > 0 else 0
+        after = (bottom - starts[i + 1]) if i + 1 < len(starts) else 0
+        weight = band_weights((bottom - top) * scale, max(before, 0) * scale, max(after, 0) * scale, left.device)
+        if total is None:
+            total = {k: torch.zeros(*v.shape[:-2], h * scale, v.shape[-1], device=v.device) for k, v in part.items()}
+        rows = slice(top * scale, bottom * scale)
+        for key, value in part.items():
+            total[key][..., rows, :] += value * weight[:, None]
+        weight_sum[rows] += weight
+    return {k: v / weight_sum[:, None] for k, v in total.items()}

@@ -1,0 +1,237 @@
+"""Super-resolve a low-resolution stereo pair and estimate its disparity (the project's main job).
+
+    python demo.py                                   # built-in sample: Middlebury Motorcycle, from scikit-image
+    python demo.py --left L.png --right R.png        # your own rectified low-resolution pair
+    python demo.py --left L.png --right R.png --hr_left HL.png --hr_right HR.png --gt_disp D.pfm
+    python demo.py --left L.png --right R.png --tile 64          # large images: bands of 64 LR rows
+
+Without --left/--right the sample pair is made the way the benchmarks make theirs: the HR pair cropped to a multiple
+of the scale, the LR pair by MATLAB-exact bicubic downscaling; it is then scored against the HR pair and its
+ground-truth disparity. Weights: the project's demo checkpoint (trained on synthetic pairs, NOT the paper's weights)
+unless --checkpoint names another one, e.g. the authors' SSRDEF_4xSR_epoch80.pth.tar.
+
+Inputs: PNG or JPEG; RGBA (alpha dropped), greyscale (replicated to RGB) and 16-bit images (scaled to [0, 1]) are
+accepted. Pairs smaller than the network's minimum (30x30 LR, even sizes at x2) are padded and cropped back.
+Writes to --out: SR and bicubic images, the colour-coded HR disparity (+ a 16-bit KITTI-format PNG), a figure
+with a colour bar, a side-by-side comparison figure, and metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.readers import read_disparity, read_image, read_image_uint8, write_image, write_kitti_disparity
+from models.cost_volume import MAX_DISPARITY
+from models.inference import predict, predict_tiled
+from utils import (STEREO_BOUNDARY, add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe,
+                   imresize, infer_scale_factor, load_model, modcrop, psnr, read_checkpoint, resolve_device,
+                   save_figure, ssim)
+
+log = logging.getLogger('demo')
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
+# Evaluation-mode memory per LR pixel at x4, measured with bench.py on a KITTI-sized pair (CPU, float32),
+# and the memory of the process before the first pass (Python, torch, the model).
+BYTES_PER_LR_PIXEL = {4: 50_000, 2: 13_000}
+BASE_BYTES = 600 << 20
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--left', type=Path, help='low-resolution left view (default: the built-in sample)')
+    parser.add_argument('--right', type=Path, help='low-resolution right view')
+    parser.add_argument('--hr_left', type=Path, help='high-resolution left reference: adds PSNR/SSIM')
+    parser.add_argument('--hr_right', type=Path, help='high-resolution right reference')
+    parser.add_argument('--gt_disp', type=Path,
+                        help='ground-truth disparity of the left view at HR resolution (.pfm, KITTI .png or .npy): '
+                             'adds EPE, >3px and D1')
+    parser.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
+                        help='weights (default: the project\'s demo checkpoint, not the paper\'s weights)')
+    parser.add_argument('--scale_factor', type=int, choices=(2, 4), default=None,
+                        help='SR scale (default: that of the checkpoint)')
+    parser.add_argument('--out', type=Path, default=Path('results/demo'), help='output folder')
+    parser.add_argument('--tile', type=int, default=0,
+                        help='process horizontal bands of this many LR rows (full width), for large images')
+    parser.add_argument('--overlap', type=int, default=8, help='LR rows shared by neighbouring bands (blended)')
+    add_device_args(parser)
+    return parser.parse_args(argv)
+
+
+def to_batch(img: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float().to(device)
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    return x[0].permute(1, 2, 0).cpu().numpy()
+
+
+def load_inputs(args, scale: int) -> dict:
+    """{'name', 'lr': float HxWx3 pair in [0, 1], 'lr_uint8': 8-bit pair (for the bicubic baseline),
+    optional 'hr' pair and 'gt' disparity}."""
+    if args.left is None and args.right is None:
+        from skimage import data as skdata
+        left, right, disparity = skdata.stereo_motorcycle()
+        hr = modcrop(left, scale), modcrop(right, scale)
+        lr = imresize(hr[0], 1 / scale), imresize(hr[1], 1 / scale)
+        return {'name': 'Motorcycle (Middlebury 2014, scikit-image sample)', 'lr': (lr[0] / 255, lr[1] / 255),
+                'lr_uint8': lr, 'hr': (hr[0] / 255, hr[1] / 255),
+                'gt': disparity[:hr[0].shape[0], :hr[0].shape[1]]}
+    if args.left is None or args.right is None:
+        raise ValueError('give both --left and --right (or neither, for the built-in sample)')
+    lr = read_image_uint8(args.left), read_image_uint8(args.right)
+    if lr[0].shape != lr[1].shape:
+        raise ValueError(f'--left {args.left} is {lr[0].shape[1]}x{lr[0].shape[0]} but --right {args.right} is '
+                         f'{lr[1].shape[1]}x{lr[1].shape[0]}: a rectified stereo pair has views of the same size')
+    inputs = {'name': f'{args.left.name} / {args.right.name}', 'lr': (read_image(args.left), read_image(args.right))}
+    inputs['lr_uint8'] = lr
+    if (args.hr_left is None) != (args.hr_right is None):
+        raise ValueError('give both --hr_left and --hr_right, or neither')
+    if args.hr_left is not None:
+        inputs['hr'] = read_image(args.hr_left), read_image(args.hr_right)
+        expected = (lr[0].shape[0] * scale, lr[0].shape[1] * scale)
+        for path, img in zip((args.hr_left, args.hr_right), inputs['hr']):
+            if img.shape[:2] != expected:
+                raise ValueError(f'{path} is {img.shape[1]}x{img.shape[0]}, but x{scale} SR of the LR pair is '
+                                 f'{expected[1]}x{expected[0]}')
+    if args.gt_disp is not None:
+        inputs['gt'] = read_disparity(args.gt_disp)
+        expected = (lr[0].shape[0] * scale, lr[0].shape[1] * scale)
+        if inputs['gt'].shape != expected:
+            raise ValueError(f'--gt_disp {args.gt_disp} is {inputs["gt"].shape[1]}x{inputs["gt"].shape[0]}, '
+                             f'expected the HR size {expected[1]}x{expected[0]}')
+    return inputs
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path('/proc/meminfo').read_text().splitlines():
+        if line.startswith('MemAvailable:'):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def check_memory(lr_shape: tuple[int, int], scale: int, tile: int, device: torch.device) -> None:
+    """Refuse, before starting, a pass that would not fit in memory, and say which --tile would."""
+    rows = tile or lr_shape[0]
+    need = BYTES_PER_LR_PIXEL[scale] * rows * lr_shape[1] + (BASE_BYTES if device.type == 'cpu' else 0)
+    have = available_bytes(device)
+    if need > have:
+        fits = max(30, int((have - (BASE_BYTES if device.type == 'cpu' else 0)) * 0.8
+                           / (BYTES_PER_LR_PIXEL[scale] * lr_shape[1])))
+        raise MemoryError(f'a {lr_shape[1]}x{rows} LR {"band" if tile else "pair"} needs about {need / 2**30:.1f} GiB '
+                          f'on {device}, {have / 2**30:.1f} GiB are free: use --tile {fits} (bands of {fits} LR rows)')
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    started = time.time()
+    try:
+        device = resolve_device(args.device)
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
+                                    f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
+        scale = args.scale_factor or infer_scale_factor(read_checkpoint(args.checkpoint)[0]) or 4
+        model, meta = load_model(args.checkpoint, scale, device)
+        inputs = load_inputs(args, scale)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
+    lr_left, lr_right = (to_batch(x, device) for x in inputs['lr'])
+    h, w = lr_left.shape[-2:]
+    log.info(f'input: {inputs["name"]}, LR {w}x{h} -> x{scale} -> {w * scale}x{h * scale}\n'
+             f'weights: {describe_checkpoint(args.checkpoint, meta)}\ndevice: {device}'
+             + (f', bands of {args.tile} LR rows' if args.tile else ''))
+
+    # ---- super-resolution and disparity
+    try:
+        check_memory((h, w), scale, args.tile, device)
+        t0 = time.time()
+        out = (predict_tiled(model, lr_left, lr_right, args.tile, args.overlap, args.amp) if args.tile else
+               predict(model, lr_left, lr_right, args.amp))
+        seconds = time.time() - t0
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        sys.exit(f'error: out of memory: {err}' if isinstance(err, MemoryError) else
+                 f'error: out of memory on {device}; process the pair in bands, e.g. --tile 64')
+    except RuntimeError as err:
+        if 'memory' in str(err).lower() or 'alloc' in str(err).lower():
+            sys.exit(f'error: out of memory ({str(err)[:100]}); process the pair in bands, e.g. --tile 64')
+        raise
+    bicubic = [imresize(x, scale).astype(np.float32) / 255 for x in inputs['lr_uint8']]
+
+    # ---- files
+    args.out.mkdir(parents=True, exist_ok=True)
+    sr = [to_image(out['sr_left']), to_image(out['sr_right'])]
+    disparity = out['disp_left'][0, 0].cpu().numpy()
+    for view, name in enumerate(('left', 'right')):
+        write_image(args.out / f'sr_{name}.png', sr[view])
+        write_image(args.out / f'bicubic_{name}.png', bicubic[view])
+    top = float(np.percentile(disparity, 99)) or 1.0
+    write_image(args.out / 'disparity_left.png', colorize(disparity, 0, top))
+    write_kitti_disparity(args.out / 'disparity_left_16bit.png', disparity)
+    save_figure(args.out / 'disparity_figure.png', [
+        {'title': 'SR left view', 'image': sr[0]},
+        {'title': 'HR disparity of the left view', 'map': disparity, 'vmin': 0, 'vmax': top, 'label': 'pixels'}],
+        title=f'SSRDE-FNet x{scale}: {inputs["name"]}')
+
+    # ---- metrics
+    metrics = {'input': inputs['name'], 'scale_factor': scale, 'lr_size': [h, w], 'seconds_network': seconds,
+               'weights': describe_checkpoint(args.checkpoint, meta), 'tile': args.tile}
+    lines = []
+    if 'hr' in inputs:
+        hr = [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).double() for x in inputs['hr']]
+        for method, views in (('bicubic', bicubic), ('ssrdefnet', sr)):
+            t = [torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).double() for v in views]
+            scores = {'psnr_left': psnr(t[0], hr[0], crop_left=STEREO_BOUNDARY).item(),
+                      'psnr_avg': (psnr(t[0], hr[0]).item() + psnr(t[1], hr[1]).item()) / 2,
+                      'ssim_left': ssim(t[0], hr[0], crop_left=STEREO_BOUNDARY).item(),
+                      'ssim_avg': (ssim(t[0], hr[0]).item() + ssim(t[1], hr[1]).item()) / 2}
+            metrics[method] = scores
+            lines.append(f"| {method} | {scores['psnr_left']:.2f} | {scores['ssim_left']:.4f} | "
+                         f"{scores['psnr_avg']:.2f} | {scores['ssim_avg']:.4f} |")
+        metrics['psnr_gain_over_bicubic'] = metrics['ssrdefnet']['psnr_avg'] - metrics['bicubic']['psnr_avg']
+    if 'gt' in inputs:
+        gt = torch.from_numpy(np.asarray(inputs['gt'], dtype=np.float32))
+        pred = torch.from_numpy(disparity)
+        mask = torch.isfinite(gt) & (gt > 0) & (gt < MAX_DISPARITY)
+        metrics['disparity'] = {'epe': epe(pred, gt, mask), 'bad3': bad_pixel_rate(pred, gt, mask, 3.0),
+                                'd1': d1_error(pred, gt, mask)}
+    (args.out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
+    nearest = np.repeat(np.repeat(inputs['lr'][0], scale, axis=0), scale, axis=1)
+    panels = [{'title': 'LR left (pixels enlarged)', 'image': nearest},
+              {'title': 'bicubic' + (f" {metrics['bicubic']['psnr_avg']:.2f} dB" if 'hr' in inputs else ''),
+               'image': bicubic[0]},
+              {'title': 'SSRDE-FNet' + (f" {metrics['ssrdefnet']['psnr_avg']:.2f} dB" if 'hr' in inputs else ''),
+               'image': sr[0]},
+              {'title': 'disparity (px)', 'map': disparity, 'vmin': 0, 'vmax': top, 'label': 'pixels'}]
+    if 'hr' in inputs:
+        panels.insert(3, {'title': 'HR reference', 'image': inputs['hr'][0]})
+    if 'gt' in inputs:
+        gt_map = np.where(np.isfinite(inputs['gt']) & (inputs['gt'] > 0), inputs['gt'], np.nan)
+        panels.append({'title': 'ground-truth disparity', 'map': gt_map, 'vmin': 0, 'vmax': top, 'label': 'pixels'})
+    save_figure(args.out / 'comparison.png', panels, columns=3, title=f'{inputs["name"]}, x{scale}')
+
+    # ---- report
+    report = [f'\nSSRDE-FNet x{scale} on {inputs["name"]} ({w}x{h} -> {w * scale}x{h * scale}) in {seconds:.1f} s '
+              f'on {device}']
+    if lines:
+        report += ['', '| method | Left PSNR | Left SSIM | (L+R)/2 PSNR | (L+R)/2 SSIM |', '|---|---|---|---|---|', *lines,
+                   f"SSRDE-FNet vs bicubic: {metrics['psnr_gain_over_bicubic']:+.2f} dB ((L+R)/2 PSNR)"]
+    if 'disparity' in metrics:
+        d = metrics['disparity']
+        report.append(f"disparity of the left view: EPE {d['epe']:.2f} px, >3px {100 * d['bad3']:.1f}%, "
+                      f"D1 {100 * d['d1']:.1f}% (0 < gt < 192)")
+    report.append(f'pictures: {args.out}/comparison.png, disparity_figure.png, disparity_left.png, sr_left.png, '
+                  f'sr_right.png, bicubic_*.png; numbers: {args.out}/metrics.json ({time.time() - started:.0f} s)')
+    print('\n'.join(report))
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
