@@ -36,10 +36,11 @@ from utils import (STEREO_BOUNDARY, add_device_args, bad_pixel_rate, colorize, d
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
-# Evaluation-mode memory per LR pixel at x4, measured with bench.py on a KITTI-sized pair (CPU, float32),
-# and the memory of the process before the first pass (Python, torch, the model).
-BYTES_PER_LR_PIXEL = {4: 50_000, 2: 13_000}
-BASE_BYTES = 600 << 20
+# Evaluation-mode peak memory (CPU, float32) = BASE_BYTES (Python, torch, the model) + BYTES_PER_LR_PIXEL x LR
+# pixels, fitted to measured peak RSS: x4, full-width bands of 32 and 64 LR rows x 1000 columns: 2.50 and 4.35 GB;
+# x2, a whole 512x368 LR pair (bench.py): 4.14 GB.
+BYTES_PER_LR_PIXEL = {4: 58_000, 2: 19_000}
+BASE_BYTES = 650 << 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
