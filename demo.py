@@ -30,9 +30,9 @@ import torch
 from data.readers import read_disparity, read_image, read_image_uint8, write_image, write_kitti_disparity
 from models.cost_volume import MAX_DISPARITY
 from models.inference import predict, predict_tiled
-from utils import (STEREO_BOUNDARY, add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe,
-                   imresize, infer_scale_factor, load_model, modcrop, psnr, read_checkpoint, resolve_device,
-                   save_figure, ssim)
+from test_sr import scene_scores, to_tensor
+from utils import (add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, imresize,
+                   infer_scale_factor, load_model, modcrop, read_checkpoint, resolve_device, save_figure)
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def to_batch(img: np.ndarray, device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float().to(device)
+    return to_tensor(img)[None].float().to(device)
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:
@@ -186,13 +186,10 @@ def main(argv=None) -> dict:
                'weights': describe_checkpoint(args.checkpoint, meta), 'tile': args.tile}
     lines = []
     if 'hr' in inputs:
-        hr = [torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).double() for x in inputs['hr']]
+        hr = [to_tensor(x).double() for x in inputs['hr']]
         for method, views in (('bicubic', bicubic), ('ssrdefnet', sr)):
-            t = [torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).double() for v in views]
-            scores = {'psnr_left': psnr(t[0], hr[0], crop_left=STEREO_BOUNDARY).item(),
-                      'psnr_avg': (psnr(t[0], hr[0]).item() + psnr(t[1], hr[1]).item()) / 2,
-                      'ssim_left': ssim(t[0], hr[0], crop_left=STEREO_BOUNDARY).item(),
-                      'ssim_avg': (ssim(t[0], hr[0]).item() + ssim(t[1], hr[1]).item()) / 2}
+            t = [to_tensor(v).double() for v in views]
+            scores = scene_scores(t[0], hr[0], t[1], hr[1])    # test_sr.py's protocol: Left crop, (L+R)/2
             metrics[method] = scores
             lines.append(f"| {method} | {scores['psnr_left']:.2f} | {scores['ssim_left']:.4f} | "
                          f"{scores['psnr_avg']:.2f} | {scores['ssim_avg']:.4f} |")

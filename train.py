@@ -197,7 +197,7 @@ def export(model, args) -> None:
     demo = args.trainset != 'patches'
     note = (f'demo checkpoint trained by this project on --trainset {args.trainset} (train.py, see args); '
             f'NOT the weights of the SSRDE-FNet paper') if demo else 'trained by train.py on --trainset patches'
-    save_checkpoint(args.export, unwrap_model(model), epoch=args.n_epochs, args=jsonable(args), demo=demo, note=note)
+    save_checkpoint(args.export, model, epoch=args.n_epochs, args=jsonable(args), demo=demo, note=note)
 
 
 def main(argv=None) -> int:

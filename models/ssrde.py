@@ -11,9 +11,8 @@ checked by tests/test_official_parity.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
