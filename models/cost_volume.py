@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import ViewwiseBatchNorm2d, conv_bn
+from models.blocks import ConvBN, ViewwiseBatchNorm2d, conv_bn
 
 # Number of disparity hypotheses of the HR cost volume (official `ndisp=24`); they span +-NUM_HYPOTHESES/2 HR pixels
 # around the upsampled PAM estimate, one every 24/23 px.
@@ -69,9 +69,10 @@ def sample_columns(source: Tensor, coords: Tensor) -> Tensor:
 def warp(source: Tensor, coords: Tensor) -> Tensor:
     """Warp `source` (N, C, H, W) to the other view with one coordinate map (N, 1, H, W) -> (N, C, H, W).
 
-    The official `dispwarpfeature`.
+    The official `dispwarpfeature`. The result has the memory format of `source` (grid_sample writes NCHW; a
+    channels-last network would otherwise mix layouts, and mixed-layout element-wise ops run ~2.5x slower).
     """
-    return sample_columns(source, coords).squeeze(2)
+    return sample_columns(source, coords).squeeze(2).contiguous(memory_format=memory_format(source))
 
 
 def coordinates_to_disparity(coords: Tensor, view: str, max_disparity: float = MAX_DISPARITY) -> Tensor:
@@ -125,13 +126,17 @@ class _BandCorrelation(torch.autograd.Function):
     def forward(ctx, query: Tensor, key: Tensor, coords: Tensor, rows: int) -> Tensor:
         n, c, h, w = key.shape
         d = coords.shape[1]
-        cost = query.new_empty(n, d, h, w)
+        # the cost comes out in the query's memory format, so that the aggregation convolutions that follow stay
+        # channels-last in evaluation (2x faster on CPU); the bands are computed in NCHW
+        cost = torch.empty((n, d, h, w), dtype=query.dtype, device=query.device,
+                           memory_format=memory_format(query))
         x_all = coords / ((w - 1.0) / 2.0) - 1.0
         for top, bottom, first, last in _row_bands(h, rows):
             crop = key[:, :, first:last].contiguous()  # a contiguous crop samples ~1.6x faster on CPU
             sampled = F.grid_sample(crop, _band_grid(x_all, top, bottom, first, last, h), mode='bilinear',
                                     padding_mode='zeros', align_corners=False)
-            cost[:, :, top:bottom] = (query[:, :, None, top:bottom] * sampled.view(n, c, d, -1, w)).mean(1)
+            band = query[:, :, top:bottom].contiguous()[:, :, None]
+            cost[:, :, top:bottom] = (band * sampled.view(n, c, d, -1, w)).mean(1)
         ctx.save_for_backward(query, key, coords)
         ctx.rows = rows
         return cost
@@ -168,7 +173,7 @@ def correlation(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
     """Mean over channels of query (N, C, H, W) times key sampled along each row at columns coords (N, D, H, W):
     (N, D, H, W). Inputs are promoted to a common dtype (at least that of coords), as autocast does."""
     dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), coords.dtype)
-    query, key, coords = (t.to(dtype).contiguous() for t in (query, key, coords))
+    query, key, coords = (t.to(dtype) for t in (query, key, coords))
     n, c, _, w = key.shape
     budget = COST_CHUNK_BYTES.get(key.device.type, COST_CHUNK_BYTES['cuda'])
     rows = max(1, budget // (n * c * coords.shape[1] * w * key.element_size()))
@@ -208,10 +213,10 @@ class Hourglass(nn.Module):
         self.conv2 = conv_bn(channels, channels, 3, 1, 1)
         self.conv3 = nn.Sequential(conv_bn(channels, channels, 3, 2, 1), nn.PReLU())
         self.conv4 = nn.Sequential(conv_bn(channels, channels, 3, 1, 1), nn.PReLU())
-        self.conv5 = nn.Sequential(
+        self.conv5 = ConvBN(
             nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False),
             ViewwiseBatchNorm2d(channels))
-        self.conv6 = nn.Sequential(
+        self.conv6 = ConvBN(
             nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False),
             ViewwiseBatchNorm2d(channels))
         self.prelu = nn.PReLU()
@@ -237,6 +242,13 @@ def soft_argmax(cost: Tensor, hypotheses: Tensor) -> Tensor:
     Higher cost (correlation) means more likely; no negation.
     """
     return (hypotheses * torch.softmax(cost, dim=1)).sum(1, keepdim=True)
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """torch.channels_last if x (N, C, H, W) is stored channels-last (and not also NCHW-contiguous), else NCHW."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def swap_views(x: Tensor) -> Tensor:

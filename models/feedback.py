@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks import DeconvBlock, resize_bilinear
-from models.cost_volume import sample_columns
+from models.cost_volume import memory_format, sample_columns
 from models.interaction import correlation_gate
 
 # b <- b + 0.1 * b * attention(b), the official weight of the feedback attention.
@@ -60,10 +60,19 @@ def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: in
     phases = scale * scale
     coords = F.pixel_unshuffle(coords_hr, scale) / scale                 # (N, s*s, H, W)
     warped = sample_columns(other, coords)                              # (N, C, s*s, H, W)
-    warped = warped.transpose(1, 2).reshape(n * phases, c, h, w)        # phases folded into the batch
+    warped = fold_phases(warped, memory_format(features))              # (N*s*s, C, H, W)
     own = features.unsqueeze(1)                                         # (N, 1, C, H, W)
     gate = correlation_gate(query(features).unsqueeze(1), key(warped).view(n, phases, -1, h, w))
     mixed = (1 - gate) * own + gate * warped.view(n, phases, c, h, w)   # (N, s*s, C, H, W)
     del warped, gate
-    residual = fuse((mixed - own).view(n * phases, c, h, w)).view(n, phases, c, h, w)
+    residual = fuse((mixed - own).reshape(n * phases, c, h, w)).view(n, phases, c, h, w)
     return (own + residual).sum(1) / phases
+
+
+def fold_phases(sampled: Tensor, layout: torch.memory_format) -> Tensor:
+    """(N, C, P, H, W) samples -> (N*P, C, H, W), the P phases folded into the batch, stored in `layout` (one copy
+    either way)."""
+    n, c, p, h, w = sampled.shape
+    if layout == torch.channels_last:
+        return sampled.permute(0, 2, 3, 4, 1).reshape(n * p, h, w, c).permute(0, 3, 1, 2)
+    return sampled.transpose(1, 2).reshape(n * p, c, h, w)

@@ -124,3 +124,29 @@ def test_viewwise_batchnorm_equals_two_official_calls():
     ours.eval()
     official.eval()
     torch.testing.assert_close(ours(torch.cat([left, right])), torch.cat([official(left), official(right)]))
+
+
+def reference_dense_block(rdb, x):
+    """The official RDB form: every layer convolves the concatenation of all earlier maps."""
+    features = x
+    for dense in rdb.conv:
+        features = torch.cat([features, F.prelu(dense.conv(features), dense.relu.weight)], dim=1)
+    return rdb.LFF(features) + x
+
+
+@pytest.mark.parametrize('band_bytes', [1, 3 * 120 * 8, 1 << 30])
+def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypatch):
+    """Evaluation convolves a band of rows at a time into one buffer (1-row, 3-row and whole-image bands here)."""
+    import models.blocks
+    from models.blocks import ResidualDenseBlock
+    monkeypatch.setattr(models.blocks, 'INFERENCE_BAND_BYTES', band_bytes)
+    torch.manual_seed(3)
+    rdb = ResidualDenseBlock(16, num_layers=3, growth=8).double()
+    for dense in rdb.conv:
+        dense.relu.weight.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 16, 7, 5, dtype=torch.float64)
+    with torch.no_grad():
+        banded = rdb(x)          # no autograd: the banded, in-place form
+        expected = reference_dense_block(rdb, x)
+    assert (banded - expected).abs().max() < 1e-12
+    assert (banded - rdb(x)).abs().max() < 1e-12   # the autograd form
