@@ -3,6 +3,7 @@
     python bench.py                                   # CPU: the default cases, a markdown table
     python bench.py --device cuda --json bench.json   # GPU, with mixed precision / torch.compile variants
     SSRDEF_OFFICIAL_DIR=/path/to/SSRDEFNet-PyTorch python bench.py   # adds the official code, same weights/inputs
+    python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the
 process, Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs
@@ -31,6 +32,11 @@ ROOT = Path(__file__).resolve().parent
 INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 184, 256),
              ('infer', 2, 1, 30, 90), ('infer', 2, 1, 94, 310), ('infer', 2, 1, 368, 512)]
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
+# glibc malloc settings for --glibc-heap: blocks of any size come from the heap and freed memory stays there. By
+# default glibc maps every block above 32 MB afresh and the kernel zero-fills each of its pages on first touch: on the
+# 2-core CPU here that was over a quarter of the CPU time of a KITTI-sized evaluation (half of the official code's).
+GLIBC_HEAP = {'MALLOC_MMAP_THRESHOLD_': str(1 << 32), 'MALLOC_TRIM_THRESHOLD_': str(1 << 36),
+              'MALLOC_TOP_PAD_': str(1 << 30)}
 # Peak dense throughput in TFLOP/s by (device name fragment, dtype), from the vendors' data sheets (SXM, no sparsity).
 PEAK_TFLOPS = {('H100', 'float32'): 67, ('H100', 'tf32'): 495, ('H100', 'bfloat16'): 989,
                ('H200', 'float32'): 67, ('H200', 'tf32'): 495, ('H200', 'bfloat16'): 989}
@@ -49,6 +55,10 @@ def parse_args(argv=None):
                              'Default: everything that applies')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per case (median reported)')
     parser.add_argument('--timeout', type=int, default=900, help='seconds per case before it is reported as such')
+    parser.add_argument('--glibc-heap', action='store_true',
+                        help='CPU: run every variant (the official included) with glibc keeping freed memory in its '
+                             'heap (%s), so large tensors do not page-fault afresh at every allocation'
+                             % ' '.join(f'{k}={v}' for k, v in GLIBC_HEAP.items()))
     parser.add_argument('--json', type=Path, default=None, help='also write the results here')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
     return parser.parse_args(argv)
@@ -155,8 +165,8 @@ def run_paired(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The driver
 
-def measure(spec: dict, timeout: int) -> dict:
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore'}
+def measure(spec: dict, timeout: int, glibc_heap: bool = False) -> dict:
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', **(GLIBC_HEAP if glibc_heap else {})}
     try:
         proc = subprocess.run([sys.executable, __file__, '--case', json.dumps(spec)], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=ROOT)
@@ -198,7 +208,8 @@ def main(argv=None) -> list[dict]:
     if args.batches:
         cases = [c for c in cases if c[0] == 'infer' or c[2] in {int(b) for b in args.batches.split(',')}]
     name, peak = device_peak(args.device)
-    print(f'# bench.py on {name}, torch {torch.__version__}' + (f', fp32 peak {peak} TFLOP/s' if peak else ''))
+    print(f'# bench.py on {name}, torch {torch.__version__}' + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
+          (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
     rows = []
     for kind, scale, batch, h, w in cases:
         for variant in variants:
@@ -206,9 +217,9 @@ def main(argv=None) -> list[dict]:
                 continue
             spec = dict(kind=kind, variant=variant, scale=scale, batch=batch, h=h, w=w, device=args.device,
                         repeats=args.repeats if h * w <= 30 * 90 * 16 else 1)
-            result = measure(spec, args.timeout)
+            result = measure(spec, args.timeout, args.glibc_heap)
             if official and variant != 'official' and 'error' not in result:
-                paired = measure({**spec, 'paired': True}, args.timeout)
+                paired = measure({**spec, 'paired': True}, args.timeout, args.glibc_heap)
                 result.update(paired if 'error' not in paired else {})
             rows.append({**spec, **result})
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
