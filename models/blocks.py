@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-# Output bytes per band of the banded convolutions in evaluation: ~16 rows of a KITTI-sized x4 HR map at 144
-# channels, where oneDNN ran fastest on CPU (157 GFLOP/s vs 133 for the whole map); also bounds the temporaries.
-INFERENCE_BAND_BYTES = 12 << 20
+# Output bytes per band of the banded convolutions in evaluation, by device type: on CPU ~16 rows of a KITTI-sized
+# x4 HR map at 144 channels, where oneDNN ran fastest (157 GFLOP/s vs 133 for the whole map); on GPUs large bands,
+# to keep the kernels busy. Also bounds the temporaries.
+INFERENCE_BAND_BYTES = {'cpu': 12 << 20, 'cuda': 512 << 20}
 
 
 _RECOMPUTING = False  # set while activation recomputation replays a forward pass (see `recomputing`)
@@ -32,10 +33,11 @@ def recomputing():
         _RECOMPUTING = previous
 
 
-def band_rows(height: int, row_bytes: int) -> int:
+def band_rows(height: int, row_bytes: int, device: torch.device) -> int:
     """Rows per band of a banded computation whose output takes `row_bytes` per image row: at most
-    INFERENCE_BAND_BYTES per band, the bands as even as possible (no thin last band)."""
-    rows = max(1, min(height, INFERENCE_BAND_BYTES // max(1, row_bytes)))
+    INFERENCE_BAND_BYTES[device type] per band, the bands as even as possible (no thin last band)."""
+    budget = INFERENCE_BAND_BYTES.get(device.type, INFERENCE_BAND_BYTES['cuda'])
+    rows = max(1, min(height, budget // max(1, row_bytes)))
     bands = -(-height // rows)
     return -(-height // bands)
 
@@ -45,7 +47,7 @@ def conv3x3_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, ac
     time: band [top, bottom) reads rows top-1..bottom of x, with a zero row added at the image border. No autograd.
     """
     height, width = x.shape[2:]
-    rows = band_rows(height, out.shape[1] * width * x.element_size())
+    rows = band_rows(height, out.shape[1] * width * x.element_size(), x.device)
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         band = x[:, :, max(0, top - 1):bottom + 1]
@@ -59,9 +61,12 @@ def conv3x3_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, ac
 
 
 def prelu_(x: Tensor, prelu: nn.PReLU) -> Tensor:
-    """In-place PReLU with a single slope (no autograd): the same product as F.prelu, without the copy."""
+    """In-place PReLU with a single slope (no autograd): the same product as F.prelu, without a new tensor on CPU.
+    On GPUs the slope stays on the device (reading it would synchronise), so the result is copied back instead."""
     if prelu.weight.numel() != 1:
         raise ValueError("prelu_ only handles a PReLU with one shared slope")
+    if prelu.weight.device.type != 'cpu':
+        return x.copy_(F.prelu(x, prelu.weight))
     return F.leaky_relu_(x, float(prelu.weight))
 
 

@@ -139,7 +139,7 @@ def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypa
     """Evaluation convolves a band of rows at a time into one buffer (1-row, 3-row and whole-image bands here)."""
     import models.blocks
     from models.blocks import ResidualDenseBlock
-    monkeypatch.setattr(models.blocks, 'INFERENCE_BAND_BYTES', band_bytes)
+    monkeypatch.setitem(models.blocks.INFERENCE_BAND_BYTES, 'cpu', band_bytes)
     torch.manual_seed(3)
     rdb = ResidualDenseBlock(16, num_layers=3, growth=8).double()
     for dense in rdb.conv:
