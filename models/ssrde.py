@@ -83,24 +83,30 @@ def activation_format(x: Tensor, model: nn.Module) -> torch.memory_format:
 
 
 def one_view_at_a_time(model: nn.Module) -> bool:
-    """Whether the HR stages may run the views separately: only in eval mode without autograd, where it halves the
-    peak memory. In training mode BatchNorm must see both views ([left; right], `ViewwiseBatchNorm2d`), with or
-    without autograd."""
+    """Whether the stage with BatchNorm (the HR matching features) may run the views separately: only in eval mode
+    without autograd, where it halves the peak memory. In training mode BatchNorm must see both views ([left; right],
+    `ViewwiseBatchNorm2d`), with or without autograd. The HR stages without BatchNorm always run one view at a time
+    (`per_view`, `per_view_pair`)."""
     return not (model.training or torch.is_grad_enabled())
 
 
-def per_view(fn, x: Tensor, separately: bool) -> Tensor:
-    """fn(x) for x = [left; right] on dim 0, or, when `separately`, one view at a time."""
+def per_view(fn, x: Tensor, separately: bool = True) -> Tensor:
+    """fn(x) for x = [left; right] on dim 0, one view at a time unless `separately` is False.
+
+    For the HR stages one view at a time halves the peak memory of evaluation and, in training, keeps each HR
+    tensor half as large: at the paper's x4 patches (batch 2, 120x360 HR) a 64-channel map is 22 MB instead of
+    44 MB, under glibc's 32 MB threshold above which every allocation is fresh memory from the kernel, zero-filled
+    page by page. That halved the system time of a CPU training step (12.2 s -> 10.9 s per step, three alternating
+    pairs in one process). Only stages without BatchNorm may split in training (see `one_view_at_a_time`).
+    """
     if not separately:
         return fn(x)
     return torch.cat([fn(view) for view in x.chunk(2)])
 
 
-def per_view_pair(fn, x: Tensor, *extras: Tensor, separately: bool) -> Tensor:
-    """fn(own, other, *extras) for x = [left; right] on dim 0, `other` being the opposite view and `extras` split
-    like x. When `separately`, one view at a time, with no copy of the swapped views (see `per_view`)."""
-    if not separately:
-        return fn(x, swap_views(x), *extras)
+def per_view_pair(fn, x: Tensor, *extras: Tensor) -> Tensor:
+    """fn(own, other, *extras) for x = [left; right] on dim 0, one view at a time (see `per_view`), `other` being
+    the opposite view and `extras` split like x; no copy of the swapped views is made."""
     left, right = x.chunk(2)
     extras = [t.chunk(2) for t in extras]
     return torch.cat([fn(left, right, *(e[0] for e in extras)), fn(right, left, *(e[1] for e in extras))])
@@ -211,12 +217,12 @@ class SSRDEFNet(nn.Module):
         """Parallax attention on LR features (2B, 64, H, W), fusion, reconstruction and upsampling to HR features."""
         pam = self.pam(features, self.StereoFea(self.transition(features)))
         fused = self.CALayer(features + self.encode(pam.features - features))
-        return pam, per_view(lambda x: self.upscale(self.reconstruct(x)), fused, one_view_at_a_time(self))
+        return pam, per_view(lambda x: self.upscale(self.reconstruct(x)), fused)
 
     def hr_disparity(self, hr_features: Tensor, coords_lr: Tensor) -> Tensor:
         """HR coordinates (2B, 1, sH, sW) regressed over 24 hypotheses around `coords_lr` (2B, 1, sH, sW)."""
         matching = per_view(lambda x: self.StereoFeaHigh(self.transition2(x)), hr_features,
-                            one_view_at_a_time(self))  # (2B, 24, sH, sW)
+                            separately=one_view_at_a_time(self))  # (2B, 24, sH, sW); BatchNorm inside
         hypotheses = disparity_hypotheses(coords_lr.detach(), max_coord=hr_features.shape[3])
         if self.config.fix_right_cost_volume:
             sample_at = hypotheses
@@ -232,7 +238,7 @@ class SSRDEFNet(nn.Module):
     def hr_interaction(self, hr_features: Tensor, coords_hr: Tensor) -> Tensor:
         """Refined HR features (2B, 64, sH, sW): the other view's HR features, warped by the HR disparity, fused
         through a correlation gate, a residual dense block and channel attention."""
-        return per_view_pair(self.interact, hr_features, coords_hr, separately=one_view_at_a_time(self))
+        return per_view_pair(self.interact, hr_features, coords_hr)
 
     def interact(self, own: Tensor, other: Tensor, coords: Tensor) -> Tensor:
         warped = warp(other, coords)
@@ -247,7 +253,6 @@ class SSRDEFNet(nn.Module):
         """HRDIF: new LR features (2B, 64, H, W) for recursion 2 from the recursion-1 LR features, the refined HR
         features and the HR coordinates (not detached: the SR losses train the HR disparity through it)."""
         draft = per_view_pair(lambda own, other, coords: subpixel_draft(
-            own, other, coords, self.scale, self.backatt1, self.backatt2, self.resblock), features, coords_hr,
-            separately=one_view_at_a_time(self))
+            own, other, coords, self.scale, self.backatt1, self.backatt2, self.resblock), features, coords_hr)
         feedback = feedback_features(refined, self.down, self.feedbackatt)
         return self.compress_in(torch.cat([draft, feedback], dim=1))
