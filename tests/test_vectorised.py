@@ -150,3 +150,22 @@ def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypa
         expected = reference_dense_block(rdb, x)
     assert (banded - expected).abs().max() < 1e-12
     assert (banded - rdb(x)).abs().max() < 1e-12   # the autograd form
+
+
+def test_ssim_separable_blur_matches_official_2d_window():
+    """The loss's SSIM blurs with two 1-D Gaussian passes; the official convolves with the 11x11 outer product."""
+    from models.losses import SSIM_WINDOW, gaussian_window, ssim_map
+    g = gaussian_window().double()
+    window = torch.outer(g, g).expand(3, 1, SSIM_WINDOW, SSIM_WINDOW)
+
+    def blur(t):
+        return F.conv2d(t, window, padding=SSIM_WINDOW // 2, groups=3)
+
+    torch.manual_seed(5)
+    a, b = torch.rand(2, 3, 20, 33, dtype=torch.float64), torch.rand(2, 3, 20, 33, dtype=torch.float64)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    expected = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    assert (ssim_map(a, b) - expected).abs().max() < 1e-12
+    assert (ssim_map(a, a) - 1).abs().max() < 1e-12    # and it is a similarity: 1 for identical images
