@@ -93,16 +93,15 @@ def load_inputs(args, scale: int) -> dict:
     inputs['lr_uint8'] = lr
     if (args.hr_left is None) != (args.hr_right is None):
         raise ValueError('give both --hr_left and --hr_right, or neither')
+    expected = (lr[0].shape[0] * scale, lr[0].shape[1] * scale)   # HR size
     if args.hr_left is not None:
         inputs['hr'] = read_image(args.hr_left), read_image(args.hr_right)
-        expected = (lr[0].shape[0] * scale, lr[0].shape[1] * scale)
         for path, img in zip((args.hr_left, args.hr_right), inputs['hr']):
             if img.shape[:2] != expected:
                 raise ValueError(f'{path} is {img.shape[1]}x{img.shape[0]}, but x{scale} SR of the LR pair is '
                                  f'{expected[1]}x{expected[0]}')
     if args.gt_disp is not None:
         inputs['gt'] = read_disparity(args.gt_disp)
-        expected = (lr[0].shape[0] * scale, lr[0].shape[1] * scale)
         if inputs['gt'].shape != expected:
             raise ValueError(f'--gt_disp {args.gt_disp} is {inputs["gt"].shape[1]}x{inputs["gt"].shape[0]}, '
                              f'expected the HR size {expected[1]}x{expected[0]}')

@@ -30,7 +30,6 @@ def super_resolve(model: nn.Module, left: Tensor, right: Tensor, tta: bool = Fal
     return total.map(lambda x: (x / len(flips)).clamp(0, 1))
 
 
-
 def minimum_size(scale: int) -> tuple[int, int, int]:
     """(min height, min width, multiple) of an LR input: 30x30 (the LR pyramid pooling), and even sizes at x2."""
     from models.ssrde import MIN_LR_SIZE

@@ -20,8 +20,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from models.blocks import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, recomputing, transition
-from models.cost_volume import (CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax,
-                                swap_views, warp)
+from models.cost_volume import CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax, warp
 from models.features import hr_matching_feature, lr_matching_feature
 from models.feedback import FeedbackBlock, feedback_features, subpixel_draft
 from models.interaction import correlation_gate, hr_valid_mask
