@@ -36,6 +36,24 @@ def test_cost_volume_matches_hypothesis_loop():
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize('band_bytes', [1, 2 * 17 * 17 * 8 * 3, 1 << 30])
+def test_correlation_and_its_gradients_match_hypothesis_loop(band_bytes, monkeypatch):
+    """The banded matrix-product correlation (1-row, 3-row and whole-image bands) against the official loop of
+    grid_samples, values and all three gradients, in float64, with samples beyond both image borders."""
+    import models.cost_volume
+    monkeypatch.setitem(models.cost_volume.COST_CHUNK_BYTES, 'cpu', band_bytes)
+    g = torch.Generator().manual_seed(1)
+    query, key = (torch.randn(2, 5, 9, 17, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    coords = (torch.rand(2, 6, 9, 17, dtype=torch.float64, generator=g) * 22 - 2.5).requires_grad_()
+    fast = models.cost_volume.correlation(query, key, coords)
+    slow = reference_cost_volume(query, key, coords)
+    torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0)
+    grad = torch.randn(fast.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(fast, (query, key, coords), grad),
+                    torch.autograd.grad(slow, (query, key, coords), grad)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
 def reference_subpixel_draft(features, coords_hr, scale, query, key, fuse):
     """The official HRDIF loop over the s*s sub-pixel phases, u (rows) outer and v (columns) inner."""
     left, right = features.chunk(2)
