@@ -7,9 +7,10 @@
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the
 process, Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs
-after one warm-up. The speed-up against the official code comes from one more process that runs both
-implementations alternately (median of the per-pair ratios), so that a machine whose speed drifts, as shared
-machines do, cannot bias it. GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and
+after one warm-up. With the official code, each case runs --rounds rounds of one process per variant, the official
+first; speed-up = median over the rounds of official time / variant time, so that a machine whose speed drifts, as
+shared machines do, cannot bias it. (Never both in one process: on CPU whichever runs second inherits the heap the
+other grew and page-faults less, which made our training step look 15 % faster than it is.) GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and
 element-wise work are not counted), so GFLOP/s is a lower bound of the work done.
 """
 from __future__ import annotations
@@ -53,7 +54,9 @@ def parse_args(argv=None):
                         help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint), '
                              'ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), official. '
                              'Default: everything that applies')
-    parser.add_argument('--repeats', type=int, default=3, help='timed runs per case (median reported)')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs per process (median reported)')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='with the official code: processes per variant, run in turns (official first)')
     parser.add_argument('--timeout', type=int, default=900, help='seconds per case before it is reported as such')
     parser.add_argument('--glibc-heap', action='store_true',
                         help='CPU: run every variant (the official included) with glibc keeping freed memory in its '
@@ -149,19 +152,6 @@ def run_case(spec: dict) -> dict:
     return result
 
 
-def run_paired(spec: dict) -> dict:
-    """Official and ours in one process, called alternately: the speed ratio is immune to the machine's drift."""
-    device = torch.device(spec['device'])
-    steps = {v: build_step(spec, v) for v in ('official', spec['variant'])}
-    for step in steps.values():
-        step()
-    ratios = []
-    for _ in range(spec['repeats']):
-        official = timed(steps['official'], device)
-        ratios.append(official / timed(steps[spec['variant']], device))
-    return {'paired_speedup': statistics.median(ratios), 'paired_ratios': ratios}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The driver
 
@@ -179,6 +169,22 @@ def measure(spec: dict, timeout: int, glibc_heap: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def summarise(runs: list[dict], official: list[dict] | None) -> dict:
+    """One variant's processes -> median time, largest peak memory, and the per-round ratios official / variant."""
+    ok = [r for r in runs if 'error' not in r]
+    if not ok:
+        return {'error': runs[0]['error']}
+    result = {'seconds': statistics.median(r['seconds'] for r in ok), 'peak_gb': max(r['peak_gb'] for r in ok),
+              'all_seconds': [r['seconds'] for r in ok]}
+    if 'gflop' in ok[0]:
+        result['gflop'] = ok[0]['gflop']
+    if official and runs is not official:
+        ratios = [o['seconds'] / r['seconds'] for o, r in zip(official, runs) if 'error' not in o and 'error' not in r]
+        if ratios:
+            result.update(speedup=statistics.median(ratios), ratios=ratios)
+    return result
+
+
 def device_peak(device: str) -> tuple[str, float | None]:
     if device.startswith('cuda'):
         name = torch.cuda.get_device_name()
@@ -191,7 +197,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.case:
         spec = json.loads(args.case)
-        print(json.dumps(run_paired(spec) if spec.get('paired') else run_case(spec)))
+        print(json.dumps(run_case(spec)))
         return []
     official = bool(os.environ.get('SSRDEF_OFFICIAL_DIR'))
     cuda = args.device.startswith('cuda')
@@ -212,21 +218,21 @@ def main(argv=None) -> list[dict]:
           (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
     rows = []
     for kind, scale, batch, h, w in cases:
-        for variant in variants:
-            if variant == 'ours_ckpt' and kind != 'train':   # recomputation only matters with autograd
-                continue
-            spec = dict(kind=kind, variant=variant, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                        repeats=args.repeats if h * w <= 30 * 90 * 16 else 1)
-            result = measure(spec, args.timeout, args.glibc_heap)
-            if official and variant != 'official' and 'error' not in result:
-                paired = measure({**spec, 'paired': True}, args.timeout, args.glibc_heap)
-                result.update(paired if 'error' not in paired else {})
-            rows.append({**spec, **result})
+        case_variants = [v for v in variants if v != 'ours_ckpt' or kind == 'train']  # recomputation needs autograd
+        base = dict(kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
+                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1)
+        runs = {v: [] for v in case_variants}
+        for _ in range(args.rounds if 'official' in case_variants else 1):
+            for variant in sorted(case_variants, key=lambda v: v != 'official'):
+                runs[variant].append(measure({**base, 'variant': variant}, args.timeout, args.glibc_heap))
+        for variant in case_variants:
+            rows.append({**base, 'variant': variant, **summarise(runs[variant], runs.get('official'))})
+            result = rows[-1]
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
                   (result['error'] if 'error' in result else
                    f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
-                   (f", {result['paired_speedup']:.2f}x vs official (paired)" if 'paired_speedup' in result
-                    else '')), file=sys.stderr, flush=True)
+                   (f", {result['speedup']:.2f}x vs official ({len(result['ratios'])} rounds)"
+                    if 'speedup' in result else '')), file=sys.stderr, flush=True)
 
     # table, with the ratios official / ours measured in this run
     reference = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r for r in rows
@@ -243,8 +249,7 @@ def main(argv=None) -> list[dict]:
         work = gflops.get(key)
         rate = f"{work / r['seconds']:.1f}" if work else ''
         ref = reference.get(key)
-        speed = f"{r.get('paired_speedup', ref['seconds'] / r['seconds'] if ref else 0):.2f}x" \
-            if ref and r['variant'] != 'official' else ''
+        speed = f"{r['speedup']:.2f}x" if 'speedup' in r else ''
         memory = f"{r['peak_gb'] / ref['peak_gb']:.2f}x" if ref and r['variant'] != 'official' else ''
         lines.append(f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | "
                      f"{work:.1f} | {rate} | {speed} | {memory} |" if work else
