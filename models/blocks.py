@@ -201,26 +201,27 @@ class ResidualDenseBlock(nn.Module):
         return self.LFF(torch.cat(features, dim=1)) + x
 
     def forward_inference(self, image: Tensor) -> Tensor:
-        """One image, no autograd: the features live in one buffer [x | pre-activations], turned into y_i in place,
-        so the final concatenation is the buffer itself. Each map is convolved once with the stacked weights of all
-        later layers (one wide convolution runs 2x faster than several 24-channel ones on CPU), a band of rows at a
-        time so that temporaries stay small and in cache."""
+        """One image, no autograd: the dense layers' maps live in one buffer of pre-activations, turned into y_i in
+        place. Each map is convolved once with the stacked weights of all later layers (one wide convolution runs 2x
+        faster than several 24-channel ones on CPU), a band of rows at a time so that temporaries stay small and in
+        cache. The 1x1 fusion is split at the block input, LFF(cat(x, y)) = W_x x + W_y y + b, so that x is never
+        copied into the buffer (the buffer is 30 % smaller)."""
         layers, c0 = list(self.conv), image.shape[1]
         growth = layers[0].conv.out_channels
-        buffer = torch.empty((1, self.LFF.in_channels, *image.shape[2:]), dtype=image.dtype, device=image.device,
-                             memory_format=torch.channels_last)
-        buffer[:, :c0] = image
+        buffer = torch.empty((1, self.LFF.in_channels - c0, *image.shape[2:]), dtype=image.dtype,
+                             device=image.device, memory_format=torch.channels_last)
         biases = torch.cat([dense.conv.bias for dense in layers])
-        conv3x3_into(buffer[:, c0:], image, self.stacked_weights(0, c0, 0), biases, accumulate=False)
-        start = c0
+        conv3x3_into(buffer, image, self.stacked_weights(0, c0, 0), biases, accumulate=False)
+        start = 0
         for i, dense in enumerate(layers):
             y = buffer[:, start:start + growth]
             prelu_(y, dense.relu)
             if i + 1 < len(layers):
-                conv3x3_into(buffer[:, start + growth:], y, self.stacked_weights(start, growth, i + 1), None,
+                conv3x3_into(buffer[:, start + growth:], y, self.stacked_weights(c0 + start, growth, i + 1), None,
                              accumulate=True)
             start += growth
-        out = self.LFF(buffer)
+        out = F.conv2d(buffer, self.LFF.weight[:, c0:], self.LFF.bias)
+        out += F.conv2d(image, self.LFF.weight[:, :c0])
         out += image
         return out
 
