@@ -89,34 +89,34 @@ def coordinates_to_disparity(coords: Tensor, view: str, max_disparity: float = M
     return disparity.clamp(0.0, max_disparity)
 
 
-def _key_rows(height: int, top: int, bottom: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The two key rows that output rows [top, bottom) read, and their weights (the row quirk of `sampling_grid`).
+def _key_rows(height: int, channels: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For every output row, the first of the two key rows it reads and their weights (the row quirk of
+    `sampling_grid`), the weights divided by `channels` (the mean of the correlation).
 
-    Row y reads rows r and r + 1, r = floor(p), with weights 1 - (p - r) and p - r, p = y*H/(H-1) - 0.5. Rows are
-    returned +1, as indices into the key padded with a zero row above and below (the first and last output rows
-    read half a zero row, as grid_sample's zero padding does). Weights are float64; cast them to the key's dtype.
+    Row y reads rows r and r + 1, r = floor(p), with weights 1 - (p - r) and p - r, p = y*H/(H-1) - 0.5. r is
+    returned +1, an index into the key padded with a zero row above and below (the first and last output rows read
+    half a zero row, as grid_sample's zero padding does). Computed in float64, returned in `like`'s dtype/device.
     """
-    y = torch.arange(top, bottom, dtype=torch.float64)
+    y = torch.arange(height, dtype=torch.float64)
     p = ((y / ((height - 1.0) / 2.0)) * height - 1) / 2       # grid_sample's unnormalisation of the row position
     r = torch.floor(p)
     below = p - r
-    return r.long() + 1, 1 - below, below
+    return ((r.long() + 1).to(like.device), ((1 - below) / channels).to(like), (below / channels).to(like))
 
 
-def _column_corners(coords: Tensor, width: int, channels: int):
-    """Bilinear corners in x of sampling columns `coords` (..., D) as grid_sample finds them (align_corners=False).
+# Zero columns added on each side of the key rows: a sample whose left corner is at column -2 or less, or at W or
+# more, has both corners outside the image, so clamping it there reads two zeros, as grid_sample's zero padding does.
+_PAD_COLUMNS = 2
 
-    Returns the left and right column indices (clamped into the image, as gather needs), the right corner's weight
-    and the two in-bounds masks, divided by `channels` (the mean over channels of the correlation)."""
+
+def _column_corners(coords: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Left bilinear corner of sampling columns `coords` as grid_sample finds it (align_corners=False), as an index
+    into key rows padded by `_PAD_COLUMNS` zero columns on each side, and the right corner's weight."""
     x = coords / ((width - 1.0) / 2.0) - 1.0
     p = ((x + 1) * width - 1) / 2
     left = torch.floor(p)
     frac = p - left
-    inside_left = ((left >= 0) & (left <= width - 1)).to(coords.dtype).div_(channels)
-    inside_right = ((left >= -1) & (left <= width - 2)).to(coords.dtype).div_(channels)
-    left = left.long()
-    right = (left + 1).clamp_(0, width - 1)
-    return left.clamp_(0, width - 1), right, frac, inside_left, inside_right
+    return left.clamp_(-_PAD_COLUMNS, width).add_(_PAD_COLUMNS).long(), frac
 
 
 class _BandCorrelation(torch.autograd.Function):
@@ -134,15 +134,13 @@ class _BandCorrelation(torch.autograd.Function):
     def forward(ctx, query: Tensor, key: Tensor, coords: Tensor, rows: int) -> Tensor:
         n, c, h, w = key.shape
         d = coords.shape[1]
-        padded = F.pad(key, (0, 0, 1, 1))
         # the cost comes out in the query's memory format, so that the aggregation convolutions that follow stay
         # channels-last in evaluation (2x faster on CPU)
         cost = torch.empty((n, d, h, w), dtype=query.dtype, device=query.device, memory_format=memory_format(query))
-        for top, bottom, keys, queries, (left, right, frac, inside_left, inside_right) in _bands(
-                query, padded, coords, rows):
-            every_column = torch.bmm(queries, keys)                                    # (N*rows, W, W)
-            at_left = every_column.gather(2, left).mul_(inside_left)
-            at_right = every_column.gather(2, right).mul_(inside_right)
+        for top, bottom, keys, queries, left, frac in _bands(query, key, coords, rows):
+            every_column = torch.bmm(queries, keys)                                    # (N*rows, W, W + 4)
+            at_left = every_column.gather(2, left)
+            at_right = every_column.gather(2, left + 1)
             cost.permute(0, 2, 3, 1)[:, top:bottom] = at_left.add_(at_right.sub_(at_left).mul_(frac)).view(
                 n, bottom - top, w, d)
         ctx.save_for_backward(query, key, coords)
@@ -155,55 +153,54 @@ class _BandCorrelation(torch.autograd.Function):
         n, c, h, w = key.shape
         d = coords.shape[1]
         need_query, need_key, need_coords = ctx.needs_input_grad[:3]
-        padded = F.pad(key, (0, 0, 1, 1))
         grad_query = torch.empty_like(query) if need_query else None
-        grad_padded = key.new_zeros((n, h + 2, c, w)) if need_key else None    # rows first: bands add whole rows
+        grad_rows = key.new_zeros((n, h + 2, c, w)) if need_key else None   # key rows, padded as in `_key_rows`
         grad_coords = torch.empty_like(coords) if need_coords else None
-        for top, bottom, keys, queries, (left, right, frac, inside_left, inside_right) in _bands(
-                query, padded, coords, ctx.rows):
+        index, above, below = _key_rows(h, c, key)
+        for top, bottom, keys, queries, left, frac in _bands(query, key, coords, ctx.rows):
             rows = bottom - top
             g = grad_cost[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n * rows, w, d)
+            right = left + 1
             if need_coords:   # d cost / d column = (cost at right - cost at left); column = coords * W/(W-1) - 0.5
                 every_column = torch.bmm(queries, keys)
-                slope = every_column.gather(2, right).mul_(inside_right).sub_(
-                    every_column.gather(2, left).mul_(inside_left))
+                slope = every_column.gather(2, right).sub_(every_column.gather(2, left))
                 grad_coords.permute(0, 2, 3, 1)[:, top:bottom] = slope.mul_(g).mul_(w / (w - 1.0)).view(
                     n, rows, w, d)
                 del every_column
             if not (need_query or need_key):
                 continue
             g_right = g * frac
-            grad_every_column = g.new_zeros((n * rows, w, w))
-            grad_every_column.scatter_add_(2, left, (g - g_right).mul_(inside_left))
-            grad_every_column.scatter_add_(2, right, g_right.mul_(inside_right))
+            grad_every_column = g.new_zeros((n * rows, w, w + 2 * _PAD_COLUMNS))
+            grad_every_column.scatter_add_(2, left, g - g_right)
+            grad_every_column.scatter_add_(2, right, g_right)
             if need_query:
                 grad_query.permute(0, 2, 3, 1)[:, top:bottom] = torch.bmm(
                     grad_every_column, keys.transpose(1, 2)).view(n, rows, w, c)
             if need_key:
-                grad_keys = torch.bmm(queries.transpose(1, 2), grad_every_column).view(n, rows, c, w)
-                index, above, below = _key_rows(h, top, bottom)
-                index = index.to(key.device)
-                grad_padded.index_add_(1, index, grad_keys * above.to(grad_keys).view(-1, 1, 1))
-                grad_padded.index_add_(1, index + 1, grad_keys * below.to(grad_keys).view(-1, 1, 1))
-        grad_key = grad_padded[:, 1:h + 1].permute(0, 2, 1, 3) if need_key else None
+                grad_keys = torch.bmm(queries.transpose(1, 2), grad_every_column).view(n, rows, c, -1)
+                grad_keys = grad_keys[..., _PAD_COLUMNS:_PAD_COLUMNS + w]
+                grad_rows.index_add_(1, index[top:bottom], grad_keys * above[top:bottom].view(-1, 1, 1))
+                grad_rows.index_add_(1, index[top:bottom] + 1, grad_keys * below[top:bottom].view(-1, 1, 1))
+        grad_key = grad_rows[:, 1:h + 1].permute(0, 2, 1, 3) if need_key else None
         return grad_query, grad_key, grad_coords, None
 
 
-def _bands(query: Tensor, padded_key: Tensor, coords: Tensor, rows: int):
-    """Per band of `rows` output rows: (top, bottom, blended key rows (N*rows, C, W), query rows (N*rows, W, C),
-    `_column_corners` of the band's coords, each (N*rows, W, D))."""
+def _bands(query: Tensor, key: Tensor, coords: Tensor, rows: int):
+    """Per band of `rows` output rows: (top, bottom, blended key rows (N*rows, C, W + 4) with zero columns on both
+    sides, query rows (N*rows, W, C), then `_column_corners` of the band's coords, each (N*rows, W, D))."""
     n, c, h, w = query.shape
     d = coords.shape[1]
+    index, above, below = _key_rows(h, c, key)
+    padded = F.pad(key, (_PAD_COLUMNS, _PAD_COLUMNS, 1, 1)).permute(0, 2, 1, 3).contiguous()   # (N, H+2, C, W+4)
     for top in range(0, h, rows):
         bottom = min(h, top + rows)
-        index, above, below = _key_rows(h, top, bottom)
-        index = index.to(padded_key.device)
-        keys = padded_key[:, :, index] * above.to(padded_key).view(-1, 1)
-        keys = keys.add_(padded_key[:, :, index + 1] * below.to(padded_key).view(-1, 1))   # (N, C, rows, W)
-        keys = keys.permute(0, 2, 1, 3).reshape(n * (bottom - top), c, w)
+        band = index[top:bottom]
+        keys = padded[:, band] * above[top:bottom].view(-1, 1, 1)
+        keys = keys.add_(padded[:, band + 1] * below[top:bottom].view(-1, 1, 1))          # (N, rows, C, W + 4)
         queries = query[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n * (bottom - top), w, c)
         band_coords = coords[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n * (bottom - top), w, d)
-        yield top, bottom, keys, queries, _column_corners(band_coords, w, c)
+        yield (top, bottom, keys.view(n * (bottom - top), c, -1), queries,
+               *_column_corners(band_coords, w))
 
 
 def correlation(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
