@@ -132,6 +132,11 @@ class _BandCorrelation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, coords: Tensor, rows: int) -> Tensor:
+        with torch.autocast(query.device.type, enabled=False):   # autocast would run the products in bf16/fp16
+            return _BandCorrelation._forward(ctx, query, key, coords, rows)
+
+    @staticmethod
+    def _forward(ctx, query: Tensor, key: Tensor, coords: Tensor, rows: int) -> Tensor:
         n, c, h, w = key.shape
         d = coords.shape[1]
         # the cost comes out in the query's memory format, so that the aggregation convolutions that follow stay
@@ -149,6 +154,11 @@ class _BandCorrelation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_cost: Tensor):
+        with torch.autocast(grad_cost.device.type, enabled=False):
+            return _BandCorrelation._backward(ctx, grad_cost)
+
+    @staticmethod
+    def _backward(ctx, grad_cost: Tensor):
         query, key, coords = ctx.saved_tensors
         n, c, h, w = key.shape
         d = coords.shape[1]

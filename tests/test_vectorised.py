@@ -54,6 +54,25 @@ def test_correlation_and_its_gradients_match_hypothesis_loop(band_bytes, monkeyp
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
+def test_correlation_stays_float32_under_autocast():
+    """Autocast would run the correlation's matrix products in bfloat16 (4e-3 off here); the cost volume keeps the
+    precision of its float32 coordinates, as the official grid_sample does under autocast."""
+    from models.cost_volume import correlation
+    g = torch.Generator().manual_seed(0)
+    query, key = (torch.randn(2, 24, 16, 40, generator=g, requires_grad=True) for _ in range(2))
+    coords = torch.rand(2, 24, 16, 40, generator=g) * 40
+    reference = correlation(query, key, coords)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        cost = correlation(query, key, coords)
+    assert cost.dtype == torch.float32
+    torch.testing.assert_close(cost, reference, atol=1e-6, rtol=0)
+    grad = torch.randn(cost.shape, generator=g)
+    with torch.autocast('cpu', dtype=torch.bfloat16):   # a backward pass run inside autocast, too
+        grads = torch.autograd.grad(cost, (query, key), grad)
+    for a, b in zip(grads, torch.autograd.grad(reference, (query, key), grad)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 def reference_subpixel_draft(features, coords_hr, scale, query, key, fuse):
     """The official HRDIF loop over the s*s sub-pixel phases, u (rows) outer and v (columns) inner."""
     left, right = features.chunk(2)
