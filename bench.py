@@ -10,8 +10,9 @@ process, Python and torch included), torch.cuda.max_memory_allocated on CUDA. Ti
 after one warm-up. With the official code, each case runs --rounds rounds of one process per variant, the official
 first; speed-up = median over the rounds of official time / variant time, so that a machine whose speed drifts, as
 shared machines do, cannot bias it. (Never both in one process: on CPU whichever runs second inherits the heap the
-other grew and page-faults less, which made our training step look 15 % faster than it is.) GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and
-element-wise work are not counted), so GFLOP/s is a lower bound of the work done.
+other grew and page-faults less, which made our training step look 15 % faster than it is.) GFLOP = convolutions
+and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not counted), so
+GFLOP/s is a lower bound of the work done.
 """
 from __future__ import annotations
 
