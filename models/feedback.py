@@ -54,7 +54,8 @@ def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: in
     coords_hr[..., u::s, v::s] / s (no phase offset, spec Q4); it warps `other`, a correlation gate between
     `query(features)` and `key(warp)` mixes the warp with the own features, and `fuse` (an RDB) refines the
     difference. All phases run as one batch: pixel-unshuffle puts phase u*s+v on the channel axis, which
-    `sample_columns` treats as hypotheses. Returns (N, C, H, W).
+    `sample_columns` treats as hypotheses. Returns (N, C, H, W) in the memory format of `features` (the sum over
+    phases would give NCHW, and the fusion `compress_in` would then run the whole second LR stage in NCHW).
     """
     n, c, h, w = features.shape
     phases = scale * scale
@@ -66,7 +67,8 @@ def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: in
     mixed = (1 - gate) * own + gate * warped.view(n, phases, c, h, w)   # (N, s*s, C, H, W)
     del warped, gate
     residual = fuse((mixed - own).reshape(n * phases, c, h, w)).view(n, phases, c, h, w)
-    return (own + residual).sum(1) / phases
+    draft = (own + residual).sum(1) / phases
+    return draft.contiguous(memory_format=memory_format(features))
 
 
 def fold_phases(sampled: Tensor, layout: torch.memory_format) -> Tensor:

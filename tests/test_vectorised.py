@@ -106,7 +106,12 @@ def test_subpixel_draft_matches_phase_loop(scale):
     with torch.no_grad():
         fast = subpixel_draft(features, swap_views(features), coords_hr, scale, query, key, fuse)
         slow = reference_subpixel_draft(features, coords_hr, scale, query, key, fuse)
+        # the draft keeps the layout of the features, so that the second recursion's LR stage stays channels-last
+        nhwc = features.contiguous(memory_format=torch.channels_last)
+        fast_nhwc = subpixel_draft(nhwc, swap_views(nhwc), coords_hr, scale, query, key, fuse)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast_nhwc, slow, atol=1e-5, rtol=1e-5)
+    assert fast_nhwc.is_contiguous(memory_format=torch.channels_last) and not fast_nhwc.is_contiguous()
 
 
 def reference_relax(m, pixels):
