@@ -280,7 +280,12 @@ class GroupResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x) + x
+        if torch.is_grad_enabled():
+            return self.body(x) + x
+        conv1, act, conv2 = self.body   # no autograd: PReLU and residual in place, no fresh full-size tensors
+        out = conv2(prelu_(conv1(x), act))
+        out += x
+        return out
 
 
 def transition(channels: int = 64) -> nn.Sequential:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.blocks import conv_bn, resize_bilinear
+from models.blocks import conv_bn, prelu_, resize_bilinear
 
 # Pool windows of the LR matching features (official `Stereo_feature`). The largest window, 30, is why the network's
 # smallest LR input is 30x30 (spec §5).
@@ -44,7 +44,11 @@ class PyramidPoolingFeature(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         size = (x.shape[2], x.shape[3])
         pooled = [resize_bilinear(getattr(self, name)(x), size) for name in reversed(self.branch_names)]
-        return self.lastconv(torch.cat([x, *pooled], dim=1))
+        stacked = torch.cat([x, *pooled], dim=1)
+        if torch.is_grad_enabled():
+            return self.lastconv(stacked)
+        fuse, act, project = self.lastconv   # no autograd: the PReLU in place on the fresh convolution output
+        return project(prelu_(fuse(stacked), act))
 
 
 def lr_matching_feature() -> PyramidPoolingFeature:

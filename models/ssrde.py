@@ -242,7 +242,10 @@ class SSRDEFNet(nn.Module):
     def interact(self, own: Tensor, other: Tensor, coords: Tensor) -> Tensor:
         warped = warp(other, coords)
         gate = correlation_gate(self.att1(own), self.att2(warped))
-        update = (warped - own) * gate
+        if torch.is_grad_enabled():
+            update = (warped - own) * gate
+        else:   # in place on the fresh warp: no other full-size HR tensor
+            update = warped.sub_(own).mul_(gate)
         del warped, gate  # evaluation: free before the dense block, the memory peak of the network
         refined = self.encoder2(update)
         refined += own
