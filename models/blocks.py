@@ -33,6 +33,13 @@ def recomputing():
         _RECOMPUTING = previous
 
 
+def memory_format(x: Tensor) -> torch.memory_format:
+    """torch.channels_last if x (N, C, H, W) is stored channels-last (and not also NCHW-contiguous), else NCHW."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def band_rows(height: int, row_bytes: int, device: torch.device) -> int:
     """Rows per band of a banded computation whose output takes `row_bytes` per image row: at most
     INFERENCE_BAND_BYTES[device type] per band, the bands as even as possible (no thin last band)."""
@@ -42,20 +49,27 @@ def band_rows(height: int, row_bytes: int, device: torch.device) -> int:
     return -(-height // bands)
 
 
+def halo_band(x: Tensor, top: int, bottom: int, halo: int) -> Tensor:
+    """Rows top-halo .. bottom-1+halo of x (N, C, H, W), with zero rows where they fall outside the image: the input
+    a 'same'-padded convolution with a (2 halo + 1)-row kernel needs for output rows [top, bottom)."""
+    height = x.shape[2]
+    band = x[:, :, max(0, top - halo):bottom + halo]
+    missing_above, missing_below = max(0, halo - top), max(0, bottom + halo - height)
+    if missing_above or missing_below:
+        band = F.pad(band, (0, 0, missing_above, missing_below))
+    return band
+
+
 def conv_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, accumulate: bool) -> None:
     """out (=, or += when `accumulate`) conv2d(x, weight, bias) with 'same' zero padding, for a 1x1 or 3x3 `weight`,
-    a band of rows at a time: band [top, bottom) reads rows top-h..bottom-1+h of x (h = 0 or 1), with zero rows added
-    at the image border. No autograd; the temporaries are one band, not a whole map.
+    a band of rows at a time (see `halo_band`). No autograd; the temporaries are one band, not a whole map.
     """
     height, width = x.shape[2:]
     halo = weight.shape[-1] // 2
     rows = band_rows(height, out.shape[1] * width * x.element_size(), x.device)
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
-        band = x[:, :, max(0, top - halo):bottom + halo]
-        if halo and (top == 0 or bottom == height):
-            band = F.pad(band, (0, 0, int(top == 0), int(bottom == height)))
-        result = F.conv2d(band, weight, bias, padding=(0, halo))
+        result = F.conv2d(halo_band(x, top, bottom, halo), weight, bias, padding=(0, halo))
         if accumulate:
             out[:, :, top:bottom] += result
         else:
@@ -109,13 +123,20 @@ class ConvBN(nn.Sequential):
         conv, bn = self[0], self[1]
         if self.training or torch.is_grad_enabled() or not bn.track_running_stats:
             return super().forward(x)
+        weight, bias = self.folded()
+        if isinstance(conv, nn.ConvTranspose2d):
+            return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                                      conv.dilation)
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """The weight and bias of the convolution with the BatchNorm's running statistics folded in (eval mode)."""
+        conv, bn = self[0], self[1]
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         bias = bn.bias - bn.running_mean * scale
         if isinstance(conv, nn.ConvTranspose2d):    # weight (in, out, kh, kw)
-            return F.conv_transpose2d(x, conv.weight * scale.view(1, -1, 1, 1), bias, conv.stride, conv.padding,
-                                      conv.output_padding, conv.groups, conv.dilation)
-        return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
-                        conv.groups)
+            return conv.weight * scale.view(1, -1, 1, 1), bias
+        return conv.weight * scale.view(-1, 1, 1, 1), bias
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0) -> ConvBN:

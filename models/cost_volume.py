@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import ConvBN, ViewwiseBatchNorm2d, conv_bn
+from models.blocks import ConvBN, ViewwiseBatchNorm2d, conv_bn, memory_format
 
 # Number of disparity hypotheses of the HR cost volume (official `ndisp=24`); they span +-NUM_HYPOTHESES/2 HR pixels
 # around the upsampled PAM estimate, one every 24/23 px.
@@ -287,13 +287,6 @@ def soft_argmax(cost: Tensor, hypotheses: Tensor) -> Tensor:
     Higher cost (correlation) means more likely; no negation.
     """
     return (hypotheses * torch.softmax(cost, dim=1)).sum(1, keepdim=True)
-
-
-def memory_format(x: Tensor) -> torch.memory_format:
-    """torch.channels_last if x (N, C, H, W) is stored channels-last (and not also NCHW-contiguous), else NCHW."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def swap_views(x: Tensor) -> Tensor:

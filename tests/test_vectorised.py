@@ -194,6 +194,34 @@ def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypa
     assert (banded - rdb(x)).abs().max() < 1e-12   # the autograd form
 
 
+@pytest.mark.parametrize('band_bytes', [1, 3 * 40 * 64 * 8, 1 << 30])
+@pytest.mark.parametrize('make', ['hr_matching_feature', 'lr_matching_feature'])
+def test_banded_inference_matching_features_match_official_form(make, band_bytes, monkeypatch):
+    """In evaluation the pyramid-pooling fusion runs band by band (1-row, 3-row and whole-image bands here) on the
+    concatenation of each band, with the BatchNorm folded in and the PReLU in place; it must equal lastconv on the
+    whole concatenation (the official form, BatchNorm with running statistics)."""
+    import models.blocks
+    import models.features
+    monkeypatch.setitem(models.blocks.INFERENCE_BAND_BYTES, 'cpu', band_bytes)
+    torch.manual_seed(4)
+    feature = getattr(models.features, make)().double().eval()
+    for module in feature.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+        if isinstance(module, torch.nn.PReLU):
+            module.weight.data.fill_(0.3)
+    x = torch.randn(2, 64, 33, 40, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        banded = feature(x)
+    expected = feature(x)    # autograd on: lastconv on the whole concatenation, unfolded BatchNorm
+    assert banded.shape == expected.shape
+    assert (banded - expected).abs().max() < 1e-12
+    assert banded.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_ssim_separable_blur_matches_official_2d_window():
     """The loss's SSIM blurs with two 1-D Gaussian passes; the official convolves with the 11x11 outer product."""
     from models.losses import SSIM_WINDOW, gaussian_window, ssim_map
