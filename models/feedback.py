@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import DeconvBlock, resize_bilinear
-from models.cost_volume import memory_format, sample_columns
+from models.blocks import DeconvBlock, memory_format, resize_bilinear
+from models.cost_volume import sample_columns
 from models.interaction import correlation_gate
 
 # b <- b + 0.1 * b * attention(b), the official weight of the feedback attention.
@@ -67,8 +67,16 @@ def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: in
     mixed = (1 - gate) * own + gate * warped.view(n, phases, c, h, w)   # (N, s*s, C, H, W)
     del warped, gate
     residual = fuse((mixed - own).reshape(n * phases, c, h, w)).view(n, phases, c, h, w)
-    draft = (own + residual).sum(1) / phases
-    return draft.contiguous(memory_format=memory_format(features))
+    total = own + residual if torch.is_grad_enabled() else residual.add_(own)   # no autograd: in place, fresh
+    return (sum_phases(total) / phases).contiguous(memory_format=memory_format(features))
+
+
+def sum_phases(x: Tensor) -> Tensor:
+    """(N, P, C, H, W) -> sum over P, reduced in memory order: for channels-last phases a reduction over P as laid
+    out was ~30x slower (115 vs 4 ms at a KITTI-sized x4 pair)."""
+    if x[:, 0].is_contiguous(memory_format=torch.channels_last) and not x[:, 0].is_contiguous():
+        return x.permute(0, 1, 3, 4, 2).sum(1).permute(0, 3, 1, 2)
+    return x.sum(1)
 
 
 def fold_phases(sampled: Tensor, layout: torch.memory_format) -> Tensor:
