@@ -5,14 +5,14 @@
     SSRDEF_OFFICIAL_DIR=/path/to/SSRDEFNet-PyTorch python bench.py   # adds the official code, same weights/inputs
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
 
-Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the
-process, Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs
-after one warm-up. With the official code, each case runs --rounds rounds of one process per variant, the official
-first; speed-up = median over the rounds of official time / variant time, so that a machine whose speed drifts, as
-shared machines do, cannot bias it. (Never both in one process: on CPU whichever runs second inherits the heap the
-other grew and page-faults less, which made our training step look 15 % faster than it is.) GFLOP = convolutions
-and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not counted), so
-GFLOP/s is a lower bound of the work done.
+Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
+Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
+more runs while they add up to less than --min-seconds. With the official code, each case runs --rounds rounds of one
+process per variant, the official first; speed-up = median over the rounds of official time / variant time, so that a
+machine whose speed drifts, as shared machines do, cannot bias it. (Never both in one process: on CPU whichever runs
+second inherits the heap the other grew and page-faults less, which made our training step look 15 % faster than it is.)
+GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not
+counted), so GFLOP/s is a lower bound of the work done.
 """
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parent
 INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 184, 256),
              ('infer', 2, 1, 30, 90), ('infer', 2, 1, 94, 310), ('infer', 2, 1, 368, 512)]
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
+# Most timed runs per process when --min-seconds asks for more than --repeats.
+MAX_RUNS = 50
+
 # glibc malloc settings for --glibc-heap: blocks of any size come from the heap and freed memory stays there. By
 # default glibc maps every block above 32 MB afresh and the kernel zero-fills each of its pages on first touch: on the
 # 2-core CPU here that was over a quarter of the CPU time of a KITTI-sized evaluation (half of the official code's).
@@ -56,6 +59,9 @@ def parse_args(argv=None):
                              'ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), official. '
                              'Default: everything that applies')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per process (median reported)')
+    parser.add_argument('--min-seconds', type=float, default=10.0,
+                        help=f'more timed runs (at most {MAX_RUNS}) until they add up to this many seconds: short '
+                             'cases get a median of many runs, which page faults and a drifting machine disturb less')
     parser.add_argument('--rounds', type=int, default=3,
                         help='with the official code: processes per variant, run in turns (official first)')
     parser.add_argument('--timeout', type=int, default=900, help='seconds per case before it is reported as such')
@@ -139,6 +145,8 @@ def run_case(spec: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = [timed(step, device) for _ in range(spec['repeats'])]
+    while sum(times) < spec.get('min_seconds', 0) and len(times) < MAX_RUNS:   # short cases: a steadier median
+        times.append(timed(step, device))
     result = {'seconds': statistics.median(times), 'all_seconds': times}
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
@@ -221,7 +229,7 @@ def main(argv=None) -> list[dict]:
     for kind, scale, batch, h, w in cases:
         case_variants = [v for v in variants if v != 'ours_ckpt' or kind == 'train']  # recomputation needs autograd
         base = dict(kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1)
+                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds)
         runs = {v: [] for v in case_variants}
         for _ in range(args.rounds if 'official' in case_variants else 1):
             for variant in sorted(case_variants, key=lambda v: v != 'official'):
