@@ -45,7 +45,7 @@ class PyramidPoolingFeature(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         size = (x.shape[2], x.shape[3])
         pooled = [resize_bilinear(getattr(self, name)(x), size) for name in reversed(self.branch_names)]
-        if torch.is_grad_enabled() or self.training:
+        if torch.is_grad_enabled() or self.training or not self.lastconv[0][1].track_running_stats:
             return self.lastconv(torch.cat([x, *pooled], dim=1))
         return self.fuse_inference(x, pooled)
 
