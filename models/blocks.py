@@ -120,14 +120,18 @@ class ConvBN(nn.Sequential):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        conv, bn = self[0], self[1]
-        if self.training or torch.is_grad_enabled() or not bn.track_running_stats:
+        if not self.folds():
             return super().forward(x)
+        conv = self[0]
         weight, bias = self.folded()
         if isinstance(conv, nn.ConvTranspose2d):
             return F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
                                       conv.dilation)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def folds(self) -> bool:
+        """Whether the BatchNorm is folded into the convolution now: eval mode, no autograd, running statistics."""
+        return not (self.training or torch.is_grad_enabled() or not self[1].track_running_stats)
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """The weight and bias of the convolution with the BatchNorm's running statistics folded in (eval mode)."""

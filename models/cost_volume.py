@@ -143,9 +143,7 @@ class _BandCorrelation(torch.autograd.Function):
         # channels-last in evaluation (2x faster on CPU)
         cost = torch.empty((n, d, h, w), dtype=query.dtype, device=query.device, memory_format=memory_format(query))
         for top, bottom, keys, queries, left, frac in _bands(query, key, coords, rows, _key_rows(h, c, key)):
-            every_column = torch.bmm(queries, keys)                                    # (N*rows, W, W + 4)
-            at_left = every_column.gather(2, left)
-            at_right = every_column.gather(2, left + 1)
+            at_left, at_right = _corner_products(queries, keys, left)
             cost.permute(0, 2, 3, 1)[:, top:bottom] = at_left.add_(at_right.sub_(at_left).mul_(frac)).view(
                 n, bottom - top, w, d)
         ctx.save_for_backward(query, key, coords)
@@ -172,11 +170,10 @@ class _BandCorrelation(torch.autograd.Function):
             g = grad_cost[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n * rows, w, d)
             right = left + 1
             if need_coords:   # d cost / d column = (cost at right - cost at left); column = coords * W/(W-1) - 0.5
-                every_column = torch.bmm(queries, keys)
-                slope = every_column.gather(2, right).sub_(every_column.gather(2, left))
-                grad_coords.permute(0, 2, 3, 1)[:, top:bottom] = slope.mul_(g).mul_(w / (w - 1.0)).view(
-                    n, rows, w, d)
-                del every_column
+                at_left, at_right = _corner_products(queries, keys, left)
+                grad_coords.permute(0, 2, 3, 1)[:, top:bottom] = at_right.sub_(at_left).mul_(g).mul_(
+                    w / (w - 1.0)).view(n, rows, w, d)
+                del at_left, at_right
             if not (need_query or need_key):
                 continue
             g_right = g * frac
@@ -193,6 +190,13 @@ class _BandCorrelation(torch.autograd.Function):
                 grad_rows.index_add_(1, index[top:bottom] + 1, grad_keys * below[top:bottom].view(-1, 1, 1))
         grad_key = grad_rows[:, 1:h + 1].permute(0, 2, 1, 3) if need_key else None
         return grad_query, grad_key, grad_coords, None
+
+
+def _corner_products(queries: Tensor, keys: Tensor, left: Tensor) -> tuple[Tensor, Tensor]:
+    """Each query pixel (N*rows, W, C) times the blended key row (N*rows, C, W + 4) at the left and the right
+    bilinear corner of each of its hypotheses (`left`, (N*rows, W, D)): one product with every column, two gathers."""
+    every_column = torch.bmm(queries, keys)                                    # (N*rows, W, W + 4)
+    return every_column.gather(2, left), every_column.gather(2, left + 1)
 
 
 def _bands(query: Tensor, key: Tensor, coords: Tensor, rows: int, key_rows: tuple[Tensor, Tensor, Tensor]):
