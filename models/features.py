@@ -50,9 +50,9 @@ class PyramidPoolingFeature(nn.Module):
         return self.fuse_inference(x, pooled)
 
     def fuse_inference(self, x: Tensor, pooled: list[Tensor]) -> Tensor:
-        """`lastconv(cat([x, *pooled]))` when its BatchNorm folds (eval mode, no autograd), a band of rows at a time: the concatenation
-        (112 channels at HR, 0.2 GB for one view of a KITTI-sized x4 pair) only ever exists for one band, the
-        3x3 convolution (BatchNorm folded in) runs on cache-sized bands, and its PReLU is applied in place."""
+        """`lastconv(cat([x, *pooled]))` when its BatchNorm folds (eval mode, no autograd), a band of rows at a time:
+        the concatenation (112 channels at HR, 0.2 GB for one view of a KITTI-sized x4 pair) only ever exists for one
+        band, the 3x3 convolution (BatchNorm folded in) runs on cache-sized bands, and its PReLU is applied in place."""
         fuse, act, project = self.lastconv
         weight, bias = fuse.folded()
         n, _, height, width = x.shape
