@@ -18,7 +18,13 @@ from torch import Tensor, nn
 INFERENCE_BAND_BYTES = {'cpu': 12 << 20, 'cuda': 512 << 20}
 
 
+# Largest tensor the autograd paths create on purpose, in bytes: glibc's largest dynamic mmap threshold. glibc serves
+# larger blocks with fresh pages from the kernel every time, and a CPU training step then spends a third of its time
+# zero-filling pages (page faults, system time); blocks below it are reused from the heap. See `autograd_chunks`.
+AUTOGRAD_TENSOR_BYTES = 32 << 20
+
 _RECOMPUTING = False  # set while activation recomputation replays a forward pass (see `recomputing`)
+_ONE_VIEW = False     # set while a stage runs one view at a time (see `one_view`)
 
 
 @contextlib.contextmanager
@@ -31,6 +37,25 @@ def recomputing():
         yield
     finally:
         _RECOMPUTING = previous
+
+
+@contextlib.contextmanager
+def one_view():
+    """Context for a stage that runs the left and the right view in separate calls, as the official network does:
+    training-mode `ViewwiseBatchNorm2d` then normalises each call's batch as a whole (one view's statistics)."""
+    global _ONE_VIEW
+    previous, _ONE_VIEW = _ONE_VIEW, True
+    try:
+        yield
+    finally:
+        _ONE_VIEW = previous
+
+
+def autograd_chunks(x: Tensor, channels: int) -> tuple[Tensor, ...]:
+    """x (N, C, H, W) split on dim 0 into as few chunks as keep a (n, `channels`, H, W) tensor of each chunk within
+    AUTOGRAD_TENSOR_BYTES (at least one image per chunk)."""
+    image_bytes = channels * x.shape[2] * x.shape[3] * x.element_size()
+    return x.split(max(1, AUTOGRAD_TENSOR_BYTES // max(1, image_bytes)))
 
 
 def memory_format(x: Tensor) -> torch.memory_format:
@@ -99,16 +124,20 @@ class ViewwiseBatchNorm2d(nn.BatchNorm2d):
     num_views: int = 2
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.num_views == 1:
+        if not self.training:
             return super().forward(x)
+        if self.num_views == 1 or _ONE_VIEW:   # the batch holds one view (see `one_view`)
+            return self._normalise(x)
         views = x.chunk(self.num_views, dim=0)
         if len(views) != self.num_views or views[0].shape[0] != views[-1].shape[0]:
             raise ValueError(f"ViewwiseBatchNorm2d expects a batch of {self.num_views} stacked views of equal "
                              f"size, got batch {x.shape[0]}")
+        return torch.cat([self._normalise(v) for v in views], dim=0)
+
+    def _normalise(self, view: Tensor) -> Tensor:
         if _RECOMPUTING:  # momentum 0: the running statistics stay as they are (same saved tensors as below)
-            return torch.cat([F.batch_norm(v, self.running_mean, self.running_var, self.weight, self.bias, True, 0.0,
-                                           self.eps) for v in views])
-        return torch.cat([super(ViewwiseBatchNorm2d, self).forward(v) for v in views], dim=0)
+            return F.batch_norm(view, self.running_mean, self.running_var, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(view)
 
 
 class ConvBN(nn.Sequential):
@@ -208,24 +237,32 @@ class ResidualDenseBlock(nn.Module):
         return torch.cat([dense.conv.weight[:, first:first + count] for dense in list(self.conv)[layer:end]])
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled():
-            images = [self.forward_inference(image) for image in x.split(1)]
-            return images[0] if len(images) == 1 else torch.cat(images)
+        if torch.is_grad_enabled():
+            chunks = [self.forward_autograd(chunk) for chunk in autograd_chunks(x, self.LFF.in_channels - x.shape[1])]
+        else:
+            chunks = [self.forward_inference(image) for image in x.split(1)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def forward_autograd(self, x: Tensor) -> Tensor:
+        """The dense block with autograd, on a chunk of images small enough (`autograd_chunks`) that no tensor it
+        makes, forward or backward, outgrows glibc's reusable heap. The 1x1 fusion is split at the block input,
+        LFF(cat(x, y)) = W_x x + W_y y + b, so that the largest concatenation has the y_i alone."""
         layers, c0 = list(self.conv), x.shape[1]
         growth = layers[0].conv.out_channels
         biases = torch.cat([dense.conv.bias for dense in layers])
         # terms of each layer's pre-activation; split (not sliced) so the backward is one concatenation
         pending = [[term] for term in F.conv2d(x, self.stacked_weights(0, c0, 0), biases, padding=1).split(growth, 1)]
-        features, start = [x], c0
+        outputs, start = [], c0
         for i, dense in enumerate(layers):
             y = dense.relu(sum(pending[i][1:], pending[i][0]))
-            features.append(y)
+            outputs.append(y)
             if i + 1 < len(layers):
                 later = F.conv2d(y, self.stacked_weights(start, growth, i + 1), padding=1).split(growth, 1)
                 for k, term in enumerate(later, start=i + 1):
                     pending[k].append(term)
             start += growth
-        return self.LFF(torch.cat(features, dim=1)) + x
+        fused = F.conv2d(torch.cat(outputs, dim=1), self.LFF.weight[:, c0:], self.LFF.bias)
+        return fused + F.conv2d(x, self.LFF.weight[:, :c0]) + x
 
     def forward_inference(self, image: Tensor) -> Tensor:
         """One image, no autograd: the dense layers' maps live in one buffer of pre-activations, turned into y_i in

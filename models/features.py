@@ -45,9 +45,15 @@ class PyramidPoolingFeature(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         size = (x.shape[2], x.shape[3])
         pooled = [resize_bilinear(getattr(self, name)(x), size) for name in reversed(self.branch_names)]
-        if not self.lastconv[0].folds():
-            return self.lastconv(torch.cat([x, *pooled], dim=1))
-        return self.fuse_inference(x, pooled)
+        if self.lastconv[0].folds():
+            return self.fuse_inference(x, pooled)
+        # conv(cat(x, pooled)) = conv_x(x) + conv_p(cat(pooled)): the 112-channel concatenation at HR (39 MB for
+        # the views of two training patches) would outgrow the heap blocks glibc reuses (blocks.AUTOGRAD_TENSOR_BYTES)
+        fuse, act, project = self.lastconv
+        conv, norm = fuse
+        weight, c = conv.weight, x.shape[1]
+        pre = F.conv2d(x, weight[:, :c], padding=1) + F.conv2d(torch.cat(pooled, dim=1), weight[:, c:], padding=1)
+        return project(act(norm(pre)))
 
     def fuse_inference(self, x: Tensor, pooled: list[Tensor]) -> Tensor:
         """`lastconv(cat([x, *pooled]))` when its BatchNorm folds (eval mode, no autograd), a band of rows at a time:

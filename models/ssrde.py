@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from models.blocks import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, recomputing, transition
+from models.blocks import (ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, one_view, recomputing,
+                           transition)
 from models.cost_volume import CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax, warp
 from models.features import hr_matching_feature, lr_matching_feature
 from models.feedback import FeedbackBlock, feedback_features, subpixel_draft
@@ -78,34 +79,26 @@ def activation_format(x: Tensor, model: nn.Module) -> torch.memory_format:
     convolve it 1.5-6x faster than NCHW (most of all the many cheap convolutions at HR); NCHW for CPU training, where
     oneDNN's NHWC backward is slower (and CPU training mode without autograd, where it would change the rounding
     that training-mode BatchNorm amplifies). Convolutions follow their input's format; values agree to rounding."""
-    return torch.channels_last if x.is_cuda or one_view_at_a_time(model) else torch.contiguous_format
+    evaluating = not (model.training or torch.is_grad_enabled())
+    return torch.channels_last if x.is_cuda or evaluating else torch.contiguous_format
 
 
-def one_view_at_a_time(model: nn.Module) -> bool:
-    """Whether the stage with BatchNorm (the HR matching features) may run the views separately: only in eval mode
-    without autograd, where it halves the peak memory. In training mode BatchNorm must see both views ([left; right],
-    `ViewwiseBatchNorm2d`), with or without autograd. The HR stages without BatchNorm always run one view at a time
-    (`per_view`, `per_view_pair`)."""
-    return not (model.training or torch.is_grad_enabled())
+def per_view(fn, *views: Pair) -> Pair:
+    """Pair(fn(*lefts), fn(*rights)) for arguments given as Pairs of views: an HR stage, one view at a time.
 
-
-def per_view(fn, x: Tensor, separately: bool = True) -> Tensor:
-    """fn(x) for x = [left; right] on dim 0, one view at a time unless `separately` is False.
-
-    For the HR stages one view at a time halves the peak memory of evaluation and, in training, keeps each HR
-    tensor half as large: at the paper's x4 patches (batch 2, 120x360 HR) a 64-channel map is 22 MB instead of
-    44 MB, under glibc's 32 MB threshold above which every allocation is fresh memory from the kernel, zero-filled
-    page by page. That halved the system time of a CPU training step (12.2 s -> 10.9 s per step, three alternating
-    pairs in one process). Only stages without BatchNorm may split in training (see `one_view_at_a_time`).
+    The network keeps its HR maps as separate views, never as one [left; right] batch: in evaluation that halves the
+    peak memory, and in training each HR map stays half as large. At the paper's x4 patches (batch 2, 120x360 HR) a
+    64-channel map is then 22 MB instead of 44 MB, within the heap blocks glibc reuses (blocks.AUTOGRAD_TENSOR_BYTES)
+    rather than fresh pages zero-filled by the kernel at every step. Training-mode BatchNorm normalises each call's
+    batch as one view (`one_view`), as the official network, which calls every module once per view, does.
     """
-    if not separately:
-        return fn(x)
-    return torch.cat([fn(view) for view in x.chunk(2)])
+    with one_view():
+        return Pair(fn(*(v.left for v in views)), fn(*(v.right for v in views)))
 
 
 def per_view_pair(fn, x: Tensor, *extras: Tensor) -> Tensor:
-    """fn(own, other, *extras) for x = [left; right] on dim 0, one view at a time (see `per_view`), `other` being
-    the opposite view and `extras` split like x; no copy of the swapped views is made."""
+    """fn(own, other, *extras) for x = [left; right] on dim 0, one view at a time, `other` being the opposite view
+    and `extras` split like x; no copy of the swapped views is made."""
     left, right = x.chunk(2)
     extras = [t.chunk(2) for t in extras]
     return torch.cat([fn(left, right, *(e[0] for e in extras)), fn(right, left, *(e[1] for e in extras))])
@@ -168,7 +161,7 @@ class SSRDEFNet(nn.Module):
     def forward(self, left: Tensor, right: Tensor) -> SSRDEFNetOutput:
         validate_inputs(left, right, self.scale)
         lr = torch.cat([left, right]).contiguous(memory_format=activation_format(left, self))   # (2B, 3, H, W)
-        upsampled = F.interpolate(lr, scale_factor=self.scale, mode='bicubic', align_corners=False)
+        upsampled = Pair.unfold(F.interpolate(lr, scale_factor=self.scale, mode='bicubic', align_corners=False))
         features = self.stage(lambda x: self.deep_feature(self.init_feature(x)), lr)   # (2B, 64, H, W)
 
         out = SSRDEFNetOutput(sr=[], attention=[], valid_lr=[], valid_hr=[], coords_lr=[], coords_hr=[])
@@ -187,24 +180,25 @@ class SSRDEFNet(nn.Module):
         return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False,
                                                  context_fn=lambda: (contextlib.nullcontext(), recomputing()))
 
-    def recursion(self, features: Tensor, upsampled: Tensor, out: SSRDEFNetOutput):
-        """One recursion on LR features (2B, 64, H, W); appends its outputs to `out`.
+    def recursion(self, features: Tensor, upsampled: Pair, out: SSRDEFNetOutput):
+        """One recursion on LR features (2B, 64, H, W) as [left; right]; appends its outputs to `out`.
 
-        Returns the refined HR features (2B, 64, sH, sW) and the HR coordinates (2B, 1, sH, sW) for the feedback.
+        HR maps are Pairs of views (see `per_view`). Returns the refined HR features, a Pair of (B, 64, sH, sW), and
+        the HR coordinates (2B, 1, sH, sW) for the feedback.
         """
         s = self.scale
         # LR stage: parallax attention and SR reconstruction
-        pam, hr_features = self.stage(self.lr_stage, features)                 # hr_features: (2B, 64, sH, sW)
-        sr_lr = self.final(hr_features) + upsampled
+        pam, hr_features = self.stage(self.lr_stage, features)                 # Pair of (B, 64, sH, sW)
+        sr_lr = per_view(lambda x, up: self.final(x) + up, hr_features, upsampled)
 
         # HR disparity: hypotheses around the upsampled PAM coordinates, cost volume, aggregation, soft-argmax
         coords_lr = F.interpolate(pam.coords * s, scale_factor=s, mode='bilinear', align_corners=False)
         coords_hr = self.stage(self.hr_disparity, hr_features, coords_lr)
 
         refined = self.stage(self.hr_interaction, hr_features, coords_hr)
-        sr_hr = self.final2(refined) + upsampled
+        sr_hr = per_view(lambda x, up: self.final2(x) + up, refined, upsampled)
 
-        out.sr += [Pair.unfold(sr_lr), Pair.unfold(sr_hr)]
+        out.sr += [sr_lr, sr_hr]
         out.attention.append(Pair(*pam.attention))
         out.valid_lr.append(Pair.unfold(pam.valid))
         out.valid_hr.append(Pair.unfold(hr_valid_mask(coords_hr, pam.valid, s)))
@@ -212,17 +206,17 @@ class SSRDEFNet(nn.Module):
         out.coords_hr.append(Pair.unfold(coords_hr))
         return refined, coords_hr
 
-    def lr_stage(self, features: Tensor) -> tuple[PAMOutput, Tensor]:
-        """Parallax attention on LR features (2B, 64, H, W), fusion, reconstruction and upsampling to HR features."""
+    def lr_stage(self, features: Tensor) -> tuple[PAMOutput, Pair]:
+        """Parallax attention on LR features (2B, 64, H, W), fusion, reconstruction and upsampling to HR features
+        (a Pair of (B, 64, sH, sW))."""
         pam = self.pam(features, self.StereoFea(self.transition(features)))
         fused = self.CALayer(features + self.encode(pam.features - features))
-        return pam, per_view(lambda x: self.upscale(self.reconstruct(x)), fused)
+        return pam, per_view(lambda x: self.upscale(self.reconstruct(x)), Pair.unfold(fused))
 
-    def hr_disparity(self, hr_features: Tensor, coords_lr: Tensor) -> Tensor:
+    def hr_disparity(self, hr_features: Pair, coords_lr: Tensor) -> Tensor:
         """HR coordinates (2B, 1, sH, sW) regressed over 24 hypotheses around `coords_lr` (2B, 1, sH, sW)."""
-        matching = per_view(lambda x: self.StereoFeaHigh(self.transition2(x)), hr_features,
-                            separately=one_view_at_a_time(self))  # (2B, 24, sH, sW); BatchNorm inside
-        hypotheses = disparity_hypotheses(coords_lr.detach(), max_coord=hr_features.shape[3])
+        matching = torch.cat(per_view(lambda x: self.StereoFeaHigh(self.transition2(x)), hr_features))  # 24 channels
+        hypotheses = disparity_hypotheses(coords_lr.detach(), max_coord=matching.shape[3])
         if self.config.fix_right_cost_volume:
             sample_at = hypotheses
         else:  # official quirk Q1: both views' costs are sampled at the left view's hypotheses
@@ -234,10 +228,11 @@ class SSRDEFNet(nn.Module):
         cost = self.dres2(cost) + cost
         return soft_argmax(cost, hypotheses)
 
-    def hr_interaction(self, hr_features: Tensor, coords_hr: Tensor) -> Tensor:
-        """Refined HR features (2B, 64, sH, sW): the other view's HR features, warped by the HR disparity, fused
-        through a correlation gate, a residual dense block and channel attention."""
-        return per_view_pair(self.interact, hr_features, coords_hr)
+    def hr_interaction(self, hr_features: Pair, coords_hr: Tensor) -> Pair:
+        """Refined HR features, a Pair of (B, 64, sH, sW): the other view's HR features, warped by the HR disparity,
+        fused through a correlation gate, a residual dense block and channel attention."""
+        others = Pair(hr_features.right, hr_features.left)
+        return per_view(self.interact, hr_features, others, Pair.unfold(coords_hr))
 
     def interact(self, own: Tensor, other: Tensor, coords: Tensor) -> Tensor:
         warped = warp(other, coords)
@@ -251,10 +246,10 @@ class SSRDEFNet(nn.Module):
         refined += own
         return self.CALayer2(refined)
 
-    def hr_disparity_feedback(self, features: Tensor, refined: Tensor, coords_hr: Tensor) -> Tensor:
+    def hr_disparity_feedback(self, features: Tensor, refined: Pair, coords_hr: Tensor) -> Tensor:
         """HRDIF: new LR features (2B, 64, H, W) for recursion 2 from the recursion-1 LR features, the refined HR
-        features and the HR coordinates (not detached: the SR losses train the HR disparity through it)."""
+        features (a Pair) and the HR coordinates (not detached: the SR losses train the HR disparity through it)."""
         draft = per_view_pair(lambda own, other, coords: subpixel_draft(
             own, other, coords, self.scale, self.backatt1, self.backatt2, self.resblock), features, coords_hr)
-        feedback = feedback_features(refined, self.down, self.feedbackatt)
+        feedback = torch.cat(per_view(lambda x: feedback_features(x, self.down, self.feedbackatt), refined))
         return self.compress_in(torch.cat([draft, feedback], dim=1))

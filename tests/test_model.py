@@ -11,6 +11,7 @@ from conftest import random_pair, randomise_batchnorm
 from models import SSRDEFNetOutput, build_model
 from models.blocks import ViewwiseBatchNorm2d
 from models.cost_volume import coordinates_to_disparity, warp
+from models.outputs import Pair
 
 # Official parameter counts (spec Appendix A, measured on the authors' code).
 PARAMETERS = {2: 2_091_168, 4: 2_255_776}
@@ -190,7 +191,7 @@ def test_right_cost_volume_hypotheses_flag(fix, monkeypatch):
     coords = torch.rand(2, 1, 32, 64) * 64
     coords[1] += 5  # make the right view's hypotheses differ from the left's
     with torch.no_grad():
-        model.hr_disparity(hr, coords)
+        model.hr_disparity(Pair.unfold(hr), coords)
     left_hyp, right_hyp = seen['sample_at'].chunk(2)
     assert not torch.equal(left_hyp, right_hyp) if fix else torch.equal(left_hyp, right_hyp)
 
@@ -231,3 +232,64 @@ def test_integer_input_raises():
     img = torch.randint(0, 255, (1, 3, 30, 90), dtype=torch.uint8)
     with pytest.raises(ValueError, match='floating-point'):
         model(img, img)
+
+
+def test_training_step_tensors_stay_within_reusable_heap_blocks():
+    """At the paper's x4 training patches (batch 2, 30x90 LR) no operation of a training step, forward, loss or
+    backward, makes a tensor larger than blocks.AUTOGRAD_TENSOR_BYTES (glibc's largest mmap threshold): larger ones
+    are fresh, zero-filled pages at every step (a 4.5 GB of them cost a third of the step before; see `per_view`)."""
+    from torch.utils import _pytree as pytree
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from models.blocks import AUTOGRAD_TENSOR_BYTES
+    from models.losses import SSRDEFNetLoss
+
+    class LargestTensor(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest, self.op, self.ops = 0, None, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops += 1
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and not t._is_view() and t.untyped_storage().nbytes() > self.largest:
+                    self.largest, self.op = t.untyped_storage().nbytes(), func
+            return out
+
+    torch.manual_seed(0)
+    model = build_model('ssrdefnet', 4).train()
+    left, right = random_pair(2, 30, 90, seed=1)
+    hr = torch.rand(2, 3, 120, 360)
+    with LargestTensor() as mode:
+        loss = SSRDEFNetLoss(4)(model(left, right), left, right, hr, hr)['total']
+        forward_ops = mode.ops
+        loss.backward()
+    assert mode.ops > 2 * forward_ops > 0     # the backward ops were seen too
+    assert model.encoder2.LFF.weight.grad is not None
+    assert mode.largest <= AUTOGRAD_TENSOR_BYTES, f'{mode.op} made a {mode.largest / 2 ** 20:.1f} MiB tensor'
+
+
+def test_activation_recomputation_gives_the_same_loss_gradients_and_running_statistics():
+    """`grad_checkpoint=True` recomputes the stages in the backward pass (their HR arguments are Pairs of views):
+    float64, x2, the same loss, gradients and BatchNorm running statistics as without recomputation."""
+    from models.losses import SSRDEFNetLoss
+    torch.manual_seed(3)
+    left, right = (t.double() for t in random_pair(1, 30, 60, seed=4))
+    hr = torch.rand(1, 3, 60, 120, dtype=torch.float64)
+    results = []
+    for recompute in (False, True):
+        model = build_model('ssrdefnet', 2, grad_checkpoint=recompute).double().train()
+        if results:
+            model.load_state_dict(initial)
+        else:
+            initial = {k: v.clone() for k, v in model.state_dict().items()}
+        loss = SSRDEFNetLoss(2)(model(left, right), left, right, hr, hr)['total']
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()]),
+                        {k: v.clone() for k, v in model.state_dict().items()}))
+    (loss, grad, state), (loss_ckpt, grad_ckpt, state_ckpt) = results
+    assert loss_ckpt == pytest.approx(loss, rel=1e-12)
+    assert ((grad_ckpt - grad).norm() / grad.norm()).item() < 1e-10
+    for name, value in state.items():
+        assert (state_ckpt[name].double() - value.double()).abs().max() < 1e-12, name

@@ -168,6 +168,24 @@ def test_viewwise_batchnorm_equals_two_official_calls():
     torch.testing.assert_close(ours(torch.cat([left, right])), torch.cat([official(left), official(right)]))
 
 
+def test_viewwise_batchnorm_in_one_view_stages_normalises_each_call_whole():
+    """Inside `one_view` (an HR stage run one view at a time) each call's batch is one view: the official calls."""
+    from models.blocks import one_view
+    torch.manual_seed(1)
+    ours = ViewwiseBatchNorm2d(8)
+    official = torch.nn.BatchNorm2d(8)
+    official.load_state_dict(ours.state_dict())
+    left, right = torch.randn(2, 8, 5, 7) * 2 + 1, torch.randn(2, 8, 5, 7) - 1
+    with one_view():
+        separate = [ours(left), ours(right)]
+    for got, view in zip(separate, (left, right)):
+        torch.testing.assert_close(got, official(view), atol=0, rtol=0)
+    for name, value in official.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, atol=0, rtol=0)
+    # outside the context a batch of two patches is split again into two views of one patch each
+    assert (ours(left) - official(left)).abs().max() > 1e-3
+
+
 def reference_dense_block(rdb, x):
     """The official RDB form: every layer convolves the concatenation of all earlier maps."""
     features = x
@@ -191,7 +209,30 @@ def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypa
         banded = rdb(x)          # no autograd: the banded, in-place form
         expected = reference_dense_block(rdb, x)
     assert (banded - expected).abs().max() < 1e-12
-    assert (banded - rdb(x)).abs().max() < 1e-12   # the autograd form
+
+
+@pytest.mark.parametrize('tensor_bytes', [1, 1 << 30])
+def test_autograd_dense_block_matches_official_form_and_gradients(tensor_bytes, monkeypatch):
+    """With autograd the dense block runs on chunks of images (one image per chunk with a 1-byte budget here) and
+    splits its 1x1 fusion at the block input; values and gradients must be those of the official form."""
+    import models.blocks
+    from models.blocks import ResidualDenseBlock
+    monkeypatch.setattr(models.blocks, 'AUTOGRAD_TENSOR_BYTES', tensor_bytes)
+    torch.manual_seed(6)
+    rdb = ResidualDenseBlock(16, num_layers=3, growth=8).double()
+    for dense in rdb.conv:
+        dense.relu.weight.data.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 16, 7, 5, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 16, 7, 5, dtype=torch.float64)
+    results = []
+    for form in (rdb, lambda t: reference_dense_block(rdb, t)):
+        rdb.zero_grad()
+        x.grad = None
+        out = form(x)
+        out.backward(upstream)
+        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in rdb.parameters())])
+    for ours, official in zip(*results):
+        assert (ours - official).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize('band_bytes', [1, 3 * 40 * 64 * 8, 1 << 30])
@@ -216,10 +257,39 @@ def test_banded_inference_matching_features_match_official_form(make, band_bytes
     x = torch.randn(2, 64, 33, 40, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         banded = feature(x)
-    expected = feature(x)    # autograd on: lastconv on the whole concatenation, unfolded BatchNorm
+        expected = reference_matching_feature(feature, x)
     assert banded.shape == expected.shape
     assert (banded - expected).abs().max() < 1e-12
     assert banded.is_contiguous(memory_format=torch.channels_last)
+
+
+def reference_matching_feature(feature, x):
+    """The official form: lastconv on the whole concatenation of the input and the resized pooled branches."""
+    size = x.shape[2:]
+    pooled = [F.interpolate(getattr(feature, name)(x), size=size, mode='bilinear', align_corners=False)
+              for name in reversed(feature.branch_names)]
+    return feature.lastconv(torch.cat([x, *pooled], dim=1))
+
+
+@pytest.mark.parametrize('train_mode', [True, False])
+@pytest.mark.parametrize('make', ['hr_matching_feature', 'lr_matching_feature'])
+def test_autograd_matching_features_match_official_form_and_gradients(make, train_mode):
+    """With autograd the fusion convolves the input and the pooled branches separately and adds them (no
+    concatenation); values and gradients must be those of the convolution of the concatenation."""
+    import models.features
+    torch.manual_seed(7)
+    feature = getattr(models.features, make)().double().train(train_mode)
+    x = torch.randn(4, 64, 33, 40, dtype=torch.float64, requires_grad=True)   # two views of two patches
+    upstream = torch.randn_like(feature(x))
+    results = []
+    for form in (feature, lambda t: reference_matching_feature(feature, t)):
+        feature.zero_grad()
+        x.grad = None
+        out = form(x)
+        out.backward(upstream)
+        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in feature.parameters())])
+    for ours, official in zip(*results):
+        assert (ours - official).abs().max() < 1e-10
 
 
 def test_ssim_separable_blur_matches_official_2d_window():
