@@ -224,15 +224,18 @@ def test_autograd_dense_block_matches_official_form_and_gradients(tensor_bytes, 
         dense.relu.weight.data.uniform_(-0.5, 0.5)
     x = torch.randn(3, 16, 7, 5, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(3, 16, 7, 5, dtype=torch.float64)
-    results = []
-    for form in (rdb, lambda t: reference_dense_block(rdb, t)):
-        rdb.zero_grad()
-        x.grad = None
-        out = form(x)
-        out.backward(upstream)
-        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in rdb.parameters())])
-    for ours, official in zip(*results):
+    for ours, official in zip(*(output_and_gradients(rdb, form, x, upstream)
+                                for form in (rdb, lambda t: reference_dense_block(rdb, t)))):
         assert (ours - official).abs().max() < 1e-12
+
+
+def output_and_gradients(module, form, x, upstream):
+    """[form(x), d/dx, d/d each parameter of module] for the backward of `upstream` through form(x)."""
+    module.zero_grad()
+    x.grad = None
+    out = form(x)
+    out.backward(upstream)
+    return [out.detach(), x.grad.clone(), *(p.grad.clone() for p in module.parameters())]
 
 
 @pytest.mark.parametrize('band_bytes', [1, 3 * 40 * 64 * 8, 1 << 30])
@@ -281,14 +284,8 @@ def test_autograd_matching_features_match_official_form_and_gradients(make, trai
     feature = getattr(models.features, make)().double().train(train_mode)
     x = torch.randn(4, 64, 33, 40, dtype=torch.float64, requires_grad=True)   # two views of two patches
     upstream = torch.randn_like(feature(x))
-    results = []
-    for form in (feature, lambda t: reference_matching_feature(feature, t)):
-        feature.zero_grad()
-        x.grad = None
-        out = form(x)
-        out.backward(upstream)
-        results.append([out.detach(), x.grad.clone(), *(p.grad.clone() for p in feature.parameters())])
-    for ours, official in zip(*results):
+    for ours, official in zip(*(output_and_gradients(feature, form, x, upstream)
+                                for form in (feature, lambda t: reference_matching_feature(feature, t)))):
         assert (ours - official).abs().max() < 1e-10
 
 
