@@ -18,6 +18,10 @@ class Pair(NamedTuple):
     def map(self, fn: Callable) -> 'Pair':
         return Pair(fn(self.left), fn(self.right))
 
+    def swapped(self) -> 'Pair':
+        """Pair(right, left): for each view, the other one."""
+        return Pair(self.right, self.left)
+
     @staticmethod
     def unfold(x: Tensor) -> 'Pair':
         """[left; right] stacked on dim 0 -> Pair(left, right)."""

@@ -97,11 +97,10 @@ def per_view(fn, *views: Pair) -> Pair:
 
 
 def per_view_pair(fn, x: Tensor, *extras: Tensor) -> Tensor:
-    """fn(own, other, *extras) for x = [left; right] on dim 0, one view at a time, `other` being the opposite view
-    and `extras` split like x; no copy of the swapped views is made."""
-    left, right = x.chunk(2)
-    extras = [t.chunk(2) for t in extras]
-    return torch.cat([fn(left, right, *(e[0] for e in extras)), fn(right, left, *(e[1] for e in extras))])
+    """fn(own, other, *extras) for LR maps x = [left; right] on dim 0 (`per_view` of the views, `other` being the
+    opposite view and `extras` split like x), stacked again; no copy of the swapped views is made."""
+    views = Pair.unfold(x)
+    return torch.cat(per_view(fn, views, views.swapped(), *(Pair.unfold(t) for t in extras)))
 
 
 class SSRDEFNet(nn.Module):
@@ -231,8 +230,7 @@ class SSRDEFNet(nn.Module):
     def hr_interaction(self, hr_features: Pair, coords_hr: Tensor) -> Pair:
         """Refined HR features, a Pair of (B, 64, sH, sW): the other view's HR features, warped by the HR disparity,
         fused through a correlation gate, a residual dense block and channel attention."""
-        others = Pair(hr_features.right, hr_features.left)
-        return per_view(self.interact, hr_features, others, Pair.unfold(coords_hr))
+        return per_view(self.interact, hr_features, hr_features.swapped(), Pair.unfold(coords_hr))
 
     def interact(self, own: Tensor, other: Tensor, coords: Tensor) -> Tensor:
         warped = warp(other, coords)

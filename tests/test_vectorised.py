@@ -146,12 +146,18 @@ def test_correlation_gate_broadcasts_like_per_phase_calls():
         torch.testing.assert_close(gate[:, p], expected)
 
 
+def viewwise_and_official_batchnorm(channels):
+    """Our ViewwiseBatchNorm2d and a plain BatchNorm2d (the official layer) in the same state."""
+    ours = ViewwiseBatchNorm2d(channels)
+    official = torch.nn.BatchNorm2d(channels)
+    official.load_state_dict(ours.state_dict())
+    return ours, official
+
+
 def test_viewwise_batchnorm_equals_two_official_calls():
     """Training mode: each view normalised with its own statistics, running stats updated left then right."""
     torch.manual_seed(0)
-    ours = ViewwiseBatchNorm2d(8)
-    official = torch.nn.BatchNorm2d(8)
-    official.load_state_dict(ours.state_dict())
+    ours, official = viewwise_and_official_batchnorm(8)
     left, right = torch.randn(3, 8, 5, 7) * 2 + 1, torch.randn(3, 8, 5, 7) - 1
     for _ in range(2):
         folded = ours(torch.cat([left, right]))
@@ -172,9 +178,7 @@ def test_viewwise_batchnorm_in_one_view_stages_normalises_each_call_whole():
     """Inside `one_view` (an HR stage run one view at a time) each call's batch is one view: the official calls."""
     from models.blocks import one_view
     torch.manual_seed(1)
-    ours = ViewwiseBatchNorm2d(8)
-    official = torch.nn.BatchNorm2d(8)
-    official.load_state_dict(ours.state_dict())
+    ours, official = viewwise_and_official_batchnorm(8)
     left, right = torch.randn(2, 8, 5, 7) * 2 + 1, torch.randn(2, 8, 5, 7) - 1
     with one_view():
         separate = [ours(left), ours(right)]
