@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from models.blocks import (ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup, one_view, recomputing,
-                           transition)
+from models.blocks import (ChannelAttention, ConvBlock, HeadConv2d, PointwiseConv2d, ResidualDenseBlock,
+                           ResidualDenseGroup, one_view, recomputing, transition)
 from models.cost_volume import CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax, warp
 from models.features import hr_matching_feature, lr_matching_feature
 from models.feedback import FeedbackBlock, feedback_features, subpixel_draft
@@ -138,16 +138,16 @@ class SSRDEFNet(nn.Module):
         self.reconstruct = ResidualDenseGroup(CHANNELS, num_layers=4, growth=GROWTH, num_blocks=4)
         self.upscale = nn.Sequential(nn.Conv2d(CHANNELS, CHANNELS * scale ** 2, 1, 1, 0, bias=True),
                                      nn.PixelShuffle(scale))
-        self.final = nn.Conv2d(CHANNELS, 3, 3, 1, 1, bias=True)      # SR head of the LR branch (out1, out3)
-        self.final2 = nn.Conv2d(CHANNELS, 3, 3, 1, 1, bias=True)     # SR head after HR interaction (out2, out4)
+        self.final = HeadConv2d(CHANNELS, 3)       # SR head of the LR branch (out1, out3)
+        self.final2 = HeadConv2d(CHANNELS, 3)      # SR head after HR interaction (out2, out4)
         # HR cost volume and its aggregation
         self.get_cv = CostVolume(GROWTH)
         self.dres0 = aggregation_block(final_activation=True)
         self.dres1 = aggregation_block(final_activation=False)
         self.dres2 = Hourglass()
         # HR feature interaction gate
-        self.att1 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
-        self.att2 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
+        self.att1 = PointwiseConv2d(CHANNELS, 32)
+        self.att2 = PointwiseConv2d(CHANNELS, 32)
         # HRDIF feedback
         self.backatt1 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)
         self.backatt2 = nn.Conv2d(CHANNELS, 32, 1, 1, 0)

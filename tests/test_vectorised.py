@@ -233,6 +233,23 @@ def test_autograd_dense_block_matches_official_form_and_gradients(tensor_bytes, 
         assert (ours - official).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize('make', ['head', 'pointwise'])
+def test_rewritten_convolutions_match_conv2d_and_gradients(make):
+    """In CPU training the SR heads run as transposed convolutions and the HR 1x1 convolutions as batched matrix
+    products (models.blocks.HeadConv2d, PointwiseConv2d); values and gradients must be those of nn.Conv2d."""
+    from models.blocks import HeadConv2d, PointwiseConv2d
+    torch.manual_seed(8)
+    ours = (HeadConv2d(16, 3) if make == 'head' else PointwiseConv2d(16, 5)).double()
+    x = torch.randn(2, 16, 9, 13, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, ours.out_channels, 9, 13, dtype=torch.float64)
+    conv = torch.nn.Conv2d(16, ours.out_channels, ours.kernel_size, padding=ours.padding).double()
+    conv.load_state_dict(ours.state_dict())
+    for mine, reference in zip(output_and_gradients(ours, ours, x, upstream),
+                               output_and_gradients(conv, conv, x, upstream)):
+        assert (mine - reference).abs().max() < 1e-12
+    assert ours.weight.grad.abs().min() > 0          # every weight received a gradient
+
+
 def output_and_gradients(module, form, x, upstream):
     """[form(x), d/dx, d/d each parameter of module] for the backward of `upstream` through form(x)."""
     module.zero_grad()
