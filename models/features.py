@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import band_rows, conv_bn, halo_band, memory_format, prelu_, resize_bilinear
+from models.blocks import band_rows, conv_bn, halo_band, memory_format, prelu_
 
 # Pool windows of the LR matching features (official `Stereo_feature`). The largest window, 30, is why the network's
 # smallest LR input is 30x30 (spec §5).
@@ -43,10 +43,9 @@ class PyramidPoolingFeature(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        size = (x.shape[2], x.shape[3])
         branches = [getattr(self, name)(x) for name in reversed(self.branch_names)]   # at the pooled resolutions
         if self.lastconv[0].folds():
-            return self.fuse_inference(x, [resize_bilinear(p, size) for p in branches])
+            return self.fuse_inference(x, branches)
         # conv(cat(x, resized branches)) = conv_x(x) + sum_b conv_b(resize(p_b)), each branch's term computed at its
         # pooled resolution (`add_conv_of_resized`): no 112-channel concatenation at HR (39 MB for the views of two
         # training patches, over the heap blocks glibc reuses, blocks.AUTOGRAD_TENSOR_BYTES), no resized branches,
@@ -57,20 +56,26 @@ class PyramidPoolingFeature(nn.Module):
         pre = add_conv_of_resized(F.conv2d(x, weight[:, :c], padding=1), branches, weight[:, c:])
         return project(act(norm(pre.contiguous(memory_format=memory_format(x)))))
 
-    def fuse_inference(self, x: Tensor, pooled: list[Tensor]) -> Tensor:
-        """`lastconv(cat([x, *pooled]))` when its BatchNorm folds (eval mode, no autograd), a band of rows at a time:
-        the concatenation (112 channels at HR, 0.2 GB for one view of a KITTI-sized x4 pair) only ever exists for one
-        band, the 3x3 convolution (BatchNorm folded in) runs on cache-sized bands, and its PReLU is applied in place."""
+    def fuse_inference(self, x: Tensor, branches: list[Tensor]) -> Tensor:
+        """`lastconv(cat([x, *resized branches]))` when its BatchNorm folds (eval mode, no autograd), a band of rows
+        at a time: the 3x3 convolution of x (BatchNorm folded in) runs on cache-sized bands, the branches' share is
+        added from their pooled resolution (`resized_conv_factors`: no resized branches, no concatenation; at a
+        KITTI-sized x4 pair they were 0.2 GB for one view), and the PReLU is applied in place."""
         fuse, act, project = self.lastconv
         weight, bias = fuse.folded()
-        n, _, height, width = x.shape
+        n, c, height, width = x.shape
+        rows_matrix, wide = resized_conv_factors(branches, weight[:, c:], (height, width), channels_last=True)
         out = torch.empty((n, project.out_channels, height, width), dtype=x.dtype, device=x.device,
                           memory_format=memory_format(x))
         rows = band_rows(height, weight.shape[0] * width * x.element_size(), x.device)
         for top in range(0, height, rows):
             bottom = min(height, top + rows)
-            band = torch.cat([halo_band(t, top, bottom, 1) for t in (x, *pooled)], dim=1)
-            out[:, :, top:bottom] = project(prelu_(F.conv2d(band, weight, bias, padding=(0, 1)), act))
+            pre = F.conv2d(halo_band(x, top, bottom, 1), weight[:, :c], bias, padding=(0, 1))
+            band = rows_matrix[top:bottom]
+            support = band.any(0).nonzero().squeeze(1)   # the few branch rows a band reads (~10 % at KITTI size)
+            pre.permute(0, 2, 3, 1).add_(torch.matmul(band[:, support], wide[:, support]).view(
+                n, bottom - top, width, -1))
+            out[:, :, top:bottom] = project(prelu_(pre, act))
         return out
 
 
@@ -89,28 +94,44 @@ def resize_taps(size: int, source_size: int, like: Tensor) -> Tensor:
     return torch.cat([matrix[k:k + size] for k in range(3)], dim=1)
 
 
-def add_conv_of_resized(out: Tensor, branches: list[Tensor], weight: Tensor) -> Tensor:
-    """out + conv2d(cat([resize_bilinear(p, (H, W)) for p in branches]), weight, padding=1), computed at the
-    branches' own resolutions: out (N, O, H, W) NCHW, branches (N, C_b, h_b, w_b), weight (O, sum C_b, 3, 3).
+def resized_conv_factors(branches: list[Tensor], weight: Tensor, size: tuple[int, int], channels_last: bool
+                         ) -> tuple[Tensor, Tensor]:
+    """conv2d(cat([resize_bilinear(p, (H, W)) for p in branches]), weight, padding=1) as a product of two factors
+    computed at the branches' own resolutions: branches (N, C_b, h_b, w_b), weight (O, sum C_b, 3, 3).
 
     Resizing and the convolution's channel mixing are both linear and the resize is separable: with A_y (H, h) and
     A_x (W, w) the resize matrices and A^(k) as in `resize_taps`, the convolution of a resized branch p is
-    sum_ij A_y^(i) (W_ij p) A_x^(j)T. Per branch one product mixes the channels for all nine taps at (h, w) and one
-    resizes the columns for all three j; then one product resizes the rows for all i and all branches, added to
-    `out`. At the HR matching features of a batch-2 x4 training crop, forward + backward took 207-275 ms against
-    366-410 ms for the convolution of the resized, concatenated branches.
+    sum_ij A_y^(i) (W_ij p) A_x^(j)T. Per branch, one product mixes the channels for all nine taps at (h, w) and one
+    resizes the columns for all three j. Returns `rows` (H, K), [A_y^(i)] of every branch side by side, and the
+    column-resized `wide` (N, O, K, W), or (N, K, W * O) when `channels_last`; the convolution is then rows @ wide
+    (for any band of output rows, rows[top:bottom] @ wide), NCHW or NHWC.
     """
-    n, o, height, width = out.shape
+    n, o = branches[0].shape[0], weight.shape[0]
+    height, width = size
     wide, first = [], 0
     for p in branches:
         _, c, h, w = p.shape
         taps = weight[:, first:first + c].permute(2, 3, 0, 1).reshape(9 * o, c)        # (i j O, C)
         mixed = torch.matmul(taps, p.reshape(n, c, h * w)).view(n, 3, 3, o, h, w)
-        mixed = mixed.permute(0, 3, 1, 4, 2, 5).reshape(n, o, 3 * h, 3 * w)             # (N, O, i h, j w)
-        wide.append(torch.matmul(mixed, resize_taps(width, w, p).t()))                   # (N, O, i h, W)
+        columns = resize_taps(width, w, p)                                               # (W, j w)
+        if channels_last:
+            mixed = mixed.permute(0, 1, 4, 2, 5, 3).reshape(n * 3 * h, 3 * w, o)         # (N i h, j w, O)
+            wide.append(torch.matmul(columns, mixed).view(n, 3 * h, width * o))          # (N, i h, W O)
+        else:
+            mixed = mixed.permute(0, 3, 1, 4, 2, 5).reshape(n, o, 3 * h, 3 * w)          # (N, O, i h, j w)
+            wide.append(torch.matmul(mixed, columns.t()))                                # (N, O, i h, W)
         first += c
-    rows = torch.cat([resize_taps(height, p.shape[2], p) for p in branches], dim=1)      # (H, sum 3 h)
-    wide = torch.cat(wide, dim=2)
+    rows = torch.cat([resize_taps(height, p.shape[2], p) for p in branches], dim=1)
+    return rows, torch.cat(wide, dim=1 if channels_last else 2)
+
+
+def add_conv_of_resized(out: Tensor, branches: list[Tensor], weight: Tensor) -> Tensor:
+    """out + conv2d(cat([resize_bilinear(p, (H, W)) for p in branches]), weight, padding=1) for out (N, O, H, W),
+    computed from the branches' own resolutions (`resized_conv_factors`), the rows product added to `out` by
+    `baddbmm`. At the HR matching features of a batch-2 x4 training crop, forward + backward took 207-275 ms
+    against 366-410 ms for the convolution of the resized, concatenated branches. Returns NCHW."""
+    n, o, height, width = out.shape
+    rows, wide = resized_conv_factors(branches, weight, (height, width), channels_last=False)
     k = wide.shape[2]
     return torch.baddbmm(out.reshape(n * o, height, width), rows.expand(n * o, height, k),
                          wide.view(n * o, k, width)).view(n, o, height, width)
