@@ -185,6 +185,8 @@ def summarise(runs: list[dict], official: list[dict] | None) -> dict:
         return {'error': runs[0]['error']}
     result = {'seconds': statistics.median(r['seconds'] for r in ok), 'peak_gb': max(r['peak_gb'] for r in ok),
               'all_seconds': [r['seconds'] for r in ok]}
+    if len(ok) < len(runs):   # a round that failed is reported, not silently left out of the median
+        result['failed_rounds'] = [r['error'] for r in runs if 'error' in r]
     if 'gflop' in ok[0]:
         result['gflop'] = ok[0]['gflop']
     if official and runs is not official:
@@ -241,7 +243,9 @@ def main(argv=None) -> list[dict]:
                   (result['error'] if 'error' in result else
                    f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
                    (f", {result['speedup']:.2f}x vs official ({len(result['ratios'])} rounds)"
-                    if 'speedup' in result else '')), file=sys.stderr, flush=True)
+                    if 'speedup' in result else '') +
+                   ''.join(f'; a round failed: {e}' for e in result.get('failed_rounds', []))),
+                  file=sys.stderr, flush=True)
 
     # table, with the ratios official / ours measured in this run
     reference = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r for r in rows
