@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import band_rows, conv_bn, halo_band, memory_format, prelu_
+from models.blocks import band_rows, conv_bn, halo_band, memory_format, prelu_, resize_bilinear
 
 # Pool windows of the LR matching features (official `Stereo_feature`). The largest window, 30, is why the network's
 # smallest LR input is 30x30 (spec §5).
@@ -83,7 +83,7 @@ def resize_matrix(size: int, source_size: int, like: Tensor) -> Tensor:
     """(size, source_size) matrix of the 1-D bilinear resize of `resize_bilinear` (align_corners=False), made by
     resizing the identity, in `like`'s dtype and device."""
     identity = torch.eye(source_size, dtype=like.dtype, device=like.device).view(1, source_size, source_size, 1)
-    return F.interpolate(identity, size=(size, 1), mode='bilinear', align_corners=False)[0, :, :, 0].t()
+    return resize_bilinear(identity, (size, 1))[0, :, :, 0].t()
 
 
 def resize_taps(size: int, source_size: int, like: Tensor) -> Tensor:
