@@ -1,8 +1,11 @@
-"""Speed and memory of SSRDE-FNet: inference and training steps, ours and (optionally) the official implementation.
+"""Speed and memory of any network of the zoo: inference and training steps, ours and (optionally) the official
+implementation.
 
-    python bench.py                                   # CPU: the default cases, a markdown table
+    python bench.py                                   # CPU, SSRDE-FNet: the default cases, a markdown table
+    python bench.py --model nafssr-s --cases infer --sizes 94x311 --scales 4
     python bench.py --device cuda --json bench.json   # GPU, with mixed precision / torch.compile variants
     SSRDEF_OFFICIAL_DIR=/path/to/SSRDEFNet-PyTorch python bench.py   # adds the official code, same weights/inputs
+    NAFNET_OFFICIAL_DIR=/path/to/NAFNet python bench.py --model nafssr-s           # (IPASSR_OFFICIAL_DIR: iPASSR)
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
@@ -49,15 +52,16 @@ PEAK_TFLOPS = {('H100', 'float32'): 67, ('H100', 'tf32'): 495, ('H100', 'bfloat1
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='ssrdefnet', help='network of the zoo (models/__init__.py MODEL_NAMES)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cases', default='infer,train', help='comma-separated: infer, train')
     parser.add_argument('--sizes', default=None, help='only these LR sizes, e.g. 30x90,94x311')
     parser.add_argument('--scales', default='4,2', help='comma-separated scales')
     parser.add_argument('--batches', default=None, help='only these training batch sizes, e.g. 2')
     parser.add_argument('--variants', default=None,
-                        help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint), '
-                             'ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), official. '
-                             'Default: everything that applies')
+                        help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint, networks '
+                             'that have it), ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), '
+                             'official. Default: everything that applies')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per process (median reported)')
     parser.add_argument('--min-seconds', type=float, default=10.0,
                         help=f'more timed runs (at most {MAX_RUNS}) until they add up to this many seconds: short '
@@ -77,26 +81,31 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------------------------
 # One case, in its own process
 
-def official_model(scale):
-    from official_code import official_module
-    return official_module('model').SSRDEFNet(scale)
+def official_module_of(name: str):
+    """The tests/official_*.py module that runs the official code of zoo network `name` (None if there is none).
+    Each such module names its networks (OFFICIAL_NAMES), its checkout variable (OFFICIAL_ENV) and gives
+    `official_runner(name, scale, ours)`."""
+    import importlib
+    sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
+    for path in sorted((ROOT / 'tests').glob('official_*.py')):
+        module = importlib.import_module(path.stem)
+        if name in getattr(module, 'OFFICIAL_NAMES', ()):
+            return module
+    return None
 
 
 def build_step(spec: dict, variant: str):
     """A closure running one inference or training step of `variant` on the case's fixed weights and inputs."""
     kind, scale, batch, h, w = (spec[k] for k in ('kind', 'scale', 'batch', 'h', 'w'))
     device = torch.device(spec['device'])
-    sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]   # models/, and tests/official_code.py for the official code
-    from models import build_model
-    from models.losses import SSRDEFNetLoss
+    sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]   # models/, and tests/official_*.py for the official code
+    from models import build_model, model_entry
+    entry = model_entry(spec['model'])
     torch.manual_seed(0)
-    ours = build_model('ssrdefnet', scale, grad_checkpoint=variant == 'ours_ckpt')
-    if variant == 'official':
-        model = official_model(scale)
-        model.load_state_dict(ours.state_dict())
-    else:
-        model = ours
-    model = model.to(device)
+    ours = build_model(spec['model'], scale, **({'grad_checkpoint': True} if variant == 'ours_ckpt' else {}))
+    runner = official_module_of(spec['model']).official_runner(spec['model'], scale, ours) \
+        if variant == 'official' else None
+    model = (runner.model if runner else ours).to(device)
     g = torch.Generator().manual_seed(1)
     left, right = (torch.rand(batch, 3, h, w, generator=g).to(device) for _ in range(2))
     hr = torch.rand(batch, 3, h * scale, w * scale, generator=g).to(device)
@@ -108,17 +117,15 @@ def build_step(spec: dict, variant: str):
 
         def step():
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                return forward(left, right, 0) if variant == 'official' else forward(left, right)
+                return runner.infer(left, right) if runner else forward(left, right)
         return step
     model.train()
-    criterion = SSRDEFNetLoss(scale)
-    if variant == 'official':
-        from official_code import run_official_loss
+    criterion = entry.criterion(scale)
 
     def step():
         model.zero_grad(set_to_none=True)
-        if variant == 'official':
-            loss = run_official_loss(forward(left, right, 1), left, right, hr, hr, scale)['total']
+        if runner:
+            loss = runner.train_loss(left, right, hr, hr)
         else:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = criterion(forward(left, right), left, right, hr, hr)['total']
@@ -210,12 +217,20 @@ def main(argv=None) -> list[dict]:
         spec = json.loads(args.case)
         print(json.dumps(run_case(spec)))
         return []
-    official = bool(os.environ.get('SSRDEF_OFFICIAL_DIR'))
+    from models import MODEL_NAMES, model_entry
+    if args.model not in MODEL_NAMES:
+        sys.exit(f'error: --model {args.model!r} is not in the zoo; choose one of {", ".join(MODEL_NAMES)}')
+    official_code = official_module_of(args.model)
+    official = bool(official_code and os.environ.get(official_code.OFFICIAL_ENV))
     cuda = args.device.startswith('cuda')
+    recomputes = any(o.name == 'grad_checkpoint' for o in model_entry(args.model).options)
     variants = args.variants.split(',') if args.variants else \
-        ['ours', 'ours_ckpt'] + (['ours_amp', 'ours_compile'] if cuda else []) + (['official'] if official else [])
+        ['ours'] + (['ours_ckpt'] if recomputes else []) + (['ours_amp', 'ours_compile'] if cuda else []) \
+        + (['official'] if official else [])
     if 'official' in variants and not official:
-        sys.exit('error: the official variant needs SSRDEF_OFFICIAL_DIR (a checkout of MIVRC/SSRDEFNet-PyTorch)')
+        sys.exit(f'error: the official variant of {args.model} needs '
+                 + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
+                    'a tests/official_*.py module for it'))
     cases = [c for kind in args.cases.split(',') for c in (INFERENCE if kind == 'infer' else TRAINING)]
     scales = {int(s) for s in args.scales.split(',')}
     cases = [c for c in cases if c[1] in scales]
@@ -225,12 +240,13 @@ def main(argv=None) -> list[dict]:
     if args.batches:
         cases = [c for c in cases if c[0] == 'infer' or c[2] in {int(b) for b in args.batches.split(',')}]
     name, peak = device_peak(args.device)
-    print(f'# bench.py on {name}, torch {torch.__version__}' + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
+    print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'
+          + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
           (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
     rows = []
     for kind, scale, batch, h, w in cases:
         case_variants = [v for v in variants if v != 'ours_ckpt' or kind == 'train']  # recomputation needs autograd
-        base = dict(kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
+        base = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
                     repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds)
         runs = {v: [] for v in case_variants}
         for _ in range(args.rounds if 'official' in case_variants else 1):
@@ -269,7 +285,8 @@ def main(argv=None) -> list[dict]:
                      f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | | | {speed} | {memory} |")
     print('\n'.join(lines))
     if args.json:
-        args.json.write_text(json.dumps({'device': name, 'torch': torch.__version__, 'rows': rows}, indent=2))
+        args.json.write_text(json.dumps({'model': args.model, 'device': name, 'torch': torch.__version__,
+                                         'rows': rows}, indent=2))
     return rows
 
 

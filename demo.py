@@ -28,18 +28,17 @@ import numpy as np
 import torch
 
 from data.readers import read_disparity, read_image, read_image_uint8, write_image, write_kitti_disparity
-from models.cost_volume import MAX_DISPARITY
+from evaluation import scene_scores, to_tensor
+from models import model_entry
 from models.inference import predict, predict_tiled
-from test_sr import scene_scores, to_tensor
+from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from utils import (add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, imresize,
                    infer_scale_factor, load_model, modcrop, read_checkpoint, resolve_device, save_figure)
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
-# Evaluation-mode peak memory (CPU, float32) = BASE_BYTES (Python, torch, the model) + BYTES_PER_LR_PIXEL x LR
-# pixels, fitted to measured peak RSS: x4, full-width bands of 32 and 64 LR rows x 1000 columns: 2.50 and 4.35 GB;
-# x2, a whole 512x368 LR pair (bench.py): 4.14 GB.
-BYTES_PER_LR_PIXEL = {4: 58_000, 2: 19_000}
+# Evaluation-mode peak memory (CPU, float32) = BASE_BYTES (Python, torch, the model) + the network's
+# `eval_bytes_per_lr_pixel` x LR pixels (a network that does not state it is not checked).
 BASE_BYTES = 650 << 20
 
 
@@ -54,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'adds EPE, >3px and D1')
     parser.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
                         help='weights (default: the project\'s demo checkpoint, not the paper\'s weights)')
+    parser.add_argument('--model', default=None, help='network of the zoo (default: the one a project checkpoint '
+                        'records; SSRDE-FNet for an authors\' release)')
     parser.add_argument('--scale_factor', type=int, choices=(2, 4), default=None,
                         help='SR scale (default: that of the checkpoint)')
     parser.add_argument('--out', type=Path, default=Path('results/demo'), help='output folder')
@@ -117,14 +118,16 @@ def available_bytes(device: torch.device) -> int:
     return 1 << 62
 
 
-def check_memory(lr_shape: tuple[int, int], scale: int, tile: int, device: torch.device) -> None:
-    """Refuse, before starting, a pass that would not fit in memory, and say which --tile would."""
+def check_memory(lr_shape: tuple[int, int], per_pixel: int | None, tile: int, device: torch.device) -> None:
+    """Refuse, before starting, a pass that would not fit in memory, and say which --tile would. `per_pixel`: the
+    network's evaluation bytes per LR pixel (None: not checked)."""
+    if per_pixel is None:
+        return
     rows = tile or lr_shape[0]
-    need = BYTES_PER_LR_PIXEL[scale] * rows * lr_shape[1] + (BASE_BYTES if device.type == 'cpu' else 0)
+    need = per_pixel * rows * lr_shape[1] + (BASE_BYTES if device.type == 'cpu' else 0)
     have = available_bytes(device)
     if need > have:
-        fits = max(30, int((have - (BASE_BYTES if device.type == 'cpu' else 0)) * 0.8
-                           / (BYTES_PER_LR_PIXEL[scale] * lr_shape[1])))
+        fits = max(30, int((have - (BASE_BYTES if device.type == 'cpu' else 0)) * 0.8 / (per_pixel * lr_shape[1])))
         raise MemoryError(f'a {lr_shape[1]}x{rows} LR {"band" if tile else "pair"} needs about {need / 2**30:.1f} GiB '
                           f'on {device}, {have / 2**30:.1f} GiB are free: use --tile {fits} (bands of {fits} LR rows)')
 
@@ -139,7 +142,7 @@ def main(argv=None) -> dict:
             raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
                                     f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
         scale = args.scale_factor or infer_scale_factor(read_checkpoint(args.checkpoint)[0]) or 4
-        model, meta = load_model(args.checkpoint, scale, device)
+        model, meta = load_model(args.checkpoint, scale, device, args.model)
         inputs = load_inputs(args, scale)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
@@ -151,7 +154,7 @@ def main(argv=None) -> dict:
 
     # ---- super-resolution and disparity
     try:
-        check_memory((h, w), scale, args.tile, device)
+        check_memory((h, w), getattr(model, 'eval_bytes_per_lr_pixel', {}).get(scale), args.tile, device)
         t0 = time.time()
         out = (predict_tiled(model, lr_left, lr_right, args.tile, args.overlap, args.amp) if args.tile else
                predict(model, lr_left, lr_right, args.amp))
@@ -167,18 +170,20 @@ def main(argv=None) -> dict:
 
     # ---- files
     args.out.mkdir(parents=True, exist_ok=True)
+    name, title = model.zoo_name, model_entry(model.zoo_name).title
     sr = [to_image(out['sr_left']), to_image(out['sr_right'])]
-    disparity = out['disp_left'][0, 0].cpu().numpy()
-    for view, name in enumerate(('left', 'right')):
-        write_image(args.out / f'sr_{name}.png', sr[view])
-        write_image(args.out / f'bicubic_{name}.png', bicubic[view])
-    top = float(np.percentile(disparity, 99)) or 1.0
-    write_image(args.out / 'disparity_left.png', colorize(disparity, 0, top))
-    write_kitti_disparity(args.out / 'disparity_left_16bit.png', disparity)
-    save_figure(args.out / 'disparity_figure.png', [
-        {'title': 'SR left view', 'image': sr[0]},
-        {'title': 'HR disparity of the left view', 'map': disparity, 'vmin': 0, 'vmax': top, 'label': 'pixels'}],
-        title=f'SSRDE-FNet x{scale}: {inputs["name"]}')
+    for view, side in enumerate(('left', 'right')):
+        write_image(args.out / f'sr_{side}.png', sr[view])
+        write_image(args.out / f'bicubic_{side}.png', bicubic[view])
+    disparity = out['disp_left'][0, 0].cpu().numpy() if 'disp_left' in out else None   # networks that estimate it
+    if disparity is not None:
+        top = float(np.percentile(disparity, 99)) or 1.0
+        write_image(args.out / 'disparity_left.png', colorize(disparity, 0, top))
+        write_kitti_disparity(args.out / 'disparity_left_16bit.png', disparity)
+        save_figure(args.out / 'disparity_figure.png', [
+            {'title': 'SR left view', 'image': sr[0]},
+            {'title': 'HR disparity of the left view', 'map': disparity, 'vmin': 0, 'vmax': top, 'label': 'pixels'}],
+            title=f'{title} x{scale}: {inputs["name"]}')
 
     # ---- metrics
     metrics = {'input': inputs['name'], 'scale_factor': scale, 'lr_size': [h, w], 'seconds_network': seconds,
@@ -186,14 +191,14 @@ def main(argv=None) -> dict:
     lines = []
     if 'hr' in inputs:
         hr = [to_tensor(x).double() for x in inputs['hr']]
-        for method, views in (('bicubic', bicubic), ('ssrdefnet', sr)):
+        for method, views in (('bicubic', bicubic), (name, sr)):
             t = [to_tensor(v).double() for v in views]
             scores = scene_scores(t[0], hr[0], t[1], hr[1])    # test_sr.py's protocol: Left crop, (L+R)/2
             metrics[method] = scores
             lines.append(f"| {method} | {scores['psnr_left']:.2f} | {scores['ssim_left']:.4f} | "
                          f"{scores['psnr_avg']:.2f} | {scores['ssim_avg']:.4f} |")
-        metrics['psnr_gain_over_bicubic'] = metrics['ssrdefnet']['psnr_avg'] - metrics['bicubic']['psnr_avg']
-    if 'gt' in inputs:
+        metrics['psnr_gain_over_bicubic'] = metrics[name]['psnr_avg'] - metrics['bicubic']['psnr_avg']
+    if 'gt' in inputs and disparity is not None:
         gt = torch.from_numpy(np.asarray(inputs['gt'], dtype=np.float32))
         pred = torch.from_numpy(disparity)
         mask = torch.isfinite(gt) & (gt > 0) & (gt < MAX_DISPARITY)
@@ -204,28 +209,31 @@ def main(argv=None) -> dict:
     panels = [{'title': 'LR left (pixels enlarged)', 'image': nearest},
               {'title': 'bicubic' + (f" {metrics['bicubic']['psnr_avg']:.2f} dB" if 'hr' in inputs else ''),
                'image': bicubic[0]},
-              {'title': 'SSRDE-FNet' + (f" {metrics['ssrdefnet']['psnr_avg']:.2f} dB" if 'hr' in inputs else ''),
-               'image': sr[0]},
-              {'title': 'disparity (px)', 'map': disparity, 'vmin': 0, 'vmax': top, 'label': 'pixels'}]
+              {'title': title + (f" {metrics[name]['psnr_avg']:.2f} dB" if 'hr' in inputs else ''), 'image': sr[0]}]
+    if disparity is not None:
+        panels.append({'title': 'disparity (px)', 'map': disparity, 'vmin': 0, 'vmax': top, 'label': 'pixels'})
     if 'hr' in inputs:
         panels.insert(3, {'title': 'HR reference', 'image': inputs['hr'][0]})
-    if 'gt' in inputs:
+    if 'gt' in inputs and disparity is not None:
         gt_map = np.where(np.isfinite(inputs['gt']) & (inputs['gt'] > 0), inputs['gt'], np.nan)
         panels.append({'title': 'ground-truth disparity', 'map': gt_map, 'vmin': 0, 'vmax': top, 'label': 'pixels'})
     save_figure(args.out / 'comparison.png', panels, columns=3, title=f'{inputs["name"]}, x{scale}')
 
     # ---- report
-    report = [f'\nSSRDE-FNet x{scale} on {inputs["name"]} ({w}x{h} -> {w * scale}x{h * scale}) in {seconds:.1f} s '
+    report = [f'\n{title} x{scale} on {inputs["name"]} ({w}x{h} -> {w * scale}x{h * scale}) in {seconds:.1f} s '
               f'on {device}']
     if lines:
-        report += ['', '| method | Left PSNR | Left SSIM | (L+R)/2 PSNR | (L+R)/2 SSIM |', '|---|---|---|---|---|', *lines,
-                   f"SSRDE-FNet vs bicubic: {metrics['psnr_gain_over_bicubic']:+.2f} dB ((L+R)/2 PSNR)"]
+        report += ['', '| method | Left PSNR | Left SSIM | (L+R)/2 PSNR | (L+R)/2 SSIM |', '|---|---|---|---|---|',
+                   *lines,
+                   f"{title} vs bicubic: {metrics['psnr_gain_over_bicubic']:+.2f} dB ((L+R)/2 PSNR)"]
     if 'disparity' in metrics:
         d = metrics['disparity']
         report.append(f"disparity of the left view: EPE {d['epe']:.2f} px, >3px {100 * d['bad3']:.1f}%, "
                       f"D1 {100 * d['d1']:.1f}% (0 < gt < 192)")
-    report.append(f'pictures: {args.out}/comparison.png, disparity_figure.png, disparity_left.png, sr_left.png, '
-                  f'sr_right.png, bicubic_*.png; numbers: {args.out}/metrics.json ({time.time() - started:.0f} s)')
+    report.append(f'pictures: {args.out}/comparison.png, '
+                  + ('disparity_figure.png, disparity_left.png, ' if disparity is not None else '')
+                  + f'sr_left.png, sr_right.png, bicubic_*.png; numbers: {args.out}/metrics.json '
+                    f'({time.time() - started:.0f} s)')
     print('\n'.join(report))
     return metrics
 

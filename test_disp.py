@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from data.readers import write_image, write_kitti_disparity
 from data.testsets import find_datasets, list_scenes, load_ground_truth, load_pair
-from models import add_model_args, model_options
-from models.cost_volume import MAX_DISPARITY
+from models import DISPARITY_MODELS, add_model_args
+from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from utils import (add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, load_model,
                    resolve_device, save_figure)
 
@@ -37,7 +37,7 @@ ERROR_MAP_MAX = 5.0  # px, top of the error-map colour scale
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(parser)
+    add_model_args(parser, names=DISPARITY_MODELS)
     parser.add_argument('--checkpoint', type=Path, default=None,
                         help=f'weights: the authors\' release or a project checkpoint (default: {OFFICIAL_CHECKPOINT})')
     parser.add_argument('--testset_dir', type=Path, default=Path('./data/test/'), help='root of the test sets')
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
         sys.exit(f'error: checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
                  f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
     try:
-        model, meta = load_model(checkpoint, scale, device, **model_options(args))
+        model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
         present = find_datasets(args.testset_dir)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')

@@ -1,14 +1,17 @@
-"""Train SSRDE-FNet with the authors' recipe (spec §8-§10), resumable, on one or many GPUs or the CPU.
+"""Train any network of the zoo with its authors' recipe, resumable, on one or many GPUs or the CPU.
 
-    python train.py --scale_factor 4                          # paper recipe on ./data/train/Flickr1024_patches
+    python train.py --scale_factor 4                          # SSRDE-FNet, paper recipe, ./data/train patches
+    python train.py --model nafssr-s --scale_factor 4         # NAFSSR-S with its recipe (AdamW, cosine, MSE...)
+    python train.py --model ipassr --scale_factor 4           # iPASSR with its recipe
     python train.py --scale_factor 4 --trainset sample --n_epochs 1 --batch_size 2 --checkpoint_dir runs/try
     python train.py --resume runs/try/last.pth --n_epochs 2   # continues exactly where it stopped
     torchrun --nproc_per_node 4 train.py --scale_factor 4     # DDP; --batch_size stays the global batch
 
-Every epoch (and on Ctrl-C, at the end of the running iteration) <checkpoint_dir>/last.pth is written atomically:
-{'state_dict', 'optimizer', 'scheduler', 'scaler', 'epoch' (epochs completed), 'iteration' (batches done in the
-next epoch), 'args', 'version', 'running'}. Beside it: args.json, log.csv / log.jsonl (one row per epoch) and
-curves.png (loss and PSNR, redrawn every epoch).
+Each network's recipe (models/<network>: its `Recipe`, loss and options) gives the defaults of the optimisation
+flags; every flag overrides it. Every epoch (and on Ctrl-C, at the end of the running iteration)
+<checkpoint_dir>/last.pth is written atomically: {'state_dict', 'optimizer', 'scheduler', 'scaler', 'epoch' (epochs
+completed), 'iteration' (batches done in the next epoch), 'args', 'version', 'running'}. Beside it: args.json,
+log.csv / log.jsonl (one row per epoch) and curves.png (loss and PSNR, redrawn every epoch).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,33 +37,62 @@ from tqdm import tqdm
 
 from data.patches import PatchFolder, PatchList, sample_patches
 from data.synthetic import SyntheticStereo
-from models import add_model_args, build_model, model_options
-from models.losses import DEFAULT_WEIGHTS, SSRDEFNetLoss
+from models import REGISTRY, add_model_args, build_model, model_entry, model_options
+from models.registry import Recipe
 from utils import (STEREO_BOUNDARY, add_device_args, psnr, pyplot, resolve_device, save_checkpoint, seed_everything,
                    seed_worker, unwrap_model)
 
 log = logging.getLogger('train')
+# Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.
+RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
-RECIPE = ('model', 'scale_factor', 'fix_right_cost_volume', 'batch_size', 'lr', 'gamma', 'n_steps', 'grad_accum',
-          'loss_weight', 'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype',
-          'augment', 'grad_checkpoint')
+RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
+                  'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype',
+                  'augment', *sorted({o.name for entry in REGISTRY.values() for o in entry.options}))
 INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
+
+
+def recipe_help(field_name: str) -> str:
+    """'default: the network's recipe (ssrdefnet 0.0002, nafssr-s 0.003, ...)' for one Recipe field."""
+    values = {}
+    for name, entry in REGISTRY.items():
+        values.setdefault(str(getattr(entry.recipe, field_name)), []).append(name)
+    return 'default: the network\'s recipe (' + '; '.join(f'{", ".join(n)}: {v}' for v, n in values.items()) + ')'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(parser)
-    group = parser.add_argument_group('training (defaults = paper)')
-    group.add_argument('--batch_size', type=int, default=12, help='global batch size, over all processes (paper: 12)')
-    group.add_argument('--lr', type=float, default=2e-4, help='Adam learning rate (paper: 2e-4)')
-    group.add_argument('--n_steps', type=int, default=30, help='StepLR: halve the lr every N epochs (paper: 30)')
-    group.add_argument('--gamma', type=float, default=0.5, help='StepLR factor (paper: 0.5)')
-    group.add_argument('--n_epochs', type=int, default=80, help='total number of epochs (paper: 80)')
+    add_model_args(parser, default=None)   # None: ssrdefnet, or the network of --resume
+    group = parser.add_argument_group('optimisation (defaults = each network\'s published recipe)')
+    group.add_argument('--batch_size', type=int, default=None,
+                       help='global batch size, over all processes; ' + recipe_help('batch_size'))
+    group.add_argument('--optimizer', choices=('adam', 'adamw'), default=None, help=recipe_help('optimizer'))
+    group.add_argument('--lr', type=float, default=None, help='learning rate; ' + recipe_help('lr'))
+    group.add_argument('--betas', type=float, nargs=2, default=None, metavar=('B1', 'B2'),
+                       help='Adam/AdamW betas; ' + recipe_help('betas'))
+    group.add_argument('--weight_decay', type=float, default=None, help=recipe_help('weight_decay'))
+    group.add_argument('--schedule', choices=('step', 'cosine'), default=None,
+                       help='step: lr x gamma every n_steps epochs; cosine: annealed every iteration to eta_min over '
+                            'the whole run; ' + recipe_help('schedule'))
+    group.add_argument('--n_steps', type=int, default=None, help='step schedule period (epochs); '
+                       + recipe_help('n_steps'))
+    group.add_argument('--gamma', type=float, default=None, help='step schedule factor; ' + recipe_help('gamma'))
+    group.add_argument('--eta_min', type=float, default=None, help='cosine: final lr; ' + recipe_help('eta_min'))
+    group.add_argument('--n_epochs', type=int, default=None,
+                       help='total number of epochs (ignored when --total_iters > 0); ' + recipe_help('n_epochs'))
+    group.add_argument('--total_iters', type=int, default=None,
+                       help='train this many iterations (0: count epochs instead); ' + recipe_help('total_iters'))
+    group.add_argument('--grad_clip', type=float, default=None,
+                       help='clip the global gradient norm (0 = no); ' + recipe_help('grad_clip'))
+    group.add_argument('--channel_shuffle', action=argparse.BooleanOptionalAction, default=None,
+                       help='random RGB permutation, the same for both views and HR/LR; '
+                            + recipe_help('channel_shuffle'))
     group.add_argument('--grad_accum', type=int, default=1,
                        help='split each (per-process) batch into N micro-batches and accumulate gradients; '
                             'BatchNorm then sees the micro-batches, as it would on N GPUs')
     group.add_argument('--loss_weight', action='append', default=[], metavar='TERM=W',
-                       help=f'override a loss weight, e.g. --loss_weight disp_unsup=0.02 (defaults: {DEFAULT_WEIGHTS})')
+                       help='override a loss weight, e.g. --loss_weight disp_unsup=0.02 (terms and defaults: '
+                            + '; '.join(f'{n}: {e.criterion.DEFAULT_WEIGHTS}' for n, e in REGISTRY.items()) + ')')
     group.add_argument('--max_iters_per_epoch', type=int, default=0,
                        help='stop each epoch after N iterations (0 = whole epoch); for quick experiments')
     group = parser.add_argument_group('data')
@@ -72,12 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument('--trainset_dir', type=Path, default=Path('./data/train/Flickr1024_patches'),
                        help='folder holding patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png')
     group.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
-                       help='iPASSR augmentation: horizontal flip with view swap, vertical flip')
+                       help='iPASSR augmentation: horizontal flip with view swap, vertical flip (all three networks)')
     group.add_argument('--num_workers', type=int, default=4, help='DataLoader worker processes')
     group = parser.add_argument_group('checkpoints, logging, validation')
     group.add_argument('--checkpoint_dir', type=Path, default=None,
                        help='where last.pth and the logs go (default: checkpoints/<run_name>)')
-    group.add_argument('--run_name', default=None, help='default: ssrdefnet_x<s>_<trainset>')
+    group.add_argument('--run_name', default=None, help='default: <model>_x<s>_<trainset>')
     group.add_argument('--resume', type=Path, default=None, help='continue from this checkpoint (e.g. last.pth)')
     group.add_argument('--save_every', type=int, default=0, help='also keep epoch_NNN.pth every N epochs (0 = no)')
     group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout)')
@@ -138,10 +171,13 @@ def jsonable(args: argparse.Namespace) -> dict:
 
 def build_dataset(args) -> PatchList | PatchFolder | SyntheticStereo:
     if args.trainset == 'sample':
-        return PatchList(sample_patches(args.scale_factor), args.scale_factor, args.augment, args.seed)
-    if args.trainset == 'synthetic':
-        return SyntheticStereo(args.scale_factor, args.synthetic_size, args.augment, args.seed)
-    return PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
+        dataset = PatchList(sample_patches(args.scale_factor), args.scale_factor, args.augment, args.seed)
+    elif args.trainset == 'synthetic':
+        dataset = SyntheticStereo(args.scale_factor, args.synthetic_size, args.augment, args.seed)
+    else:
+        dataset = PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
+    dataset.channel_shuffle = args.channel_shuffle
+    return dataset
 
 
 def append_log(run_dir: Path, row: dict) -> None:
@@ -161,8 +197,10 @@ def plot_curves(run_dir: Path) -> None:
     epochs = np.array([r['epoch'] for r in rows], dtype=np.float64)
     plt = pyplot()
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ('total', 'sr'):
-        ax_loss.plot(epochs, [r[f'loss_{key}'] for r in rows], marker='.', label=key)
+    for key in [k[5:] for k in rows[0] if k.startswith('loss_')]:
+        values = [r[f'loss_{key}'] for r in rows]
+        if any(v > 0 for v in values):              # a log axis cannot show a term that is always 0
+            ax_loss.plot(epochs, values, marker='.', label=key, lw=2.5 if key == 'total' else 1)
     ax_loss.set(xlabel='epoch', ylabel='training loss', yscale='log', title='loss')
     ax_psnr.plot(epochs, [r['psnr_left'] for r in rows], marker='.', label='train, left (64 px cropped)')
     if any('val_psnr_avg' in r for r in rows):
@@ -178,9 +216,9 @@ def plot_curves(run_dir: Path) -> None:
 
 
 def validate(model, args, device) -> dict:
-    """Mean scores of test_sr.py's evaluator over every SR set under --val_dir."""
+    """Mean scores of the evaluation protocol (evaluation.py) over every SR set under --val_dir."""
     from data.testsets import DISPARITY_DATASETS, find_datasets
-    from test_sr import evaluate_dataset, network_sr
+    from evaluation import evaluate_dataset, network_sr
     model.eval()
     scores = {}
     for name in (n for n in find_datasets(args.val_dir) if n not in DISPARITY_DATASETS):
@@ -196,14 +234,97 @@ def export(model, args) -> None:
     weights were not trained on the real stereo-SR patches."""
     demo = args.trainset != 'patches'
     note = (f'demo checkpoint trained by this project on --trainset {args.trainset} (train.py, see args); '
-            f'NOT the weights of the SSRDE-FNet paper') if demo else 'trained by train.py on --trainset patches'
+            f'NOT the weights of the {args.model} paper') if demo else 'trained by train.py on --trainset patches'
     save_checkpoint(args.export, model, epoch=args.n_epochs, args=jsonable(args), demo=demo, note=note)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    interrupt = Interrupt()
+@dataclass
+class Run:
+    """Everything a training run holds between its steps."""
 
+    args: argparse.Namespace
+    device: torch.device
+    world: int
+    rank: int
+    run_dir: Path
+    dataset: object
+    sampler: ResumableSampler
+    local_batch: int
+    iters_per_epoch: int
+    model: torch.nn.Module
+    net: torch.nn.Module                     # the model, or its DDP wrapper
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    use_amp: bool
+    interrupt: Interrupt
+    start_epoch: int = 0
+    start_iteration: int = 0
+    running: dict | None = None              # sums of a partly done epoch, from the checkpoint
+    best: float = -math.inf
+    steps: int = 0                           # optimisation steps in this process's lifetime (for --stop_after)
+    last_terms: list[str] = field(default_factory=list)
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
+
+    def save(self, name: str, epoch: int, iteration: int, running=None) -> None:
+        if self.main_process:
+            save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),
+                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=epoch,
+                            iteration=iteration, args=jsonable(self.args), running=running,
+                            best_val_psnr_avg=self.best)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up: processes, resume, recipe, data, model, objective, optimiser
+
+def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
+    """Apply --resume (the checkpoint's run definition wins) and the network's recipe (for every optimisation flag
+    not given). Returns the checkpoint being resumed, or None."""
+    checkpoint = None
+    if args.resume is not None:
+        if not args.resume.is_file():
+            sys.exit(f'error: --resume {args.resume} not found')
+        checkpoint = torch.load(args.resume, map_location='cpu', weights_only=True)
+        stored, given = checkpoint.get('args', {}), jsonable(args)
+        for key in RUN_DEFINITION:
+            if key in stored and stored[key] != given.get(key):
+                if given.get(key) is not None:   # flags left at None were not given
+                    log.warning(f'--resume: using the checkpoint\'s {key}={stored[key]!r} (command line: '
+                                f'{given.get(key)!r})')
+                value = stored[key]
+                setattr(args, key, Path(value) if key == 'trainset_dir' else value)
+        if args.n_epochs is None:       # the run's length can be extended on resume; by default it is kept
+            args.n_epochs = stored.get('n_epochs')
+        args.checkpoint_dir = args.checkpoint_dir or args.resume.parent
+    args.model = args.model or 'ssrdefnet'
+    recipe = model_entry(args.model).recipe
+    for name in RECIPE_FLAGS:
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(recipe, name))
+    args.betas = tuple(args.betas)
+    args.run_name = args.run_name or f'{args.model}_x{args.scale_factor}_{args.trainset}'
+    return checkpoint
+
+
+def loss_weights(args, criterion_class) -> dict[str, float]:
+    weights = {}
+    for item in args.loss_weight:
+        name, _, value = item.partition('=')
+        if name not in criterion_class.DEFAULT_WEIGHTS or not value:
+            sys.exit(f'error: --loss_weight {item!r}: expected TERM=VALUE with TERM one of {args.model}\'s terms '
+                     f'{sorted(criterion_class.DEFAULT_WEIGHTS)}')
+        weights[name] = float(value)
+    return weights
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Processes and device, resume and recipe, seed, data, model, objective, optimiser and schedule."""
+    interrupt = Interrupt()
     # ---- processes and device (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
     world = int(os.environ.get('WORLD_SIZE', 1))
     rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
@@ -213,33 +334,18 @@ def main(argv=None) -> int:
             device = torch.device('cuda', local_rank)
             torch.cuda.set_device(device)
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    main_process = rank == 0
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format='%(message)s')
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format='%(message)s')
 
-    # ---- resume: the checkpoint's recipe wins
-    checkpoint = None
-    if args.resume is not None:
-        if not args.resume.is_file():
-            sys.exit(f'error: --resume {args.resume} not found')
-        checkpoint = torch.load(args.resume, map_location='cpu', weights_only=True)
-        stored = checkpoint.get('args', {})
-        for key in RECIPE:
-            if key in stored and stored[key] != jsonable(args)[key]:
-                log.warning(f'--resume: using the checkpoint\'s {key}={stored[key]!r} (command line: '
-                            f'{jsonable(args)[key]!r})')
-                setattr(args, key, Path(stored[key]) if key == 'trainset_dir' else stored[key])
-        args.checkpoint_dir = args.checkpoint_dir or args.resume.parent
-    args.run_name = args.run_name or f'ssrdefnet_x{args.scale_factor}_{args.trainset}'
+    # ---- resume and recipe
+    checkpoint = resolve_run_arguments(args)
+    entry = model_entry(args.model)
+    if args.scale_factor not in entry.scales:
+        sys.exit(f'error: {args.model} is defined for --scale_factor {", ".join(map(str, entry.scales))}')
     run_dir = args.checkpoint_dir or Path('checkpoints') / args.run_name
     if args.batch_size % world or (args.batch_size // world) % args.grad_accum:
         sys.exit(f'error: --batch_size {args.batch_size} must split into {world} processes x {args.grad_accum} '
                  f'micro-batches of equal size')
-    weights = {}
-    for item in args.loss_weight:
-        name, _, value = item.partition('=')
-        if name not in DEFAULT_WEIGHTS or not value:
-            sys.exit(f'error: --loss_weight {item!r}: expected TERM=VALUE with TERM in {sorted(DEFAULT_WEIGHTS)}')
-        weights[name] = float(value)
+    weights = loss_weights(args, entry.criterion)
 
     # ---- seed, determinism
     seed_everything(args.seed)
@@ -254,138 +360,183 @@ def main(argv=None) -> int:
         sys.exit(f'error: {err}')
     local_batch = args.batch_size // world
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    iters_per_epoch = math.ceil(math.ceil(len(dataset) / world) / local_batch)
+    if args.max_iters_per_epoch:
+        iters_per_epoch = min(iters_per_epoch, args.max_iters_per_epoch)
+    if args.total_iters > 0:   # an iteration-based recipe: as many epochs as the iterations need
+        args.n_epochs = math.ceil(args.total_iters / iters_per_epoch)
 
-    # ---- model, loss, optimiser, schedule
+    # ---- model, objective, optimiser, schedule
     model = build_model(args.model, args.scale_factor, **model_options(args)).to(device)
-    criterion = SSRDEFNetLoss(args.scale_factor, weights)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.n_steps, gamma=args.gamma)
+    criterion = entry.criterion(args.scale_factor, weights)
+    optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[args.optimizer]
+    optimizer = optimizer_class(model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay)
+    if args.schedule == 'cosine':   # stepped every iteration: iteration i (from 0) runs at lr(i), as BasicSR's
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=args.total_iters or args.n_epochs * iters_per_epoch, eta_min=args.eta_min)
+    else:                           # stepped every epoch
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.n_steps, gamma=args.gamma)
     amp_dtype = getattr(torch, args.amp_dtype)
     use_amp = args.amp and device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp and amp_dtype == torch.float16)
-    start_epoch, start_iteration, running = 0, 0, None
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
+        if world > 1 else model
+    run = Run(args, device, world, rank, run_dir, dataset, sampler, local_batch, iters_per_epoch, model, net,
+              criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['state_dict'])
         optimizer.load_state_dict(checkpoint['optimizer'])
         scheduler.load_state_dict(checkpoint['scheduler'])
         scaler.load_state_dict(checkpoint.get('scaler', {}) or scaler.state_dict())
-        start_epoch, start_iteration = checkpoint['epoch'], checkpoint.get('iteration', 0)
-        running = checkpoint.get('running')
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
-        if world > 1 else model
-    best = checkpoint.get('best_val_psnr_avg', -math.inf) if checkpoint else -math.inf
+        run.start_epoch, run.start_iteration = checkpoint['epoch'], checkpoint.get('iteration', 0)
+        run.running, run.best = checkpoint.get('running'), checkpoint.get('best_val_psnr_avg', -math.inf)
 
-    if main_process:
+    if run.main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / 'args.json').write_text(json.dumps(jsonable(args), indent=2))
         log.info('arguments:\n' + '\n'.join(f'  {k}: {v}' for k, v in jsonable(args).items()))
-        log.info(f'{len(dataset)} training patches, {world} process(es) on {device}, global batch {args.batch_size}'
-                 + (f', resuming after epoch {start_epoch} iteration {start_iteration}' if checkpoint else ''))
+        log.info(f'{args.model} x{args.scale_factor}, recipe: {entry.recipe.source}; {len(dataset)} training '
+                 f'patches, {world} process(es) on {device}, global batch {args.batch_size}'
+                 + (f', {args.total_iters} iterations' if args.total_iters else f', {args.n_epochs} epochs')
+                 + (f', resuming after epoch {run.start_epoch} iteration {run.start_iteration}' if checkpoint else ''))
+    return run
 
-    def save(name: str, epoch: int, iteration: int, running_state=None) -> None:
-        if main_process:
-            save_checkpoint(run_dir / name, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict(), epoch=epoch, iteration=iteration, args=jsonable(args),
-                            running=running_state, best_val_psnr_avg=best)
 
-    # ---- epochs
-    steps = 0  # optimisation steps in this process's lifetime (for --stop_after)
-    for epoch in range(start_epoch, args.n_epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        sampler.skip = start_iteration * local_batch
-        loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=args.num_workers,
-                            worker_init_fn=seed_worker, pin_memory=device.type == 'cuda', drop_last=False,
-                            persistent_workers=False)
-        iterations = len(loader) + start_iteration
-        if args.max_iters_per_epoch:
-            iterations = min(iterations, args.max_iters_per_epoch)
-        sums = running or {'count': 0, 'seconds': 0.0}
-        running, started = None, time.time()
-        bar = tqdm(total=iterations, initial=start_iteration, desc=f'epoch {epoch + 1}/{args.n_epochs}',
-                   disable=not main_process, unit='it')
-        for iteration, (hr_left, hr_right, lr_left, lr_right) in enumerate(checked(loader), start=start_iteration):
-            if iteration >= iterations:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            terms_sum, psnrs = None, []
-            n_micro = min(args.grad_accum, hr_left.shape[0])  # a short last batch may have fewer micro-batches
-            for k in range(n_micro):  # micro-batch k takes every grad_accum-th sample, like DDP rank k
-                micro = [x[k::args.grad_accum].to(device, non_blocking=True)
-                         for x in (hr_left, hr_right, lr_left, lr_right)]
-                sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else net.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                        out = net(micro[2], micro[3])
-                        terms = criterion(out, micro[2], micro[3], micro[0], micro[1])
-                    values = torch.stack([t.detach().float() for t in terms.values()])
-                    if world > 1:
-                        dist.all_reduce(values)
-                        values /= world
-                    if not torch.isfinite(values).all():
-                        bad = {n: v.item() for n, v in zip(terms, values)}
-                        bar.close()
-                        log.error(f'non-finite loss at epoch {epoch + 1}, iteration {iteration + 1}: {bad}. Stopping; '
-                                  f'the last good checkpoint is {run_dir / "last.pth"}')
-                        return 1
-                    scaler.scale(terms['total'] / n_micro).backward()
-                terms_sum = values if terms_sum is None else terms_sum + values
-                sr = out.sr_left.detach().float().clamp(0, 1)
-                psnrs.append(psnr(sr, micro[0], crop_left=STEREO_BOUNDARY).mean().item())
-                sr = out.sr_right.detach().float().clamp(0, 1)
-                psnrs.append(psnr(sr[..., :-STEREO_BOUNDARY], micro[1][..., :-STEREO_BOUNDARY]).mean().item())
-            scaler.step(optimizer)
-            scaler.update()
+# ----------------------------------------------------------------------------------------------------------------
+# One epoch, one step
 
-            terms_mean = (terms_sum / n_micro).tolist()
-            for name, value in zip(terms, terms_mean):
-                sums[name] = sums.get(name, 0.0) + value
-            sums['psnr_left'] = sums.get('psnr_left', 0.0) + float(np.mean(psnrs[0::2]))
-            sums['psnr_right'] = sums.get('psnr_right', 0.0) + float(np.mean(psnrs[1::2]))
-            sums['count'] += 1
-            bar.set_postfix(loss=f"{sums['total'] / sums['count']:.4f}",
-                            psnr=f"{sums['psnr_left'] / sums['count']:.2f}")
-            bar.update()
-            steps += 1
-            if args.stop_after and steps >= args.stop_after:
-                interrupt.requested = True
-            if interrupt.requested:
-                sums['seconds'] += time.time() - started
-                save('last.pth', epoch, iteration + 1, sums)
-                bar.close()
-                log.warning(f'interrupted at epoch {epoch + 1}, iteration {iteration + 1}; saved '
-                            f'{run_dir / "last.pth"}. Continue with --resume {run_dir / "last.pth"}')
-                return INTERRUPTED
-        bar.close()
-        lr = optimizer.param_groups[0]['lr']
-        scheduler.step()
-        start_iteration = 0
+def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]] | None:
+    """One optimisation step on a batch (hr_left, hr_right, lr_left, lr_right), split into --grad_accum
+    micro-batches. Returns (term names, mean term values, PSNRs [left, right, ...]), or None on a non-finite loss."""
+    args, world = run.args, run.world
+    run.optimizer.zero_grad(set_to_none=True)
+    terms_sum, psnrs = None, []
+    n_micro = min(args.grad_accum, batch[0].shape[0])  # a short last batch may have fewer micro-batches
+    for k in range(n_micro):  # micro-batch k takes every grad_accum-th sample, like DDP rank k
+        hr_left, hr_right, lr_left, lr_right = (x[k::args.grad_accum].to(run.device, non_blocking=True)
+                                                for x in batch)
+        sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else run.net.no_sync()
+        with sync:
+            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+                out = run.net(lr_left, lr_right)
+                terms = run.criterion(out, lr_left, lr_right, hr_left, hr_right)
+            values = torch.stack([t.detach().float() for t in terms.values()])
+            if world > 1:
+                dist.all_reduce(values)
+                values /= world
+            if not torch.isfinite(values).all():
+                return list(terms), values, []
+            total = terms['total'] / n_micro
+            if world > 1:   # DDP needs a gradient for every parameter, also those of a dropped block (stochastic depth)
+                total = total + 0 * sum(p.sum() for p in run.model.parameters())
+            run.scaler.scale(total).backward()
+        terms_sum = values if terms_sum is None else terms_sum + values
+        sr = out.sr_left.detach().float().clamp(0, 1)
+        psnrs.append(psnr(sr, hr_left, crop_left=STEREO_BOUNDARY).mean().item())
+        sr = out.sr_right.detach().float().clamp(0, 1)
+        psnrs.append(psnr(sr[..., :-STEREO_BOUNDARY], hr_right[..., :-STEREO_BOUNDARY]).mean().item())
+    if args.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if args.schedule == 'cosine':
+        run.scheduler.step()
+    return list(terms), terms_sum / n_micro, psnrs
 
-        # ---- end of epoch: metrics, validation, checkpoints, curves
-        seconds = sums['seconds'] + time.time() - started
-        row = {'epoch': epoch + 1, 'lr': lr, **{f'loss_{n}': sums[n] / sums['count'] for n in terms},
-               'psnr_left': sums['psnr_left'] / sums['count'], 'psnr_right': sums['psnr_right'] / sums['count'],
-               'iterations': sums['count'], 'seconds': seconds, 'iters_per_s': sums['count'] / max(seconds, 1e-9)}
-        if main_process and args.val_dir and args.val_every and (epoch + 1) % args.val_every == 0:
-            row.update(validate(unwrap_model(net), args, device))
-            if row['val_psnr_avg'] > best:
-                best = row['val_psnr_avg']
-                save('best.pth', epoch + 1, 0)
-        save('last.pth', epoch + 1, 0)
-        if args.save_every and (epoch + 1) % args.save_every == 0:
-            save(f'epoch_{epoch + 1:03d}.pth', epoch + 1, 0)
-        if main_process:
-            append_log(run_dir, row)
-            plot_curves(run_dir)
-            log.info(f"epoch {epoch + 1}: loss {row['loss_total']:.4f} (sr {row['loss_sr']:.4f}), train PSNR left "
-                     f"{row['psnr_left']:.2f} dB, {row['iters_per_s']:.3f} it/s"
-                     + (f", val (L+R)/2 {row['val_psnr_avg']:.2f} dB" if 'val_psnr_avg' in row else ''))
-    if main_process:
-        log.info(f'done: {run_dir / "last.pth"}, logs and curves.png in {run_dir}')
-        if args.export:
-            export(model, args)
-            log.info(f'weights-only checkpoint: {args.export}')
-    if world > 1:
+
+def train_epoch(run: Run, epoch: int) -> int | dict:
+    """One epoch from `run.start_iteration`. Returns the epoch's sums, or an exit code (interrupted, non-finite)."""
+    args = run.args
+    run.dataset.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    run.sampler.skip = run.start_iteration * run.local_batch
+    loader = DataLoader(run.dataset, batch_size=run.local_batch, sampler=run.sampler, num_workers=args.num_workers,
+                        worker_init_fn=seed_worker, pin_memory=run.device.type == 'cuda', drop_last=False,
+                        persistent_workers=False)
+    iterations = run.iters_per_epoch
+    if args.total_iters:   # the last epoch of an iteration-based recipe stops at total_iters
+        iterations = min(iterations, args.total_iters - epoch * run.iters_per_epoch)
+    sums = run.running or {'count': 0, 'seconds': 0.0}
+    run.running, started = None, time.time()
+    bar = tqdm(total=iterations, initial=run.start_iteration, desc=f'epoch {epoch + 1}/{args.n_epochs}',
+               disable=not run.main_process, unit='it')
+    for iteration, batch in enumerate(checked(loader), start=run.start_iteration):
+        if iteration >= iterations:
+            break
+        names, values, psnrs = train_step(run, batch)
+        if not psnrs:
+            bar.close()
+            bad = {n: v.item() for n, v in zip(names, values)}
+            log.error(f'non-finite loss at epoch {epoch + 1}, iteration {iteration + 1}: {bad}. Stopping; '
+                      f'the last good checkpoint is {run.run_dir / "last.pth"}')
+            return 1
+        run.last_terms = names
+        for name, value in zip(names, values.tolist()):
+            sums[name] = sums.get(name, 0.0) + value
+        sums['psnr_left'] = sums.get('psnr_left', 0.0) + float(np.mean(psnrs[0::2]))
+        sums['psnr_right'] = sums.get('psnr_right', 0.0) + float(np.mean(psnrs[1::2]))
+        sums['count'] += 1
+        bar.set_postfix(loss=f"{sums['total'] / sums['count']:.4f}", psnr=f"{sums['psnr_left'] / sums['count']:.2f}")
+        bar.update()
+        run.steps += 1
+        if args.stop_after and run.steps >= args.stop_after:
+            run.interrupt.requested = True
+        if run.interrupt.requested:
+            sums['seconds'] += time.time() - started
+            run.save('last.pth', epoch, iteration + 1, sums)
+            bar.close()
+            log.warning(f'interrupted at epoch {epoch + 1}, iteration {iteration + 1}; saved '
+                        f'{run.run_dir / "last.pth"}. Continue with --resume {run.run_dir / "last.pth"}')
+            return INTERRUPTED
+    bar.close()
+    sums['seconds'] += time.time() - started
+    return sums
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End of an epoch: schedule, metrics, validation, checkpoints, curves
+
+def end_epoch(run: Run, epoch: int, sums: dict) -> None:
+    args = run.args
+    lr = run.optimizer.param_groups[0]['lr']
+    if args.schedule != 'cosine':
+        run.scheduler.step()
+    run.start_iteration = 0
+    count = max(sums['count'], 1)
+    row = {'epoch': epoch + 1, 'lr': lr, **{f'loss_{n}': sums.get(n, 0.0) / count for n in run.last_terms},
+           'psnr_left': sums.get('psnr_left', 0.0) / count, 'psnr_right': sums.get('psnr_right', 0.0) / count,
+           'iterations': sums['count'], 'seconds': sums['seconds'],
+           'iters_per_s': sums['count'] / max(sums['seconds'], 1e-9)}
+    if run.main_process and args.val_dir and args.val_every and (epoch + 1) % args.val_every == 0:
+        row.update(validate(unwrap_model(run.net), args, run.device))
+        if row['val_psnr_avg'] > run.best:
+            run.best = row['val_psnr_avg']
+            run.save('best.pth', epoch + 1, 0)
+    run.save('last.pth', epoch + 1, 0)
+    if args.save_every and (epoch + 1) % args.save_every == 0:
+        run.save(f'epoch_{epoch + 1:03d}.pth', epoch + 1, 0)
+    if run.main_process:
+        append_log(run.run_dir, row)
+        plot_curves(run.run_dir)
+        log.info(f"epoch {epoch + 1}: loss {row['loss_total']:.4f}, train PSNR left {row['psnr_left']:.2f} dB, "
+                 f"{row['iters_per_s']:.3f} it/s"
+                 + (f", val (L+R)/2 {row['val_psnr_avg']:.2f} dB" if 'val_psnr_avg' in row else ''))
+
+
+def main(argv=None) -> int:
+    run = setup(parse_args(argv))
+    for epoch in range(run.start_epoch, run.args.n_epochs):
+        sums = train_epoch(run, epoch)
+        if isinstance(sums, int):
+            return sums
+        end_epoch(run, epoch, sums)
+    if run.main_process:
+        log.info(f'done: {run.run_dir / "last.pth"}, logs and curves.png in {run.run_dir}')
+        if run.args.export:
+            export(run.model, run.args)
+            log.info(f'weights-only checkpoint: {run.args.export}')
+    if run.world > 1:
         dist.destroy_process_group()
     return 0
 

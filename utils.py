@@ -15,6 +15,9 @@ from torch import Tensor, nn
 CHECKPOINT_VERSION = 1
 # Prefixes that wrappers add to state_dict keys: DataParallel/DDP ('module.') and torch.compile ('_orig_mod.').
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+# Where checkpoint dicts keep their weights: ours and the SSRDE-FNet/iPASSR releases ('state_dict'), BasicSR/NAFSSR
+# releases ('params').
+WEIGHT_KEYS = ('state_dict', 'params')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,8 +90,9 @@ def strip_wrapper_prefixes(state_dict: dict) -> dict:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """Read a checkpoint file -> (state_dict without wrapper prefixes, the whole checkpoint dict).
 
-    Accepts the authors' release (`{'epoch', 'state_dict'}` with 'module.' keys), the project's own checkpoints
-    (see `save_checkpoint`) and a bare state_dict. Raises FileNotFoundError / ValueError naming the file.
+    Accepts the project's own checkpoints (see `save_checkpoint`), the authors' release formats of the zoo
+    (`{'epoch', 'state_dict'}` of SSRDE-FNet and iPASSR, with or without 'module.' keys; BasicSR's `{'params': ...}`
+    of NAFSSR) and a bare state_dict. Raises FileNotFoundError / ValueError naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -98,23 +102,28 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         raise ValueError(f"{path}: cannot read this checkpoint ({type(err).__name__}: {err}). The file may be "
                          f"truncated (an interrupted download or copy) or not a PyTorch checkpoint") from None
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
-        state_dict = checkpoint['state_dict']
+    key = next((k for k in WEIGHT_KEYS if isinstance(checkpoint, dict) and isinstance(checkpoint.get(k), dict)), None)
+    if key is not None:
+        state_dict = checkpoint[key]
     elif isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
         state_dict, checkpoint = checkpoint, {'state_dict': checkpoint}
     else:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path}: not a model checkpoint: expected a dict with a 'state_dict' entry or a bare "
-                         f"state_dict, found {keys}")
+        raise ValueError(f"{path}: not a model checkpoint: expected a dict with a 'state_dict' or 'params' entry or a "
+                         f"bare state_dict, found {keys}")
     return strip_wrapper_prefixes(state_dict), checkpoint
 
 
 def infer_scale_factor(state_dict: dict) -> int | None:
-    """SR scale of an SSRDE-FNet state_dict, from its pixel-shuffle projection (64*s*s output channels)."""
-    weight = state_dict.get('upscale.0.weight')
-    if weight is None or weight.dim() != 4:
-        return None
-    return int(round((weight.shape[0] / weight.shape[1]) ** 0.5))
+    """SR scale of a zoo state_dict, from its pixel-shuffle projection: SSRDE-FNet and iPASSR `upscale.0` (64 -> 64 s^2
+    channels), NAFSSR `up.0` (C -> 3 s^2). None for other layouts (the strict load then names the shapes)."""
+    for key, channels in (('upscale.0.weight', None), ('up.0.weight', 3)):
+        weight = state_dict.get(key)
+        if weight is not None and weight.dim() == 4:
+            ratio = weight.shape[0] / (channels or weight.shape[1])
+            scale = int(round(ratio ** 0.5))
+            return scale if scale * scale == ratio else None
+    return None
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str | os.PathLike) -> None:
@@ -161,30 +170,49 @@ def describe_checkpoint(path: str | os.PathLike, checkpoint: dict) -> str:
     if checkpoint.get('demo'):
         kind = 'project demo checkpoint (NOT the paper\'s weights)'
     elif 'version' in checkpoint:
-        kind = f"project checkpoint, {checkpoint.get('epoch', '?')} epochs"
+        kind = f"project checkpoint of {args.get('model', 'ssrdefnet')}, {checkpoint.get('epoch', '?')} epochs"
         if args.get('trainset'):
             kind += f", trained on {args['trainset']}"
     elif 'epoch' in checkpoint:
         kind = f"authors' release format, epoch {checkpoint['epoch']}"
+    elif 'params' in checkpoint:
+        kind = "authors' release format (BasicSR 'params')"
     else:
         kind = 'bare state_dict'
     return f'{path} ({kind})'
 
 
-def load_model(path: str | os.PathLike, scale_factor: int, device: str | torch.device = 'cpu',
-               **options) -> tuple[nn.Module, dict]:
-    """Build SSRDE-FNet for `scale_factor`, load `path` into it, move it to `device`, eval mode.
+def checkpoint_model_name(checkpoint: dict) -> str | None:
+    """The zoo name of the network a project checkpoint was trained as (None for other files)."""
+    args = checkpoint.get('args') or {}
+    return args.get('model', 'ssrdefnet') if 'version' in checkpoint else None
 
-    Architecture options stored in a project checkpoint's args (fix_right_cost_volume) override `options`.
-    Returns (model, checkpoint dict).
+
+def load_model(path: str | os.PathLike, scale_factor: int, device: str | torch.device = 'cpu', name: str | None = None,
+               options: dict | None = None) -> tuple[nn.Module, dict]:
+    """Build network `name` of the zoo for `scale_factor`, load `path` into it, move it to `device`, eval mode.
+
+    `name` None: the network a project checkpoint records, else SSRDE-FNet. `options`: values of command-line options
+    (e.g. vars(args)); the network's own are used. The options that define what the weights compute come from the
+    file: recorded in a project checkpoint's args, or implied by an authors' release format (e.g. NAFSSR's BGR
+    input); they win over `options`. Returns (model, checkpoint dict); `model.zoo_name` is the network's name.
     """
-    from models import build_model  # utils is imported by models' users; keep the dependency one-way at import
+    from models import build_model, model_entry  # utils is imported by models' users; keep imports one-way
+    from models.registry import option_values
 
     state_dict, checkpoint = read_checkpoint(path)
-    stored = checkpoint.get('args') or {}
-    if 'fix_right_cost_volume' in stored:
-        options['fix_right_cost_volume'] = bool(stored['fix_right_cost_volume'])
-    model = build_model('ssrdefnet', scale_factor, **options)
+    recorded = checkpoint_model_name(checkpoint)
+    if name is not None and recorded is not None and recorded != name:
+        raise ValueError(f"{path} is a checkpoint of {recorded}, not {name}; use --model {recorded}")
+    name = name or recorded or 'ssrdefnet'
+    entry = model_entry(name)
+    options = option_values(entry, options or {})
+    if recorded is None:
+        options.update(entry.release_options(checkpoint))
+    else:
+        stored = checkpoint.get('args') or {}
+        options.update({o.name: stored[o.name] for o in entry.options if o.of_weights and o.name in stored})
+    model = build_model(name, scale_factor, **options)
     load_state_dict_checked(model, state_dict, path)
     return model.to(device).eval(), checkpoint
 
@@ -316,11 +344,15 @@ def psnr(sr: Tensor, hr: Tensor, data_range: float = 1.0, crop_left: int = 0) ->
     return 10 * torch.log10(data_range ** 2 / mse)
 
 
-def ssim(sr: Tensor, hr: Tensor, data_range: float = 1.0, crop_left: int = 0, window: int = SSIM_WINDOW) -> Tensor:
+def ssim(sr: Tensor, hr: Tensor, data_range: float = 1.0, crop_left: int = 0, window: int = SSIM_WINDOW,
+         sample_covariance: bool = False) -> Tensor:
     """SSIM with the convention of iPASSR's evaluation.m, (..., C, H, W) -> (...).
 
     Per channel: box (averaging) window `window` x `window`, statistics over 'valid' positions only (no padding),
     C1 = (0.01 L)^2, C2 = (0.03 L)^2, mean of the SSIM map; then the mean over channels. Computed in float64.
+    `sample_covariance`: (co)variances with the n/(n-1) correction, n = window^2, as scikit-image's
+    `structural_similarity` by default (NAFSSR's metric); with it, this equals skimage's value with
+    `win_size=window, channel_axis`, whose mean also leaves out the (window-1)/2 border.
     """
     if sr.shape != hr.shape:
         raise ValueError(f'ssim: shapes differ, {tuple(sr.shape)} vs {tuple(hr.shape)}')
@@ -336,9 +368,10 @@ def ssim(sr: Tensor, hr: Tensor, data_range: float = 1.0, crop_left: int = 0, wi
 
     c1, c2 = (SSIM_K[0] * data_range) ** 2, (SSIM_K[1] * data_range) ** 2
     mu_x, mu_y = local_mean(x), local_mean(y)
-    var_x = local_mean(x * x) - mu_x ** 2
-    var_y = local_mean(y * y) - mu_y ** 2
-    cov = local_mean(x * y) - mu_x * mu_y
+    norm = window * window / (window * window - 1) if sample_covariance else 1.0
+    var_x = norm * (local_mean(x * x) - mu_x ** 2)
+    var_y = norm * (local_mean(y * y) - mu_y ** 2)
+    cov = norm * (local_mean(x * y) - mu_x * mu_y)
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(-3, -2, -1)).reshape(lead)
 

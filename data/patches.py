@@ -45,9 +45,12 @@ def extract_patches(hr_left, hr_right, lr_left, lr_right, scale: int) -> Iterato
         yield hr_left[hr], hr_right[hr], lr_left[lr], lr_right[lr]
 
 
-def augment(hr_left, hr_right, lr_left, lr_right, hflip: bool, vflip: bool):
+def augment(hr_left, hr_right, lr_left, lr_right, hflip: bool, vflip: bool, channels=None):
     """iPASSR augmentation on HxWxC arrays. A horizontal flip mirrors both views and swaps them (the mirrored right
-    view becomes the left view), which keeps the pair rectified with positive disparities."""
+    view becomes the left view), which keeps the pair rectified with positive disparities. `channels`: a permutation
+    of the colour channels applied to all four arrays alike (NAFSSR's RGB channel shuffle, `flip_RGB`)."""
+    if channels is not None:
+        hr_left, hr_right, lr_left, lr_right = (x[..., channels] for x in (hr_left, hr_right, lr_left, lr_right))
     if hflip:
         hr_left, hr_right = hr_right[:, ::-1], hr_left[:, ::-1]
         lr_left, lr_right = lr_right[:, ::-1], lr_left[:, ::-1]
@@ -60,8 +63,12 @@ class StereoPatches(Dataset):
     """Patches as (hr_left, hr_right, lr_left, lr_right) float32 CHW tensors in [0, 1].
 
     Augmentation is drawn from (seed, epoch, index), so an epoch's data is the same in every process and after a
-    resume; call `set_epoch` before each epoch.
+    resume; call `set_epoch` before each epoch. `channel_shuffle`: also permute the colour channels, one of the six
+    permutations uniformly, the same for both views and HR/LR (NAFSSR's recipe; drawn from its own stream, so the
+    flips are those of a run without it).
     """
+
+    channel_shuffle = False
 
     def __init__(self, scale: int, augment: bool = True, seed: int = 0):
         self.scale = scale
@@ -77,9 +84,14 @@ class StereoPatches(Dataset):
 
     def __getitem__(self, index: int):
         views = self.load(index)
+        channels = None
+        if self.channel_shuffle:
+            channels = np.random.default_rng([self.seed, self.epoch, index, 1]).permutation(3)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            views = augment(*views, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5)
+            views = augment(*views, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5, channels=channels)
+        elif channels is not None:
+            views = augment(*views, hflip=False, vflip=False, channels=channels)
         return tuple(torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).float().div(255) for v in views)
 
 

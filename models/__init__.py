@@ -1,45 +1,64 @@
-"""Model zoo entry point: `build_model(name, scale_factor)` and the shared architecture flags."""
+"""The model zoo: `build_model(name, scale_factor, **options)`, the list of names and the shared argparse flags.
+
+Each network lives in its own file or package and registers itself (models/registry.py). Adding a network is one
+new file plus one import line below.
+"""
 from __future__ import annotations
 
 import argparse
 
 from torch import nn
 
-from models.outputs import Pair, SSRDEFNetOutput
-from models.ssrde import SSRDEFNet, SSRDEFNetConfig
+# ---- the zoo: one import per network file (each registers its names)
+from models import ssrdefnet  # noqa: F401  ssrdefnet
+# ----
+from models.outputs import Pair, StereoOutput, StereoSROutput
+from models.registry import REGISTRY, ModelEntry, model_entry, option_values
 
-MODEL_NAMES = ('ssrdefnet',)
+MODEL_NAMES = tuple(REGISTRY)
+# networks that estimate disparity (test_disp.py)
+DISPARITY_MODELS = tuple(name for name, entry in REGISTRY.items() if entry.estimates_disparity)
 
 
 def build_model(name: str = 'ssrdefnet', scale_factor: int = 4, **options) -> nn.Module:
-    """Build a network by name. `options` are fields of its config dataclass (e.g. fix_right_cost_volume=True)."""
-    if name != 'ssrdefnet':
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_NAMES)}")
-    return SSRDEFNet(SSRDEFNetConfig(scale_factor=scale_factor, **options))
+    """Build network `name` of the zoo for `scale_factor`; `options` are its own options (see `add_model_args`)."""
+    entry = model_entry(name)
+    if scale_factor not in entry.scales:
+        raise ValueError(f"{name} is defined for scale factors {', '.join(map(str, entry.scales))}, "
+                         f"got {scale_factor}")
+    model = entry.build(scale_factor, **options)
+    model.zoo_name = name
+    return model
 
 
-def add_model_args(parser: argparse.ArgumentParser, baselines: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """Architecture flags shared by train.py, test_sr.py, test_disp.py and demo.py.
+def add_model_args(parser: argparse.ArgumentParser, baselines: tuple[str, ...] = (),
+                   default: str = 'ssrdefnet', names: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """Architecture flags shared by train.py, test_sr.py, test_disp.py, demo.py and bench.py: --model, --scale_factor
+    and every network's own options (each applies to its network only).
 
-    `baselines`: extra non-network choices of --model that a script supports (test_sr.py: 'bicubic').
+    `baselines`: extra non-network choices of --model that a script supports (test_sr.py: 'bicubic');
+    `names`: the networks a script supports (default: the whole zoo).
     """
+    names = MODEL_NAMES if names is None else names
     group = parser.add_argument_group('architecture')
-    group.add_argument('--model', default='ssrdefnet', choices=MODEL_NAMES + tuple(baselines),
-                       help='network to evaluate' + (f' or a baseline ({", ".join(baselines)})' if baselines else ''))
-    group.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale (paper: 2 and 4)')
-    group.add_argument('--fix_right_cost_volume', action='store_true',
-                       help='sample the right-view HR cost volume at the right view\'s own hypotheses instead of the '
-                            'left view\'s (official quirk, kept by default because the released weights use it)')
-    group.add_argument('--grad_checkpoint', action='store_true',
-                       help='training: recompute activations in the backward pass instead of storing them (same '
-                            'results, about half the memory, about a third more time)')
+    group.add_argument('--model', default=default, choices=tuple(names) + tuple(baselines),
+                       help='network of the zoo' + (f' or a baseline ({", ".join(baselines)})' if baselines else ''))
+    group.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale (papers: 2 and 4)')
+    seen = set()
+    for entry in REGISTRY.values():
+        for option in entry.options:
+            if option.name not in seen:
+                seen.add(option.name)
+                group.add_argument('--' + option.name, **option.kwargs)
     return parser
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The config options of `build_model` taken from parsed `add_model_args` flags."""
-    return {'fix_right_cost_volume': args.fix_right_cost_volume, 'grad_checkpoint': args.grad_checkpoint}
+    """The options of `args.model` taken from parsed `add_model_args` flags (empty for a baseline)."""
+    if args.model not in REGISTRY:
+        return {}
+    return option_values(REGISTRY[args.model], vars(args))
 
 
-__all__ = ['MODEL_NAMES', 'Pair', 'SSRDEFNet', 'SSRDEFNetConfig', 'SSRDEFNetOutput', 'add_model_args',
-           'build_model', 'model_options']
+__all__ = ['DISPARITY_MODELS', 'MODEL_NAMES', 'ModelEntry', 'Pair', 'StereoOutput', 'StereoSROutput', 'add_model_args',
+           'build_model', 'model_entry', 'model_options']

@@ -30,16 +30,16 @@ def super_resolve(model: nn.Module, left: Tensor, right: Tensor, tta: bool = Fal
     return total.map(lambda x: (x / len(flips)).clamp(0, 1))
 
 
-def minimum_size(scale: int) -> tuple[int, int, int]:
-    """(min height, min width, multiple) of an LR input: 30x30 (the LR pyramid pooling), and even sizes at x2."""
-    from models.ssrde import MIN_LR_SIZE
-    return MIN_LR_SIZE, MIN_LR_SIZE, 2 if scale == 2 else 1
+def minimum_size(model: nn.Module) -> tuple[int, int, int]:
+    """(min height, min width, multiple) of an LR input of `model` (SSRDE-FNet: 30x30, even sizes at x2)."""
+    min_h, min_w = getattr(model, 'min_input_size', (1, 1))
+    return min_h, min_w, getattr(model, 'input_multiple', 1)
 
 
-def pad_to_valid(left: Tensor, right: Tensor, scale: int) -> tuple[Pair, tuple[int, int]]:
+def pad_to_valid(left: Tensor, right: Tensor, model: nn.Module) -> tuple[Pair, tuple[int, int]]:
     """Pad an LR pair (B, 3, H, W) at the bottom/right so the network accepts it (reflection, or edge replication
     where the image is too small to reflect). Returns the padded pair and the original (H, W) to crop back to."""
-    min_h, min_w, multiple = minimum_size(scale)
+    min_h, min_w, multiple = minimum_size(model)
     h, w = left.shape[-2:]
     target_h = max(min_h, -(-h // multiple) * multiple)
     target_w = max(min_w, -(-w // multiple) * multiple)
@@ -52,15 +52,17 @@ def pad_to_valid(left: Tensor, right: Tensor, scale: int) -> tuple[Pair, tuple[i
 
 @torch.inference_mode()
 def predict(model: nn.Module, left: Tensor, right: Tensor, amp: bool = False) -> dict[str, Tensor]:
-    """Final SR images (clamped) and HR disparities of an LR pair of any size >= 1 px (padded as needed):
-    {'sr_left', 'sr_right': (B, 3, sH, sW), 'disp_left', 'disp_right': (B, 1, sH, sW)}."""
+    """Final SR images (clamped) and, for networks that estimate it, HR disparities of an LR pair of any size >= 1 px
+    (padded as needed): {'sr_left', 'sr_right': (B, 3, sH, sW)[, 'disp_left', 'disp_right': (B, 1, sH, sW)]}."""
     scale = model.scale
-    (left_p, right_p), (h, w) = pad_to_valid(left, right, scale)
+    (left_p, right_p), (h, w) = pad_to_valid(left, right, model)
     with torch.autocast(left.device.type, enabled=amp and left.device.type == 'cuda'):
         out = model(left_p, right_p)
     crop = (..., slice(0, h * scale), slice(0, w * scale))
-    return {'sr_left': out.sr_left.float()[crop].clamp(0, 1), 'sr_right': out.sr_right.float()[crop].clamp(0, 1),
-            'disp_left': out.disp_left.float()[crop], 'disp_right': out.disp_right.float()[crop]}
+    result = {'sr_left': out.sr_left.float()[crop].clamp(0, 1), 'sr_right': out.sr_right.float()[crop].clamp(0, 1)}
+    if out.disp_left is not None:
+        result.update(disp_left=out.disp_left.float()[crop], disp_right=out.disp_right.float()[crop])
+    return result
 
 
 def band_weights(length: int, overlap_before: int, overlap_after: int, device=None) -> Tensor:
@@ -87,7 +89,7 @@ def predict_tiled(model: nn.Module, left: Tensor, right: Tensor, band: int, over
     blended linearly over `overlap` shared rows. Peak memory is that of one band. Channel attention and the pyramid
     pooling see one band at a time, so the result differs slightly from a whole-image pass."""
     scale = model.scale
-    min_h, _, multiple = minimum_size(scale)
+    min_h, _, multiple = minimum_size(model)
     band = max(min_h, band - band % multiple)
     overlap = min(max(overlap - overlap % multiple, 0), band - multiple)
     h = left.shape[-2]

@@ -1,12 +1,16 @@
-"""Small typed containers shared by the network, the losses and the scripts."""
+"""The output contract shared by every network of the zoo, and the `Pair` container.
+
+Every stereo network returns a `StereoOutput`: the final SR views `sr_left`, `sr_right` (B, 3, sH, sW), *not*
+clamped, and, where the network estimates it, the HR disparity `disp_left`, `disp_right` (B, 1, sH, sW) in HR pixels
+(None otherwise). Networks add their own named fields for their training objective (attention maps, masks...).
+The scripts read only the contract, so they run every network without knowing which one it is.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from torch import Tensor
-
-from models.cost_volume import coordinates_to_disparity
 
 
 class Pair(NamedTuple):
@@ -29,62 +33,19 @@ class Pair(NamedTuple):
         return Pair(left, right)
 
 
-def coordinates_to_disparities(coords: Pair) -> Pair:
-    """Pair of correspondence coordinates -> Pair of positive disparities in [0, 192] (see cost_volume)."""
-    return Pair(coordinates_to_disparity(coords.left, 'left'), coordinates_to_disparity(coords.right, 'right'))
+class StereoOutput:
+    """Base of every network's output: subclasses provide `sr_left` and `sr_right` (fields or properties) and,
+    when the network estimates disparity, `disp_left` and `disp_right`."""
+
+    sr_left: Tensor
+    sr_right: Tensor
+    disp_left: Tensor | None = None
+    disp_right: Tensor | None = None
 
 
 @dataclass
-class SSRDEFNetOutput:
-    """Everything one forward pass of SSRDE-FNet returns, in train and in eval mode.
+class StereoSROutput(StereoOutput):
+    """The output of a network that returns only the SR pair (B, 3, sH, sW), not clamped."""
 
-    B is the batch, (H, W) the LR size and s the scale. Every list is ordered in time; every item is a `Pair`.
-
-    sr:        the four SR estimates (B, 3, sH, sW), *not* clamped, in the official order
-               [recursion 1 LR branch (out1), recursion 1 after HR interaction (out2),
-                recursion 2 LR branch (out3), recursion 2 after HR interaction (out4)]. sr[-1] is the final output.
-    attention: per recursion, the PAM attention maps as Pair(M_right_to_left, M_left_to_right), each (B, H, W, W);
-               M_right_to_left[b, y, i, j] is the weight of right column j for left pixel (y, i).
-    valid_lr:  per recursion, the PAM valid masks tanh(5 V) (B, 1, H, W), detached.
-    valid_hr:  per recursion, the HR valid masks V2 (B, 1, sH, sW), detached; only the losses use them.
-    coords_lr: per recursion, the PAM correspondence coordinates upsampled to HR (B, 1, sH, sW), in HR pixels: for a
-               left pixel the matching column in the right image, for a right pixel the one in the left image.
-    coords_hr: per recursion, the HR cost-volume correspondence coordinates (B, 1, sH, sW).
-    """
-
-    sr: list[Pair]
-    attention: list[Pair]
-    valid_lr: list[Pair]
-    valid_hr: list[Pair]
-    coords_lr: list[Pair]
-    coords_hr: list[Pair]
-
-    @property
-    def sr_left(self) -> Tensor:
-        """Final left SR image (B, 3, sH, sW), not clamped."""
-        return self.sr[-1].left
-
-    @property
-    def sr_right(self) -> Tensor:
-        """Final right SR image (B, 3, sH, sW), not clamped."""
-        return self.sr[-1].right
-
-    @property
-    def disp_hr(self) -> list[Pair]:
-        """Per recursion, the HR cost-volume disparities (B, 1, sH, sW) in HR pixels, clamped to [0, 192]."""
-        return [coordinates_to_disparities(c) for c in self.coords_hr]
-
-    @property
-    def disp_lr(self) -> list[Pair]:
-        """Per recursion, the upsampled PAM disparities (B, 1, sH, sW) in HR pixels, clamped to [0, 192]."""
-        return [coordinates_to_disparities(c) for c in self.coords_lr]
-
-    @property
-    def disp_left(self) -> Tensor:
-        """Final left disparity (B, 1, sH, sW): HR cost volume of recursion 2, as the official evaluation gives it."""
-        return coordinates_to_disparity(self.coords_hr[-1].left, 'left')
-
-    @property
-    def disp_right(self) -> Tensor:
-        """Final right disparity (B, 1, sH, sW), positive, clamped to [0, 192]."""
-        return coordinates_to_disparity(self.coords_hr[-1].right, 'right')
+    sr_left: Tensor
+    sr_right: Tensor

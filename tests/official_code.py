@@ -11,13 +11,17 @@ import os
 import sys
 import textwrap
 import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812  (the official loss code refers to F)
 
-OFFICIAL_DIR = os.environ.get('SSRDEF_OFFICIAL_DIR')
+OFFICIAL_ENV = 'SSRDEF_OFFICIAL_DIR'
+OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
+OFFICIAL_NAMES = ('ssrdefnet',)   # the zoo names this module runs the official code of (bench.py)
 requires_official = pytest.mark.skipif(
     not OFFICIAL_DIR, reason='set SSRDEF_OFFICIAL_DIR to a checkout of MIVRC/SSRDEFNet-PyTorch to run parity tests')
 _SHADOWED = ('utils', 'common', 'model', 'loss')
@@ -91,3 +95,24 @@ def run_official_loss(outputs, lr_left, lr_right, hr_left, hr_right, scale) -> d
                loss_disp_unsupervised=loss_module.loss_disp_unsupervised)
     exec(official_loss_code(), env)  # noqa: S102  (the authors' code, from SSRDEF_OFFICIAL_DIR)
     return {ours: env[theirs] for ours, theirs in LOSS_TERMS.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# bench.py's uniform handle on an official implementation (each tests/official_*.py module provides one)
+
+@dataclass
+class OfficialRunner:
+    """An official network with the same weights as ours: `infer(left, right)` runs its evaluation forward,
+    `train_loss(left, right, hr_left, hr_right)` its training forward and loss (a scalar tensor)."""
+
+    model: torch.nn.Module
+    infer: Callable
+    train_loss: Callable
+
+
+def official_runner(name: str, scale: int, ours: torch.nn.Module) -> OfficialRunner:
+    model = official_module('model').SSRDEFNet(scale)
+    model.load_state_dict(ours.state_dict())
+    return OfficialRunner(model, lambda left, right: model(left, right, 0),
+                          lambda left, right, hr_left, hr_right: run_official_loss(
+                              model(left, right, 1), left, right, hr_left, hr_right, scale)['total'])

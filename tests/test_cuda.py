@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_pair, randomise_batchnorm
 from models import build_model
-from models.losses import SSRDEFNetLoss
+from models.ssrdefnet.losses import SSRDEFNetLoss
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 

@@ -100,11 +100,12 @@ def test_pairs_below_the_minimum_are_padded_and_cropped_back(random_checkpoint, 
 
 
 def test_pad_to_valid():
+    x2, x4 = build_model('ssrdefnet', 2), build_model('ssrdefnet', 4)   # 30x30 at least, even sizes at x2
     x = torch.rand(1, 3, 31, 45)
-    (left, _), size = pad_to_valid(x, x, 2)
+    (left, _), size = pad_to_valid(x, x, x2)
     assert left.shape[-2:] == (32, 46) and size == (31, 45)
     assert torch.equal(left[..., :31, :45], x) and torch.equal(left[..., 31, :45], x[..., 29, :])   # reflection
-    (left, _), _ = pad_to_valid(torch.rand(1, 3, 10, 12), torch.rand(1, 3, 10, 12), 4)
+    (left, _), _ = pad_to_valid(torch.rand(1, 3, 10, 12), torch.rand(1, 3, 10, 12), x4)
     assert left.shape[-2:] == (30, 30)                                   # too small to reflect: replicated
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import random_pair, randomise_batchnorm
-from models import SSRDEFNetOutput, build_model
-from models.blocks import ViewwiseBatchNorm2d
-from models.cost_volume import coordinates_to_disparity, warp
+from models import build_model
+from models.ssrdefnet import SSRDEFNetOutput
+from models.layers import ViewwiseBatchNorm2d
+from models.ssrdefnet.cost_volume import coordinates_to_disparity, warp
 from models.outputs import Pair
 
 # Official parameter counts (spec Appendix A, measured on the authors' code).
@@ -51,7 +52,7 @@ def test_state_dict_matches_official_layout(scale, reference_dir):
 def test_unknown_model_and_scale_are_rejected():
     with pytest.raises(ValueError, match='unknown model'):
         build_model('passrnet', 4)
-    with pytest.raises(ValueError, match='scale_factor must be one of'):
+    with pytest.raises(ValueError, match='defined for scale factors'):
         build_model('ssrdefnet', 3)
 
 
@@ -236,13 +237,13 @@ def test_integer_input_raises():
 
 def test_training_step_tensors_stay_within_reusable_heap_blocks():
     """At the paper's x4 training patches (batch 2, 30x90 LR) no operation of a training step, forward, loss or
-    backward, makes a tensor larger than blocks.AUTOGRAD_TENSOR_BYTES (glibc's largest mmap threshold): larger ones
+    backward, makes a tensor larger than kernels.AUTOGRAD_TENSOR_BYTES (glibc's largest mmap threshold): larger ones
     are fresh, zero-filled pages at every step (a 4.5 GB of them cost a third of the step before; see `per_view`)."""
     from torch.utils import _pytree as pytree
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from models.blocks import AUTOGRAD_TENSOR_BYTES
-    from models.losses import SSRDEFNetLoss
+    from models.kernels import AUTOGRAD_TENSOR_BYTES
+    from models.ssrdefnet.losses import SSRDEFNetLoss
 
     class LargestTensor(TorchDispatchMode):
         def __init__(self):
@@ -273,7 +274,7 @@ def test_training_step_tensors_stay_within_reusable_heap_blocks():
 def test_activation_recomputation_gives_the_same_loss_gradients_and_running_statistics():
     """`grad_checkpoint=True` recomputes the stages in the backward pass (their HR arguments are Pairs of views):
     float64, x2, the same loss, gradients and BatchNorm running statistics as without recomputation."""
-    from models.losses import SSRDEFNetLoss
+    from models.ssrdefnet.losses import SSRDEFNetLoss
     torch.manual_seed(3)
     left, right = (t.double() for t in random_pair(1, 30, 60, seed=4))
     hr = torch.rand(1, 3, 60, 120, dtype=torch.float64)

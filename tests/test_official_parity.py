@@ -150,7 +150,7 @@ def test_train_mode_float32_is_within_the_officials_own_rounding():
 
 def test_loss_terms_and_gradients_match_official_train_py():
     """Every term, the total and the gradients of the total, in training mode, x4, batch 2 (float64)."""
-    from models.losses import SSRDEFNetLoss
+    from models.ssrdefnet.losses import SSRDEFNetLoss
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from models.losses import SSRDEFNetLoss
+from models.ssrdefnet.losses import SSRDEFNetLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--scale_factor', '2', '--trainset', 'sample', '--batch_size', '2', '--num_workers', '0']

@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.blocks import ViewwiseBatchNorm2d
-from models.cost_volume import CostVolume, sampling_grid, swap_views
-from models.feedback import subpixel_draft
-from models.interaction import correlation_gate
-from models.parallax_attention import cycle_valid_mask, relax_rows
+from models.layers import ViewwiseBatchNorm2d
+from models.ssrdefnet.cost_volume import CostVolume, sampling_grid, swap_views
+from models.ssrdefnet.feedback import subpixel_draft
+from models.ssrdefnet.interaction import correlation_gate
+from models.parallax import cycle_valid_mask, relax_rows
 
 
 def reference_cost_volume(query, key, coords):
@@ -40,12 +40,12 @@ def test_cost_volume_matches_hypothesis_loop():
 def test_correlation_and_its_gradients_match_hypothesis_loop(band_bytes, monkeypatch):
     """The banded matrix-product correlation (1-row, 3-row and whole-image bands) against the official loop of
     grid_samples, values and all three gradients, in float64, with samples beyond both image borders."""
-    import models.cost_volume
-    monkeypatch.setitem(models.cost_volume.COST_CHUNK_BYTES, 'cpu', band_bytes)
+    import models.ssrdefnet.kernels
+    monkeypatch.setitem(models.ssrdefnet.kernels.COST_CHUNK_BYTES, 'cpu', band_bytes)
     g = torch.Generator().manual_seed(1)
     query, key = (torch.randn(2, 5, 9, 17, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
     coords = (torch.rand(2, 6, 9, 17, dtype=torch.float64, generator=g) * 22 - 2.5).requires_grad_()
-    fast = models.cost_volume.correlation(query, key, coords)
+    fast = models.ssrdefnet.kernels.correlation(query, key, coords)
     slow = reference_cost_volume(query, key, coords)
     torch.testing.assert_close(fast, slow, atol=1e-12, rtol=0)
     grad = torch.randn(fast.shape, dtype=torch.float64, generator=g)
@@ -57,7 +57,7 @@ def test_correlation_and_its_gradients_match_hypothesis_loop(band_bytes, monkeyp
 def test_correlation_stays_float32_under_autocast():
     """Autocast would run the correlation's matrix products in bfloat16 (4e-3 off here); the cost volume keeps the
     precision of its float32 coordinates, as the official grid_sample does under autocast."""
-    from models.cost_volume import correlation
+    from models.ssrdefnet.kernels import correlation
     g = torch.Generator().manual_seed(0)
     query, key = (torch.randn(2, 24, 16, 40, generator=g, requires_grad=True) for _ in range(2))
     coords = torch.rand(2, 24, 16, 40, generator=g) * 40
@@ -97,7 +97,7 @@ def reference_subpixel_draft(features, coords_hr, scale, query, key, fuse):
 
 @pytest.mark.parametrize('scale', [2, 4])
 def test_subpixel_draft_matches_phase_loop(scale):
-    from models.blocks import ResidualDenseBlock
+    from models.layers import ResidualDenseBlock
     torch.manual_seed(scale)
     query, key = torch.nn.Conv2d(64, 32, 1), torch.nn.Conv2d(64, 32, 1)
     fuse = ResidualDenseBlock(64, num_layers=2, growth=24)
@@ -176,7 +176,7 @@ def test_viewwise_batchnorm_equals_two_official_calls():
 
 def test_viewwise_batchnorm_in_one_view_stages_normalises_each_call_whole():
     """Inside `one_view` (an HR stage run one view at a time) each call's batch is one view: the official calls."""
-    from models.blocks import one_view
+    from models.kernels import one_view
     torch.manual_seed(1)
     ours, official = viewwise_and_official_batchnorm(8)
     left, right = torch.randn(2, 8, 5, 7) * 2 + 1, torch.randn(2, 8, 5, 7) - 1
@@ -201,9 +201,9 @@ def reference_dense_block(rdb, x):
 @pytest.mark.parametrize('band_bytes', [1, 3 * 120 * 8, 1 << 30])
 def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypatch):
     """Evaluation convolves a band of rows at a time into one buffer (1-row, 3-row and whole-image bands here)."""
-    import models.blocks
-    from models.blocks import ResidualDenseBlock
-    monkeypatch.setitem(models.blocks.INFERENCE_BAND_BYTES, 'cpu', band_bytes)
+    import models.kernels
+    from models.layers import ResidualDenseBlock
+    monkeypatch.setitem(models.kernels.INFERENCE_BAND_BYTES, 'cpu', band_bytes)
     torch.manual_seed(3)
     rdb = ResidualDenseBlock(16, num_layers=3, growth=8).double()
     for dense in rdb.conv:
@@ -219,9 +219,9 @@ def test_banded_inference_dense_block_matches_official_form(band_bytes, monkeypa
 def test_autograd_dense_block_matches_official_form_and_gradients(tensor_bytes, monkeypatch):
     """With autograd the dense block runs on chunks of images (one image per chunk with a 1-byte budget here) and
     splits its 1x1 fusion at the block input; values and gradients must be those of the official form."""
-    import models.blocks
-    from models.blocks import ResidualDenseBlock
-    monkeypatch.setattr(models.blocks, 'AUTOGRAD_TENSOR_BYTES', tensor_bytes)
+    import models.kernels
+    from models.layers import ResidualDenseBlock
+    monkeypatch.setattr(models.kernels, 'AUTOGRAD_TENSOR_BYTES', tensor_bytes)
     torch.manual_seed(6)
     rdb = ResidualDenseBlock(16, num_layers=3, growth=8).double()
     for dense in rdb.conv:
@@ -236,8 +236,8 @@ def test_autograd_dense_block_matches_official_form_and_gradients(tensor_bytes, 
 @pytest.mark.parametrize('make', ['head', 'pointwise'])
 def test_rewritten_convolutions_match_conv2d_and_gradients(make):
     """In CPU training the SR heads run as transposed convolutions and the HR 1x1 convolutions as batched matrix
-    products (models.blocks.HeadConv2d, PointwiseConv2d); values and gradients must be those of nn.Conv2d."""
-    from models.blocks import HeadConv2d, PointwiseConv2d
+    products (models.kernels.HeadConv2d, PointwiseConv2d); values and gradients must be those of nn.Conv2d."""
+    from models.kernels import HeadConv2d, PointwiseConv2d
     torch.manual_seed(8)
     ours = (HeadConv2d(16, 3) if make == 'head' else PointwiseConv2d(16, 5)).double()
     x = torch.randn(2, 16, 9, 13, dtype=torch.float64, requires_grad=True)
@@ -265,11 +265,11 @@ def test_banded_inference_matching_features_match_official_form(make, band_bytes
     """In evaluation the pyramid-pooling fusion runs band by band (1-row, 3-row and whole-image bands here) on the
     concatenation of each band, with the BatchNorm folded in and the PReLU in place; it must equal lastconv on the
     whole concatenation (the official form, BatchNorm with running statistics)."""
-    import models.blocks
-    import models.features
-    monkeypatch.setitem(models.blocks.INFERENCE_BAND_BYTES, 'cpu', band_bytes)
+    import models.kernels
+    import models.ssrdefnet.features
+    monkeypatch.setitem(models.kernels.INFERENCE_BAND_BYTES, 'cpu', band_bytes)
     torch.manual_seed(4)
-    feature = getattr(models.features, make)().double().eval()
+    feature = getattr(models.ssrdefnet.features, make)().double().eval()
     for module in feature.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -300,9 +300,9 @@ def reference_matching_feature(feature, x):
 def test_autograd_matching_features_match_official_form_and_gradients(make, train_mode):
     """With autograd the fusion convolves the input and the pooled branches separately and adds them (no
     concatenation); values and gradients must be those of the convolution of the concatenation."""
-    import models.features
+    import models.ssrdefnet.features
     torch.manual_seed(7)
-    feature = getattr(models.features, make)().double().train(train_mode)
+    feature = getattr(models.ssrdefnet.features, make)().double().train(train_mode)
     x = torch.randn(4, 64, 33, 40, dtype=torch.float64, requires_grad=True)   # two views of two patches
     upstream = torch.randn_like(feature(x))
     for ours, official in zip(*(output_and_gradients(feature, form, x, upstream)
@@ -312,7 +312,7 @@ def test_autograd_matching_features_match_official_form_and_gradients(make, trai
 
 def test_ssim_separable_blur_matches_official_2d_window():
     """The loss's SSIM blurs with two 1-D Gaussian passes; the official convolves with the 11x11 outer product."""
-    from models.losses import SSIM_WINDOW, gaussian_window, ssim_map
+    from models.ssrdefnet.losses import SSIM_WINDOW, gaussian_window, ssim_map
     g = gaussian_window().double()
     window = torch.outer(g, g).expand(3, 1, SSIM_WINDOW, SSIM_WINDOW)
 

@@ -1,9 +1,7 @@
-"""High-resolution disparity: hypotheses around the upsampled PAM estimate, a local 2D cost volume, aggregation and
-soft-argmax regression (paper Sec. 3.3; spec §2.10-2.13, §4.2).
-
-Inside the network a "disparity" is stored as a correspondence *coordinate*: for a left pixel at column x the
-left map holds the matching column in the right image (x - d); for a right pixel it holds the matching column in
-the left image (x + d). `coordinates_to_disparity` turns them into positive disparities.
+"""SSRDE-FNet's fast forms, behind the seam of models/kernels.py (`kernels.FAST`): the banded HR cost-volume
+correlation, the matching-feature fusion computed from the pooled resolutions, and the memory-order phase helpers
+of the HRDIF draft. Each equals the plain form in the paper files (cost_volume.py, features.py, feedback.py) up to
+rounding; tests/test_vectorised.py keeps the reference forms and compares.
 """
 from __future__ import annotations
 
@@ -11,83 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import ConvBN, ViewwiseBatchNorm2d, conv_bn, memory_format
+from models.kernels import activate_, band_rows, halo_band, memory_format
+from models.layers import resize_bilinear
 
-# Number of disparity hypotheses of the HR cost volume (official `ndisp=24`); they span +-NUM_HYPOTHESES/2 HR pixels
-# around the upsampled PAM estimate, one every 24/23 px.
-NUM_HYPOTHESES = 24
 # Bytes of the all-column correlations of a band of rows in the cost volume (see `_BandCorrelation`): small enough to
 # stay in the CPU caches and bound memory, large enough to keep GPU kernels busy.
 COST_CHUNK_BYTES = {'cpu': 4 << 20, 'cuda': 512 << 20}
-# Largest disparity, in HR pixels, reported in evaluation mode (official test-mode clamp, whatever the scale) and
-# the upper bound of the KITTI evaluation mask.
-MAX_DISPARITY = 192.0
 
 
-def disparity_hypotheses(center: Tensor, max_coord: float, num: int = NUM_HYPOTHESES) -> Tensor:
-    """`num` evenly spaced column hypotheses in [center - num/2, center + num/2], clipped to [0, max_coord].
-
-    center: (N, 1, H, W) coordinates (detach it first: the official network builds hypotheses without gradient).
-    max_coord: upper clip, the official passes the HR width W (not W - 1). Returns (N, num, H, W).
-    """
-    low = (center - num / 2).clamp(min=0.0)
-    high = (center + num / 2).clamp(max=max_coord)
-    step = (high - low) / (num - 1)
-    return low + torch.arange(num, device=center.device, dtype=center.dtype).view(1, -1, 1, 1) * step
-
-
-def sampling_grid(coords: Tensor) -> Tensor:
-    """grid_sample grid for sampling every row of a (N, C, H, W) map at columns `coords` (N, D, H, W).
-
-    Coordinates are normalised the (size - 1)/2 way while grid_sample runs with align_corners=False, exactly as the
-    official code on PyTorch >= 1.3 (spec Q3): column u is read at u * W/(W-1) - 0.5 and row y at y * H/(H-1) - 0.5,
-    so even an identity warp blends neighbours and halves the first and last rows and columns.
-    Returns (N, D*H, W, 2).
-    """
-    n, d, h, w = coords.shape
-    x = coords / ((w - 1.0) / 2.0) - 1.0
-    y = (torch.arange(h, device=coords.device, dtype=coords.dtype) / ((h - 1.0) / 2.0) - 1.0).view(1, 1, h, 1)
-    return torch.stack([x, y.expand(n, d, h, w)], dim=4).view(n, d * h, w, 2)
-
-
-def sample_columns(source: Tensor, coords: Tensor) -> Tensor:
-    """Bilinearly sample `source` (N, C, H, W) along each row at columns `coords` (N, D, H, W), zero outside.
-
-    All D hypotheses go through one grid_sample call. Returns (N, C, D, H, W). Both inputs are promoted to the wider
-    dtype, as autocast does for grid_sample, so coordinates are never rounded to half precision.
-    """
-    n, c, h, w = source.shape
-    d = coords.shape[1]
-    dtype = torch.promote_types(source.dtype, coords.dtype)
-    sampled = F.grid_sample(source.to(dtype), sampling_grid(coords.to(dtype)), mode='bilinear', padding_mode='zeros',
-                            align_corners=False)                  # (N, C, D*H, W)
-    return sampled.view(n, c, d, h, w)
-
-
-def warp(source: Tensor, coords: Tensor) -> Tensor:
-    """Warp `source` (N, C, H, W) to the other view with one coordinate map (N, 1, H, W) -> (N, C, H, W).
-
-    The official `dispwarpfeature`. The result has the memory format of `source` (grid_sample writes NCHW; a
-    channels-last network would otherwise mix layouts, and mixed-layout element-wise ops run ~2.5x slower).
-    """
-    return sample_columns(source, coords).squeeze(2).contiguous(memory_format=memory_format(source))
-
-
-def coordinates_to_disparity(coords: Tensor, view: str, max_disparity: float = MAX_DISPARITY) -> Tensor:
-    """Correspondence coordinates (B, 1, H, W) of the `view` ('left' or 'right') -> disparities in [0, max_disparity].
-
-    Left: d = x - coord; right: d = coord - x, x being the pixel's own column, clamped as the official test mode
-    does (values below 0 become 0, above 192 become 192).
-    """
-    columns = torch.arange(coords.shape[-1], device=coords.device, dtype=coords.dtype)
-    if view == 'left':
-        disparity = columns - coords
-    elif view == 'right':
-        disparity = coords - columns
-    else:
-        raise ValueError(f"view must be 'left' or 'right', got {view!r}")
-    return disparity.clamp(0.0, max_disparity)
-
+# ----------------------------------------------------------------------------------------------------------------
+# HR cost volume: correlation of each query pixel with the key row sampled at its hypotheses (cost_volume.py)
 
 def _key_rows(height: int, channels: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """For every output row, the first of the two key rows it reads and their weights (the row quirk of
@@ -229,71 +160,123 @@ def correlation(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
     return _BandCorrelation.apply(query, key, coords, rows)
 
 
-class CostVolume(nn.Module):
-    """Local cost volume between the HR matching features of the two views (official `GetCostVolume`, `get_cv`).
+# ----------------------------------------------------------------------------------------------------------------
+# Matching features: the fusion convolution of the pooled branches, computed at their own resolution (features.py)
 
-    cost[n, k, y, x] = mean_c query(f)[n, c, y, x] * key(f_other)[n, c, y, hyp[n, k, y, x]].
-    The hypotheses index the *channels* of the following 2D aggregation, not a third conv dimension.
+def pyramid_fusion(module: nn.Module, x: Tensor, branches: list[Tensor]) -> Tensor:
+    """`module.lastconv(cat([x, *resized branches]))` of a `PyramidPoolingFeature`, from the branches at their pooled
+    resolutions: banded when the BatchNorm folds (evaluation), with autograd otherwise.
+
+    conv(cat(x, resized branches)) = conv_x(x) + sum_b conv_b(resize(p_b)), each branch's term computed at its
+    pooled resolution (`add_conv_of_resized`): no 112-channel concatenation at HR (39 MB for the views of two
+    training patches, over the heap blocks glibc reuses, kernels.AUTOGRAD_TENSOR_BYTES), no resized branches, and 48
+    of the HR fusion's 112 input channels cost a few matrix products instead of a 3x3 convolution.
     """
-
-    def __init__(self, channels: int = 24):
-        super().__init__()
-        self.query = nn.Conv2d(channels, channels, 1, 1, 0, bias=True)
-        self.key = nn.Conv2d(channels, channels, 1, 1, 0, bias=True)
-
-    def forward(self, features: Tensor, sample_coords: Tensor) -> Tensor:
-        """features: (2B, C, H, W) as [left; right]; sample_coords: (2B, D, H, W) columns to read in the other view.
-
-        Returns the cost (2B, D, H, W).
-        """
-        return correlation(self.query(features), swap_views(self.key(features)), sample_coords)
+    if module.lastconv[0].folds():
+        return _pyramid_fusion_inference(module, x, branches)
+    fuse, act, project = module.lastconv
+    conv, norm = fuse
+    weight, c = conv.weight, x.shape[1]
+    pre = add_conv_of_resized(F.conv2d(x, weight[:, :c], padding=1), branches, weight[:, c:])
+    return project(act(norm(pre.contiguous(memory_format=memory_format(x)))))
 
 
-class Hourglass(nn.Module):
-    """2D encoder-decoder over the hypothesis channels (official `hourglass(24)`, `dres2`).
+def _pyramid_fusion_inference(module: nn.Module, x: Tensor, branches: list[Tensor]) -> Tensor:
+    """The fusion when its BatchNorm folds (eval mode, no autograd), a band of rows at a time: the 3x3 convolution
+    of x (BatchNorm folded in) runs on cache-sized bands, the branches' share is added from their pooled resolution
+    (`resized_conv_factors`: no resized branches, no concatenation; at a KITTI-sized x4 pair they were 0.2 GB for
+    one view), and the PReLU is applied in place."""
+    fuse, act, project = module.lastconv
+    weight, bias = fuse.folded()
+    n, c, height, width = x.shape
+    rows_matrix, wide = resized_conv_factors(branches, weight[:, c:], (height, width), channels_last=True)
+    out = torch.empty((n, project.out_channels, height, width), dtype=x.dtype, device=x.device,
+                      memory_format=memory_format(x))
+    rows = band_rows(height, weight.shape[0] * width * x.element_size(), x.device)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        pre = F.conv2d(halo_band(x, top, bottom, 1), weight[:, :c], bias, padding=(0, 1))
+        band = rows_matrix[top:bottom]
+        support = band.any(0).nonzero().squeeze(1)   # the few branch rows a band reads (~10 % at KITTI size)
+        pre.permute(0, 2, 3, 1).add_(torch.matmul(band[:, support], wide[:, support]).view(
+            n, bottom - top, width, -1))
+        out[:, :, top:bottom] = project(activate_(pre, act))
+    return out
 
-    Needs even H and W whose halves are even too; at x2 that means even LR sizes (spec §2.12).
-    The single `prelu` is shared by both of its uses, as in the official code.
+
+def resize_matrix(size: int, source_size: int, like: Tensor) -> Tensor:
+    """(size, source_size) matrix of the 1-D bilinear resize of `resize_bilinear` (align_corners=False), made by
+    resizing the identity, in `like`'s dtype and device."""
+    identity = torch.eye(source_size, dtype=like.dtype, device=like.device).view(1, source_size, source_size, 1)
+    return resize_bilinear(identity, (size, 1))[0, :, :, 0].t()
+
+
+def resize_taps(size: int, source_size: int, like: Tensor) -> Tensor:
+    """(size, 3 * source_size): [A^(0) A^(1) A^(2)], A = `resize_matrix` and A^(k) its rows shifted by k - 1 (row
+    t of A^(k) is row t + k - 1 of A, zero outside): what tap k of a zero-padded 3-tap convolution reads of a
+    resized signal."""
+    matrix = F.pad(resize_matrix(size, source_size, like), (0, 0, 1, 1))
+    return torch.cat([matrix[k:k + size] for k in range(3)], dim=1)
+
+
+def resized_conv_factors(branches: list[Tensor], weight: Tensor, size: tuple[int, int], channels_last: bool
+                         ) -> tuple[Tensor, Tensor]:
+    """conv2d(cat([resize_bilinear(p, (H, W)) for p in branches]), weight, padding=1) as a product of two factors
+    computed at the branches' own resolutions: branches (N, C_b, h_b, w_b), weight (O, sum C_b, 3, 3).
+
+    Resizing and the convolution's channel mixing are both linear and the resize is separable: with A_y (H, h) and
+    A_x (W, w) the resize matrices and A^(k) as in `resize_taps`, the convolution of a resized branch p is
+    sum_ij A_y^(i) (W_ij p) A_x^(j)T. Per branch, one product mixes the channels for all nine taps at (h, w) and one
+    resizes the columns for all three j. Returns `rows` (H, K), [A_y^(i)] of every branch side by side, and the
+    column-resized `wide` (N, O, K, W), or (N, K, W * O) when `channels_last`; the convolution is then rows @ wide
+    (for any band of output rows, rows[top:bottom] @ wide), NCHW or NHWC.
     """
-
-    def __init__(self, channels: int = NUM_HYPOTHESES):
-        super().__init__()
-        self.conv1 = nn.Sequential(conv_bn(channels, channels, 3, 2, 1), nn.PReLU())
-        self.conv2 = conv_bn(channels, channels, 3, 1, 1)
-        self.conv3 = nn.Sequential(conv_bn(channels, channels, 3, 2, 1), nn.PReLU())
-        self.conv4 = nn.Sequential(conv_bn(channels, channels, 3, 1, 1), nn.PReLU())
-        self.conv5 = ConvBN(
-            nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False),
-            ViewwiseBatchNorm2d(channels))
-        self.conv6 = ConvBN(
-            nn.ConvTranspose2d(channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False),
-            ViewwiseBatchNorm2d(channels))
-        self.prelu = nn.PReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        skip = self.prelu(self.conv2(self.conv1(x)))       # 1/2 resolution
-        bottom = self.conv4(self.conv3(skip))               # 1/4 resolution
-        return self.conv6(self.prelu(self.conv5(bottom) + skip))
+    n, o = branches[0].shape[0], weight.shape[0]
+    height, width = size
+    wide, first = [], 0
+    for p in branches:
+        _, c, h, w = p.shape
+        taps = weight[:, first:first + c].permute(2, 3, 0, 1).reshape(9 * o, c)        # (i j O, C)
+        mixed = torch.matmul(taps, p.reshape(n, c, h * w)).view(n, 3, 3, o, h, w)
+        columns = resize_taps(width, w, p)                                               # (W, j w)
+        if channels_last:
+            mixed = mixed.permute(0, 1, 4, 2, 5, 3).reshape(n * 3 * h, 3 * w, o)         # (N i h, j w, O)
+            wide.append(torch.matmul(columns, mixed).view(n, 3 * h, width * o))          # (N, i h, W O)
+        else:
+            mixed = mixed.permute(0, 3, 1, 4, 2, 5).reshape(n, o, 3 * h, 3 * w)          # (N, O, i h, j w)
+            wide.append(torch.matmul(mixed, columns.t()))                                # (N, O, i h, W)
+        first += c
+    rows = torch.cat([resize_taps(height, p.shape[2], p) for p in branches], dim=1)
+    return rows, torch.cat(wide, dim=1 if channels_last else 2)
 
 
-def aggregation_block(final_activation: bool) -> nn.Sequential:
-    """Two 3x3 conv-BN layers over the hypothesis channels (official `dres0` with, `dres1` without final PReLU)."""
-    layers = [conv_bn(NUM_HYPOTHESES, NUM_HYPOTHESES, 3, 1, 1), nn.PReLU(),
-              conv_bn(NUM_HYPOTHESES, NUM_HYPOTHESES, 3, 1, 1)]
-    if final_activation:
-        layers.append(nn.PReLU())
-    return nn.Sequential(*layers)
+def add_conv_of_resized(out: Tensor, branches: list[Tensor], weight: Tensor) -> Tensor:
+    """out + conv2d(cat([resize_bilinear(p, (H, W)) for p in branches]), weight, padding=1) for out (N, O, H, W),
+    computed from the branches' own resolutions (`resized_conv_factors`), the rows product added to `out` by
+    `baddbmm`. At the HR matching features of a batch-2 x4 training crop, forward + backward took 207-275 ms
+    against 366-410 ms for the convolution of the resized, concatenated branches. Returns NCHW."""
+    n, o, height, width = out.shape
+    rows, wide = resized_conv_factors(branches, weight, (height, width), channels_last=False)
+    k = wide.shape[2]
+    return torch.baddbmm(out.reshape(n * o, height, width), rows.expand(n * o, height, k),
+                         wide.view(n * o, k, width)).view(n, o, height, width)
 
 
-def soft_argmax(cost: Tensor, hypotheses: Tensor) -> Tensor:
-    """Expected coordinate under softmax(cost) over the hypotheses: (N, D, H, W) x2 -> (N, 1, H, W).
+# ----------------------------------------------------------------------------------------------------------------
+# HRDIF draft: sub-pixel phases kept in the features' memory order (feedback.py)
 
-    Higher cost (correlation) means more likely; no negation.
-    """
-    return (hypotheses * torch.softmax(cost, dim=1)).sum(1, keepdim=True)
+def sum_phases(x: Tensor) -> Tensor:
+    """(N, P, C, H, W) -> sum over P, reduced in memory order: for channels-last phases a reduction over P as laid
+    out was ~30x slower (115 vs 4 ms at a KITTI-sized x4 pair)."""
+    if memory_format(x[:, 0]) == torch.channels_last:
+        return x.permute(0, 1, 3, 4, 2).sum(1).permute(0, 3, 1, 2)
+    return x.sum(1)
 
 
-def swap_views(x: Tensor) -> Tensor:
-    """[left; right] stacked on dim 0 -> [right; left]."""
-    first, second = x.chunk(2)
-    return torch.cat([second, first])
+def fold_phases(sampled: Tensor, layout: torch.memory_format) -> Tensor:
+    """(N, C, P, H, W) samples -> (N*P, C, H, W), the P phases folded into the batch, stored in `layout` (one copy
+    either way)."""
+    n, c, p, h, w = sampled.shape
+    if layout == torch.channels_last:
+        return sampled.permute(0, 2, 3, 4, 1).reshape(n * p, h, w, c).permute(0, 3, 1, 2)
+    return sampled.transpose(1, 2).reshape(n * p, c, h, w)

@@ -19,14 +19,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from models.blocks import (ChannelAttention, ConvBlock, HeadConv2d, PointwiseConv2d, ResidualDenseBlock,
-                           ResidualDenseGroup, one_view, recomputing, transition)
-from models.cost_volume import CostVolume, Hourglass, aggregation_block, disparity_hypotheses, soft_argmax, warp
-from models.features import hr_matching_feature, lr_matching_feature
-from models.feedback import FeedbackBlock, feedback_features, subpixel_draft
-from models.interaction import correlation_gate, hr_valid_mask
-from models.outputs import Pair, SSRDEFNetOutput
-from models.parallax_attention import PAMOutput, ParallaxAttention
+from models.kernels import HeadConv2d, PointwiseConv2d, activation_format, one_view, recomputing
+from models.layers import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup
+from models.outputs import Pair
+from models.ssrdefnet.blocks import transition
+from models.ssrdefnet.cost_volume import (CostVolume, Hourglass, aggregation_block, disparity_hypotheses,
+                                          soft_argmax, warp)
+from models.ssrdefnet.features import hr_matching_feature, lr_matching_feature
+from models.ssrdefnet.feedback import FeedbackBlock, feedback_features, subpixel_draft
+from models.ssrdefnet.interaction import correlation_gate, hr_valid_mask
+from models.ssrdefnet.outputs import SSRDEFNetOutput
+from models.ssrdefnet.parallax_attention import PAMOutput, ParallaxAttention
 
 # Feature width of the whole network and growth rate of its dense blocks (official G0 = 64, G = 24).
 CHANNELS = 64
@@ -74,23 +77,15 @@ def validate_inputs(left: Tensor, right: Tensor, scale_factor: int) -> None:
             raise ValueError(f"{name} image contains NaN or Inf values")
 
 
-def activation_format(x: Tensor, model: nn.Module) -> torch.memory_format:
-    """Memory format of the activations: channels-last (NHWC) on GPUs and in CPU evaluation, where oneDNN and cuDNN
-    convolve it 1.5-6x faster than NCHW (most of all the many cheap convolutions at HR); NCHW for CPU training, where
-    oneDNN's NHWC backward is slower (and CPU training mode without autograd, where it would change the rounding
-    that training-mode BatchNorm amplifies). Convolutions follow their input's format; values agree to rounding."""
-    evaluating = not (model.training or torch.is_grad_enabled())
-    return torch.channels_last if x.is_cuda or evaluating else torch.contiguous_format
-
-
 def per_view(fn, *views: Pair) -> Pair:
     """Pair(fn(*lefts), fn(*rights)) for arguments given as Pairs of views: an HR stage, one view at a time.
 
     The network keeps its HR maps as separate views, never as one [left; right] batch: in evaluation that halves the
     peak memory, and in training each HR map stays half as large. At the paper's x4 patches (batch 2, 120x360 HR) a
-    64-channel map is then 22 MB instead of 44 MB, within the heap blocks glibc reuses (blocks.AUTOGRAD_TENSOR_BYTES)
-    rather than fresh pages zero-filled by the kernel at every step. Training-mode BatchNorm normalises each call's
-    batch as one view (`one_view`), as the official network, which calls every module once per view, does.
+    64-channel map is then 22 MB instead of 44 MB, within the heap blocks glibc reuses
+    (kernels.AUTOGRAD_TENSOR_BYTES) rather than fresh pages zero-filled by the kernel at every step. Training-mode
+    BatchNorm normalises each call's batch as one view (`one_view`), as the official network, which calls every
+    module once per view, does.
     """
     with one_view():
         return Pair(fn(*(v.left for v in views)), fn(*(v.right for v in views)))
@@ -118,6 +113,12 @@ class SSRDEFNet(nn.Module):
         if scale not in DOWN_PROJECTION:
             raise ValueError(f"scale_factor must be one of {sorted(DOWN_PROJECTION)}, got {scale}")
         self.scale = scale
+        # what models/inference.py pads an LR pair to: at least 30x30, even sizes at x2 (see validate_inputs)
+        self.min_input_size = (MIN_LR_SIZE, MIN_LR_SIZE)
+        self.input_multiple = 2 if scale == 2 else 1
+        # evaluation peak memory per LR pixel (CPU, float32), fitted to measured peak RSS: x4, full-width bands of
+        # 32 and 64 LR rows x 1000 columns: 2.50 and 4.35 GB; x2, a whole 512x368 LR pair: 4.14 GB (demo.py)
+        self.eval_bytes_per_lr_pixel = {4: 58_000, 2: 19_000}
 
         # Registration order below = official state_dict order. Comments name the paper concept of each module.
         # LR feature extraction (shared by both views)

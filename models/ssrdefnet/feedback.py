@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import DeconvBlock, memory_format, resize_bilinear
-from models.cost_volume import sample_columns
-from models.interaction import correlation_gate
+from models.kernels import memory_format
+from models.layers import DeconvBlock, resize_bilinear
+from models.ssrdefnet.cost_volume import sample_columns
+from models.ssrdefnet.interaction import correlation_gate
+from models.ssrdefnet.kernels import fold_phases, sum_phases
 
 # b <- b + 0.1 * b * attention(b), the official weight of the feedback attention.
 FEEDBACK_ATTENTION_WEIGHT = 0.1
@@ -69,20 +71,3 @@ def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: in
     residual = fuse((mixed - own).reshape(n * phases, c, h, w)).view(n, phases, c, h, w)
     total = own + residual if torch.is_grad_enabled() else residual.add_(own)   # no autograd: in place, fresh
     return (sum_phases(total) / phases).contiguous(memory_format=memory_format(features))
-
-
-def sum_phases(x: Tensor) -> Tensor:
-    """(N, P, C, H, W) -> sum over P, reduced in memory order: for channels-last phases a reduction over P as laid
-    out was ~30x slower (115 vs 4 ms at a KITTI-sized x4 pair)."""
-    if memory_format(x[:, 0]) == torch.channels_last:
-        return x.permute(0, 1, 3, 4, 2).sum(1).permute(0, 3, 1, 2)
-    return x.sum(1)
-
-
-def fold_phases(sampled: Tensor, layout: torch.memory_format) -> Tensor:
-    """(N, C, P, H, W) samples -> (N*P, C, H, W), the P phases folded into the batch, stored in `layout` (one copy
-    either way)."""
-    n, c, p, h, w = sampled.shape
-    if layout == torch.channels_last:
-        return sampled.permute(0, 2, 3, 4, 1).reshape(n * p, h, w, c).permute(0, 3, 1, 2)
-    return sampled.transpose(1, 2).reshape(n * p, c, h, w)

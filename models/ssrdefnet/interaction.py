@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.cost_volume import swap_views, warp
+from models.ssrdefnet.cost_volume import swap_views, warp
 
 # Sharpness of the correlation gates: gate = (tanh(5 * <a, b>) + 1) / 2 (official constant, used by the HR
 # interaction and by the HRDIF feedback).

@@ -10,15 +10,15 @@ is written once for both views and all recursions. As in the official code, mask
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.cost_volume import warp
-from models.outputs import Pair, SSRDEFNetOutput
-from models.parallax_attention import transfer
+from models.outputs import Pair
+from models.ssrdefnet.cost_volume import warp
+from models.ssrdefnet.outputs import SSRDEFNetOutput
+from models.stereo_losses import (Correspondence, attention_smoothness, cycle_consistency, illumination_residuals,
+                                  masked_l1, view_consistency)
 
 # Paper / official weights of the terms.
 DEFAULT_WEIGHTS = {'sr': 1.0, 'cons': 0.1, 'photo': 0.1, 'smooth': 0.1, 'cycle': 0.1, 'disp_smooth': 0.001,
@@ -28,46 +28,9 @@ PHOTO_L1_WEIGHT, PHOTO_SSIM_WEIGHT = 0.15, 0.85
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
 
-class Correspondence(NamedTuple):
-    """Brings a (B, C, H, W) map of one view into the other: `to_left(right_map)`, `to_right(left_map)`."""
-
-    to_left: Callable[[Tensor], Tensor]
-    to_right: Callable[[Tensor], Tensor]
-
-    @staticmethod
-    def from_attention(attention: Pair, detach: bool = False) -> 'Correspondence':
-        """LR: row-wise attention, Pair(M_right_to_left, M_left_to_right) of shape (B, H, W, W)."""
-        rl, lr = (m.detach() if detach else m for m in attention)
-        flat = [m.reshape(-1, m.shape[-2], m.shape[-1]) for m in (rl, lr)]
-        return Correspondence(lambda x: transfer(flat[0], x), lambda x: transfer(flat[1], x))
-
-    @staticmethod
-    def from_coordinates(coords: Pair) -> 'Correspondence':
-        """HR: warps with the HR correspondence coordinates (not detached: these losses train the HR disparity)."""
-        return Correspondence(lambda x: warp(x, coords.left), lambda x: warp(x, coords.right))
-
-
-def masked_l1(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
-    """mean |a*mask - b*mask| over all elements (official L1Loss on masked maps, spec Q13)."""
-    return (a * mask - b * mask).abs().mean()
-
-
-def view_consistency(x: Pair, corr: Correspondence, valid: Pair) -> Tensor:
-    """Each view against the other view transferred onto it (photometric and stereo-consistency terms)."""
-    return (masked_l1(x.left, corr.to_left(x.right), valid.left)
-            + masked_l1(x.right, corr.to_right(x.left), valid.right))
-
-
-def cycle_consistency(x: Pair, corr: Correspondence, valid: Pair) -> Tensor:
-    """Each view against itself taken to the other view and back (left -> right -> left, and vice versa)."""
-    return (masked_l1(x.left, corr.to_left(corr.to_right(x.left)), valid.left)
-            + masked_l1(x.right, corr.to_right(corr.to_left(x.right)), valid.right))
-
-
-def attention_smoothness(attention: Pair) -> Tensor:
-    """PASSRnet smoothness of the attention maps (B, H, W, W): neighbouring rows agree, and the diagonal neighbour
-    in (own column, other column) space agrees."""
-    return sum(F.l1_loss(m[:, :-1], m[:, 1:]) + F.l1_loss(m[:, :, :-1, :-1], m[:, :, 1:, 1:]) for m in attention)
+def warp_correspondence(coords: Pair) -> Correspondence:
+    """HR: warps with the HR correspondence coordinates (not detached: these losses train the HR disparity)."""
+    return Correspondence(lambda x: warp(x, coords.left), lambda x: warp(x, coords.right))
 
 
 def edge_aware_smoothness(coords: Tensor, image: Tensor) -> Tensor:
@@ -130,6 +93,8 @@ class SSRDEFNetLoss(nn.Module):
     (the official code hard-codes x4, so it cannot train at x2).
     """
 
+    DEFAULT_WEIGHTS = DEFAULT_WEIGHTS
+
     def __init__(self, scale_factor: int, weights: dict[str, float] | None = None):
         super().__init__()
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
@@ -143,10 +108,7 @@ class SSRDEFNetLoss(nn.Module):
         s = self.scale
         hr = Pair(hr_left, hr_right)
         down = lambda x: F.interpolate(x, scale_factor=1 / s, mode='bicubic', align_corners=False)  # noqa: E731
-        # illuminance-robust residuals (iPASSR): |HR - bicubic(LR)|, and their LR version; no gradient
-        residual_hr = Pair(*((h - F.interpolate(l, scale_factor=s, mode='bicubic', align_corners=False)).abs()
-                             for h, l in zip(hr, (lr_left, lr_right))))
-        residual_lr = residual_hr.map(down)
+        residual_hr, residual_lr = illumination_residuals(hr, Pair(lr_left, lr_right), s)
 
         terms = dict.fromkeys(['sr', 'photo', 'smooth', 'cycle', 'cons', 'disp_smooth', 'disp_unsup'], 0)
         # 1. SR: L1 of all eight outputs
@@ -155,7 +117,7 @@ class SSRDEFNetLoss(nn.Module):
 
         for r in range(len(out.attention)):
             lr_corr = Correspondence.from_attention(out.attention[r])
-            hr_corr = Correspondence.from_coordinates(out.coords_hr[r])
+            hr_corr = warp_correspondence(out.coords_hr[r])
             valid_lr, valid_hr = out.valid_lr[r], out.valid_hr[r]
             sr_lr, sr_hr = out.sr[2 * r], out.sr[2 * r + 1]      # LR-branch and HR-interaction outputs
             # 2. photometric: residuals of one view explained by the other

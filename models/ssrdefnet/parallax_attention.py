@@ -11,15 +11,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import ViewwiseBatchNorm2d
+from models.parallax import cycle_valid_mask, transfer
+from models.layers import ViewwiseBatchNorm2d
 
-# Valid-mask relaxation: a left->right->left cycle that lands within +-2 px counts as consistent (official M_Relax).
-RELAX_PIXELS = 2
-# V = tanh(5 * cycle mass), the official soft valid mask.
-VALID_MASK_GAIN = 5.0
 
 
 class ParallaxAttentionBlock(nn.Module):
@@ -53,29 +49,6 @@ class ParallaxAttentionBlock(nn.Module):
         score = torch.bmm(query.permute(0, 2, 3, 1).reshape(b * h, w, c),   # (N, W_left, C)
                           key.permute(0, 2, 1, 3).reshape(b * h, c, w))     # (N, C, W_right)
         return features + refined, score
-
-
-def relax_rows(attention: Tensor, pixels: int = RELAX_PIXELS) -> Tensor:
-    """Sum of `attention` (N, W, W') shifted by -pixels..pixels along the query axis (dim 1), zero-filled."""
-    padded = F.pad(attention, (0, 0, pixels, pixels))              # (N, W + 2p, W')
-    return padded.unfold(1, attention.shape[1], 1).sum(1).transpose(1, 2)
-
-
-def cycle_valid_mask(forward_attention: Tensor, backward_attention: Tensor) -> Tensor:
-    """Soft valid mask from the cycle a->b->a (spec §2.9 step 4-5), detached.
-
-    forward_attention: (N, W_a, W_b), e.g. M_right_to_left for the left view; backward_attention: (N, W_b, W_a).
-    Returns tanh(5 * V) with V[n, i] = sum_{|d|<=2} sum_j forward[n, i-d, j] * backward[n, j, i], shape (N, W_a).
-    """
-    mass = (relax_rows(forward_attention) * backward_attention.transpose(1, 2)).sum(2)
-    return torch.tanh(VALID_MASK_GAIN * mass.detach())
-
-
-def transfer(attention: Tensor, values: Tensor) -> Tensor:
-    """Row-wise attention transfer: attention (B*H, W, W') applied to values (B, C, H, W') -> (B, C, H, W)."""
-    b, c, h, w = values.shape
-    out = torch.bmm(attention.to(values.dtype), values.permute(0, 2, 3, 1).reshape(b * h, w, c))  # (N, W, C)
-    return out.view(b, h, -1, c).permute(0, 3, 1, 2)
 
 
 class PAMOutput(NamedTuple):

@@ -1,0 +1,94 @@
+"""The model zoo's table: one `ModelEntry` per network name, filled by `@register_model` in each network's file.
+
+A network file builds its network and describes it here once: how to build it, its training objective, its
+authors' training recipe (`Recipe`), its own command-line options (`Option`) and what its authors' checkpoint
+files imply (e.g. NAFSSR's BGR input). The scripts only ever read this table, so adding a network is one new file
+plus one import line in `models/__init__.py`; no script grows a per-model branch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A network's training defaults: its authors' recipe. train.py uses every field as the default of a flag.
+
+    Iteration-based recipes (NAFSSR) set `total_iters`; epoch-based ones (iPASSR, SSRDE-FNet) set `n_epochs`.
+    `source` says where the numbers come from (shown in `train.py --help`).
+    """
+
+    source: str
+    batch_size: int = 12
+    optimizer: str = 'adam'                     # 'adam' | 'adamw'
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = 'step'                      # 'step': lr x gamma every n_steps epochs; 'cosine': per iteration
+    n_steps: int = 30
+    gamma: float = 0.5
+    eta_min: float = 0.0                        # cosine: final learning rate
+    n_epochs: int = 80
+    total_iters: int = 0                        # > 0: train this many iterations (epochs follow from the data)
+    grad_clip: float = 0.0                      # max global gradient norm, 0 = no clipping
+    channel_shuffle: bool = False               # the same random RGB permutation for both views and all targets
+
+
+@dataclass(frozen=True)
+class Option:
+    """A network's own command-line option: `--<name>`, passed to its builder as keyword `name`."""
+
+    name: str
+    kwargs: dict                                # argparse add_argument keyword arguments (help, type, action...)
+    # True for options that define what the weights compute (e.g. SSRDE-FNet's fix_right_cost_volume): a project
+    # checkpoint records them, and its value wins over the command line when the weights are loaded.
+    of_weights: bool = False
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Everything the scripts need to know about one network of the zoo."""
+
+    name: str
+    build: Callable[..., nn.Module]             # build(scale_factor, **options) -> network
+    criterion: Callable[..., nn.Module]         # criterion(scale_factor, weights) -> loss; .DEFAULT_WEIGHTS
+    recipe: Recipe
+    scales: tuple[int, ...] = (2, 4)
+    options: tuple[Option, ...] = ()
+    # Options implied by a checkpoint file that is not the project's own (an authors' release format), e.g.
+    # {'channel_order': 'bgr'} for NAFSSR's {'params': ...} files. Project checkpoints record their options in args.
+    release_options: Callable[[dict], dict] = field(default=lambda checkpoint: {})
+    estimates_disparity: bool = False           # outputs carry disp_left/disp_right (test_disp.py)
+    description: str = ''
+    paper: str = ''
+    title: str = ''                             # how reports write the name (e.g. 'SSRDE-FNet'); default: name
+
+    def __post_init__(self):
+        if not self.title:
+            object.__setattr__(self, 'title', self.name)
+
+
+REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """Add `entry` to the zoo; names are unique."""
+    if entry.name in REGISTRY:
+        raise ValueError(f'model {entry.name!r} is registered twice')
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The entry of `name`; a ValueError listing the zoo otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def option_values(entry: ModelEntry, values: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `values` (e.g. vars(parsed args)) that are options of `entry`, ready for `entry.build`."""
+    return {o.name: values[o.name] for o in entry.options if o.name in values}

@@ -1,0 +1,62 @@
+"""Loss terms shared by the parallax-attention stereo networks (iPASSR and SSRDE-FNet): photometric, cycle and
+stereo-consistency terms written once for both views and any correspondence, and the attention smoothness.
+
+The photometric, cycle and consistency terms compare a view with the other view brought over by a correspondence:
+parallax-attention maps at LR, disparity warps at HR (SSRDE-FNet). `Correspondence` holds the two directions. As
+in the official code of both networks, masked L1 terms divide by all elements (not by the mask sum).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.outputs import Pair
+from models.parallax import transfer
+
+
+def illumination_residuals(hr: Pair, lr: Pair, scale: int) -> tuple[Pair, Pair]:
+    """iPASSR's illuminance-robust residuals: |HR - bicubic_up(LR)| per view (B, 3, sH, sW), and their bicubic
+    downscaling to LR (B, 3, H, W). PyTorch bicubic (a = -0.75), align_corners=False, as both official codes."""
+    residual_hr = Pair(*((h - F.interpolate(l, scale_factor=scale, mode='bicubic', align_corners=False)).abs()
+                         for h, l in zip(hr, lr)))
+    return residual_hr, residual_hr.map(
+        lambda x: F.interpolate(x, scale_factor=1 / scale, mode='bicubic', align_corners=False))
+
+
+class Correspondence(NamedTuple):
+    """Brings a (B, C, H, W) map of one view into the other: `to_left(right_map)`, `to_right(left_map)`."""
+
+    to_left: Callable[[Tensor], Tensor]
+    to_right: Callable[[Tensor], Tensor]
+
+    @staticmethod
+    def from_attention(attention: Pair, detach: bool = False) -> 'Correspondence':
+        """LR: row-wise attention, Pair(M_right_to_left, M_left_to_right) of shape (B, H, W, W)."""
+        rl, lr = (m.detach() if detach else m for m in attention)
+        flat = [m.reshape(-1, m.shape[-2], m.shape[-1]) for m in (rl, lr)]
+        return Correspondence(lambda x: transfer(flat[0], x), lambda x: transfer(flat[1], x))
+
+
+def masked_l1(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """mean |a*mask - b*mask| over all elements (official L1Loss on masked maps, spec Q13)."""
+    return (a * mask - b * mask).abs().mean()
+
+
+def view_consistency(x: Pair, corr: Correspondence, valid: Pair) -> Tensor:
+    """Each view against the other view transferred onto it (photometric and stereo-consistency terms)."""
+    return (masked_l1(x.left, corr.to_left(x.right), valid.left)
+            + masked_l1(x.right, corr.to_right(x.left), valid.right))
+
+
+def cycle_consistency(x: Pair, corr: Correspondence, valid: Pair) -> Tensor:
+    """Each view against itself taken to the other view and back (left -> right -> left, and vice versa)."""
+    return (masked_l1(x.left, corr.to_left(corr.to_right(x.left)), valid.left)
+            + masked_l1(x.right, corr.to_right(corr.to_left(x.right)), valid.right))
+
+
+def attention_smoothness(attention: Pair) -> Tensor:
+    """PASSRnet smoothness of the attention maps (B, H, W, W): neighbouring rows agree, and the diagonal neighbour
+    in (own column, other column) space agrees."""
+    return sum(F.l1_loss(m[:, :-1], m[:, 1:]) + F.l1_loss(m[:, :, :-1, :-1], m[:, :, 1:, 1:]) for m in attention)
