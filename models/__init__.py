@@ -12,6 +12,7 @@ from torch import nn
 # ---- the zoo: one import per network file (each registers its names)
 from models import ssrdefnet  # noqa: F401  ssrdefnet
 from models import nafssr  # noqa: F401  nafssr-t, nafssr-s, nafssr-b, nafssr-l
+from models import ipassr  # noqa: F401  ipassr
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput
 from models.registry import REGISTRY, ModelEntry, model_entry, option_values
