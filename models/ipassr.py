@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from models.kernels import HeadConv2d, PointwiseConv2d, activation_format
 from models.layers import (ChannelAttention, GroupResBlock, ResidualDenseBlock, ResidualDenseGroup,
                            ViewwiseBatchNorm2d, leaky_relu)
-from models.outputs import Pair, StereoSROutput
+from models.outputs import Pair, StereoSROutput, validate_pair
 from models.parallax import cycle_valid_mask, transfer
 from models.registry import ModelEntry, Option, Recipe, register_model
-from models.stereo_losses import (Correspondence, attention_smoothness, cycle_consistency, illumination_residuals,
-                                  view_consistency)
+from models.stereo_losses import (Correspondence, Objective, attention_smoothness, cycle_consistency,
+                                  illumination_residuals, view_consistency)
 
 # Feature width, dense-layer growth, dense layers per RDB and RDBs per RDG (official Net: G0=64, G=24, C=4, n_RDB=4).
 CHANNELS = 64
@@ -55,26 +55,11 @@ class IPASSRConfig:
 
 def validate_inputs(left: Tensor, right: Tensor, batch_statistics: bool) -> None:
     """Raise ValueError, before any computation, if an LR pair is not something the network accepts."""
-    for name, x in (('left', left), ('right', right)):
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name} image must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{name} image must have shape (B, 3, H, W) (RGB in [0, 1]), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name} image must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    if left.shape != right.shape:
-        raise ValueError(f"left and right images must have the same shape, got {tuple(left.shape)} and "
-                         f"{tuple(right.shape)}")
-    b, _, h, w = left.shape
-    if b == 0 or h == 0 or w == 0:
-        raise ValueError(f"LR images must not be empty, got {tuple(left.shape)}")
+    _, h, w = validate_pair(left, right)
     if batch_statistics and h * w < 2:
         raise ValueError(f"the PAM BatchNorm normalises with batch statistics here (training mode or bn_batch_stats, "
                          f"one image at a time in eval), which needs at least 2 pixels per image, got "
                          f"{tuple(left.shape)}")
-    for name, x in (('left', left), ('right', right)):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} image contains NaN or Inf values")
 
 
 class PAMBatchNorm(ViewwiseBatchNorm2d):
@@ -202,7 +187,7 @@ class IPASSR(nn.Module):
                             attention=attention.map(lambda m: m.view(b, h, w, w)), valid=valid)
 
 
-class IPASSRLoss(nn.Module):
+class IPASSRLoss(Objective):
     """The training objective of iPASSR (official train.py; paper Sec. 3.3), every term at LR resolution but `sr`:
 
     total = sr + 0.1 cons + 0.1 (photo + smooth + cycle)
@@ -213,14 +198,6 @@ class IPASSRLoss(nn.Module):
     """
 
     DEFAULT_WEIGHTS: ClassVar[dict[str, float]] = {'sr': 1.0, 'cons': 0.1, 'photo': 0.1, 'smooth': 0.1, 'cycle': 0.1}
-
-    def __init__(self, scale_factor: int, weights: dict[str, float] | None = None):
-        super().__init__()
-        unknown = set(weights or {}) - set(self.DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f'unknown loss terms {sorted(unknown)}; known: {sorted(self.DEFAULT_WEIGHTS)}')
-        self.scale = scale_factor
-        self.weights = {**self.DEFAULT_WEIGHTS, **(weights or {})}
 
     def forward(self, out: IPASSROutput, lr_left: Tensor, lr_right: Tensor, hr_left: Tensor,
                 hr_right: Tensor) -> dict[str, Tensor]:
@@ -242,8 +219,7 @@ class IPASSRLoss(nn.Module):
             # L_cycle: residuals taken to the other view and back are unchanged
             'cycle': cycle_consistency(residual, corr, out.valid),
         }
-        terms['total'] = sum(self.weights[name] * value for name, value in terms.items())
-        return terms
+        return self.weighted_total(terms)
 
 
 def build(scale_factor: int = 4, **options) -> IPASSR:

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.outputs import StereoSROutput
+from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
+from models.stereo_losses import Objective
 
 # NAFBlock expansions (official DW_Expand = FFN_Expand = 2): the depthwise and the feed-forward branches run at 2c
 # channels, and SimpleGate halves them back to c.
@@ -68,24 +69,6 @@ class NAFSSRConfig:
     def tlc_window(self) -> tuple[int, int]:
         """(45, 135) for the official 30x90 patches: int(1.5 * train size), fixed once (official local_arch.py)."""
         return int(self.train_size[0] * TLC_WINDOW_RATIO), int(self.train_size[1] * TLC_WINDOW_RATIO)
-
-
-def validate_inputs(left: Tensor, right: Tensor) -> None:
-    """Raise ValueError, before any computation, if an LR pair is not something the network accepts."""
-    for name, x in (('left', left), ('right', right)):
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name} image must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{name} image must have shape (B, 3, H, W) (RGB in [0, 1]), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name} image must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    if left.shape != right.shape:
-        raise ValueError(f"left and right images must have the same shape, got {tuple(left.shape)} and "
-                         f"{tuple(right.shape)}")
-    if left.dtype != right.dtype:
-        raise ValueError(f"left and right images must have the same dtype, got {left.dtype} and {right.dtype}")
-    if left.shape[0] == 0 or left.shape[2] == 0 or left.shape[3] == 0:
-        raise ValueError(f"images must be non-empty, got shape {tuple(left.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,7 +271,7 @@ class NAFSSR(nn.Module):
         self.up = nn.Sequential(nn.Conv2d(c, 3 * self.scale ** 2, 3, padding=1), nn.PixelShuffle(self.scale))
 
     def forward(self, left: Tensor, right: Tensor) -> StereoSROutput:
-        validate_inputs(left, right)
+        validate_pair(left, right)
         x = torch.cat([left, right])                                             # 2B, 3, H, W
         if self.config.channel_order == 'bgr':
             x = x.flip(1)
@@ -307,26 +290,17 @@ class NAFSSR(nn.Module):
 # Training objective
 
 
-class NAFSSRLoss(nn.Module):
+class NAFSSRLoss(Objective):
     """The authors' objective: MSE (mean) over the 6-channel stack of both views, i.e. the mean of the two views'
     MSEs (official MSELoss, loss_weight 1). Returns {'mse': ..., 'total': ...}."""
 
     DEFAULT_WEIGHTS = {'mse': 1.0}
 
-    def __init__(self, scale_factor: int, weights: dict | None = None):
-        super().__init__()
-        unknown = set(weights or {}) - set(self.DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown NAFSSR loss weight(s) {sorted(unknown)}; known: {list(self.DEFAULT_WEIGHTS)}")
-        self.scale_factor = scale_factor
-        self.weights = {**self.DEFAULT_WEIGHTS, **(weights or {})}
-
     def forward(self, out: StereoSROutput, lr_left: Tensor, lr_right: Tensor, hr_left: Tensor,
                 hr_right: Tensor) -> dict[str, Tensor]:
         """out: the network's output; hr_left, hr_right: (B, 3, sH, sW) targets in the network's colour order."""
         terms = {'mse': (F.mse_loss(out.sr_left, hr_left) + F.mse_loss(out.sr_right, hr_right)) / 2}
-        terms['total'] = sum(self.weights[name] * value for name, value in terms.items())
-        return terms
+        return self.weighted_total(terms)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The output contract shared by every network of the zoo, and the `Pair` container.
+"""The input and output contract shared by every network of the zoo, and the `Pair` container.
+
+Every network takes an LR pair `left`, `right` (B, 3, H, W), RGB in [0, 1], and refuses anything else before any
+computation (`validate_pair`, plus each network's own limits, e.g. SSRDE-FNet's 30x30 minimum).
 
 Every stereo network returns a `StereoOutput`: the final SR views `sr_left`, `sr_right` (B, 3, sH, sW), *not*
 clamped, and, where the network estimates it, the HR disparity `disp_left`, `disp_right` (B, 1, sH, sW) in HR pixels
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+import torch
 from torch import Tensor
 
 
@@ -31,6 +35,28 @@ class Pair(NamedTuple):
         """[left; right] stacked on dim 0 -> Pair(left, right)."""
         left, right = x.chunk(2)
         return Pair(left, right)
+
+
+def validate_pair(left: Tensor, right: Tensor) -> tuple[int, int, int]:
+    """Raise ValueError with a clear message unless left and right are non-empty finite float tensors of one shape
+    (B, 3, H, W); returns (B, H, W)."""
+    for name, x in (('left', left), ('right', right)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} image must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} image must have shape (B, 3, H, W) (RGB in [0, 1]), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} image must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+    if left.shape != right.shape or left.dtype != right.dtype:
+        raise ValueError(f"left and right images must have the same shape and dtype, got {tuple(left.shape)} "
+                         f"{left.dtype} and {tuple(right.shape)} {right.dtype}")
+    b, _, h, w = left.shape
+    if b == 0 or h == 0 or w == 0:
+        raise ValueError(f"LR images must not be empty, got {tuple(left.shape)}")
+    for name, x in (('left', left), ('right', right)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} image contains NaN or Inf values")
+    return b, h, w
 
 
 class StereoOutput:

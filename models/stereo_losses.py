@@ -1,5 +1,6 @@
-"""Loss terms shared by the parallax-attention stereo networks (iPASSR and SSRDE-FNet): photometric, cycle and
-stereo-consistency terms written once for both views and any correspondence, and the attention smoothness.
+"""The base of every network's training objective (`Objective`), and the loss terms shared by the
+parallax-attention stereo networks (iPASSR and SSRDE-FNet): photometric, cycle and stereo-consistency terms
+written once for both views and any correspondence, and the attention smoothness.
 
 The photometric, cycle and consistency terms compare a view with the other view brought over by a correspondence:
 parallax-attention maps at LR, disparity warps at HR (SSRDE-FNet). `Correspondence` holds the two directions. As
@@ -10,10 +11,31 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.outputs import Pair
 from models.parallax import transfer
+
+
+class Objective(nn.Module):
+    """A network's training objective: `forward(out, lr_left, lr_right, hr_left, hr_right)` returns a dict of named
+    terms plus their weighted sum 'total' (`weighted_total`). Subclasses set DEFAULT_WEIGHTS (the paper's); `weights`
+    overrides some of them (train.py --loss_weight TERM=W)."""
+
+    DEFAULT_WEIGHTS: dict[str, float] = {}
+
+    def __init__(self, scale_factor: int, weights: dict[str, float] | None = None):
+        super().__init__()
+        unknown = set(weights or {}) - set(self.DEFAULT_WEIGHTS)
+        if unknown:
+            raise ValueError(f'unknown loss terms {sorted(unknown)}; known: {sorted(self.DEFAULT_WEIGHTS)}')
+        self.scale = scale_factor
+        self.weights = {**self.DEFAULT_WEIGHTS, **(weights or {})}
+
+    def weighted_total(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """terms plus 'total' = sum of weight x term."""
+        terms['total'] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms
 
 
 def illumination_residuals(hr: Pair, lr: Pair, scale: int) -> tuple[Pair, Pair]:

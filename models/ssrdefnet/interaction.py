@@ -30,4 +30,5 @@ def hr_valid_mask(coords: Tensor, valid_lr: Tensor, scale: int) -> Tensor:
     The mask only weights loss terms; it is not used in the forward computation.
     """
     error = (coords - warp(swap_views(coords), coords)).abs().detach()
-    return torch.max(F.interpolate(valid_lr, scale_factor=scale, mode='nearest'), 1 - torch.tanh(GEOMETRY_ERROR_GAIN * error))
+    return torch.max(F.interpolate(valid_lr, scale_factor=scale, mode='nearest'),
+                     1 - torch.tanh(GEOMETRY_ERROR_GAIN * error))

@@ -10,15 +10,16 @@ is written once for both views and all recursions. As in the official code, mask
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.outputs import Pair
 from models.ssrdefnet.cost_volume import warp
 from models.ssrdefnet.outputs import SSRDEFNetOutput
-from models.stereo_losses import (Correspondence, attention_smoothness, cycle_consistency, illumination_residuals,
-                                  masked_l1, view_consistency)
+from models.stereo_losses import (Correspondence, Objective, attention_smoothness, cycle_consistency,
+                                  illumination_residuals, masked_l1, view_consistency)
 
 # Paper / official weights of the terms.
 DEFAULT_WEIGHTS = {'sr': 1.0, 'cons': 0.1, 'photo': 0.1, 'smooth': 0.1, 'cycle': 0.1, 'disp_smooth': 0.001,
@@ -85,7 +86,7 @@ def unsupervised_disparity(target: Tensor, source: Tensor, coords: Tensor, valid
             + PHOTO_SSIM_WEIGHT * (valid * (1 - ssim_map(target, warped)) / 2).mean())
 
 
-class SSRDEFNetLoss(nn.Module):
+class SSRDEFNetLoss(Objective):
     """loss(out, lr_left, lr_right, hr_left, hr_right) -> {'sr', 'photo', 'smooth', 'cycle', 'cons',
     'disp_smooth', 'disp_unsup', 'total'} for a training-mode `SSRDEFNetOutput`.
 
@@ -94,14 +95,6 @@ class SSRDEFNetLoss(nn.Module):
     """
 
     DEFAULT_WEIGHTS = DEFAULT_WEIGHTS
-
-    def __init__(self, scale_factor: int, weights: dict[str, float] | None = None):
-        super().__init__()
-        unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f'unknown loss terms {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}')
-        self.scale = scale_factor
-        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
 
     def forward(self, out: SSRDEFNetOutput, lr_left: Tensor, lr_right: Tensor, hr_left: Tensor,
                 hr_right: Tensor) -> dict[str, Tensor]:
@@ -145,5 +138,4 @@ class SSRDEFNetLoss(nn.Module):
                 terms['disp_unsup'] = (terms['disp_unsup'] + unsupervised_disparity(hr.left, hr.right, c.left, v.left)
                                        + unsupervised_disparity(hr.right, hr.left, c.right, v.right))
 
-        terms['total'] = sum(self.weights[name] * value for name, value in terms.items())
-        return terms
+        return self.weighted_total(terms)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from models.kernels import HeadConv2d, PointwiseConv2d, activation_format, one_view, recomputing
 from models.layers import ChannelAttention, ConvBlock, ResidualDenseBlock, ResidualDenseGroup
-from models.outputs import Pair
+from models.outputs import Pair, validate_pair
 from models.ssrdefnet.blocks import transition
 from models.ssrdefnet.cost_volume import (CostVolume, Hourglass, aggregation_block, disparity_hypotheses,
                                           soft_argmax, warp)
@@ -55,26 +55,13 @@ class SSRDEFNetConfig:
 
 def validate_inputs(left: Tensor, right: Tensor, scale_factor: int) -> None:
     """Raise ValueError, before any computation, if an LR pair is not something the network accepts."""
-    for name, x in (('left', left), ('right', right)):
-        if not isinstance(x, Tensor):
-            raise ValueError(f"{name} image must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{name} image must have shape (B, 3, H, W) (RGB in [0, 1]), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"{name} image must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    if left.shape != right.shape:
-        raise ValueError(f"left and right images must have the same shape, got {tuple(left.shape)} and "
-                         f"{tuple(right.shape)}")
-    h, w = left.shape[2:]
+    _, h, w = validate_pair(left, right)
     if h < MIN_LR_SIZE or w < MIN_LR_SIZE:
         raise ValueError(f"LR images must be at least {MIN_LR_SIZE}x{MIN_LR_SIZE} pixels (the network pools "
                          f"{MIN_LR_SIZE}x{MIN_LR_SIZE} windows), got {h}x{w}; pad or upsample the input")
     if scale_factor == 2 and (h % 2 or w % 2):
         raise ValueError(f"at x2 the LR height and width must be even (the HR hourglass halves them twice), "
                          f"got {h}x{w}; crop or pad one row/column")
-    for name, x in (('left', left), ('right', right)):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"{name} image contains NaN or Inf values")
 
 
 def per_view(fn, *views: Pair) -> Pair:
