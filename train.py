@@ -39,8 +39,8 @@ from data.patches import PatchFolder, PatchList, sample_patches
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.registry import Recipe
-from utils import (STEREO_BOUNDARY, add_device_args, psnr, pyplot, resolve_device, save_checkpoint, seed_everything,
-                   seed_worker, unwrap_model)
+from utils import (STEREO_BOUNDARY, add_device_args, non_finite_tensors, psnr, pyplot, resolve_device, save_checkpoint,
+                   seed_everything, seed_worker, unwrap_model)
 
 log = logging.getLogger('train')
 # Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.
@@ -133,16 +133,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Interrupt:
-    """Turns the first Ctrl-C into a request to stop after the running iteration; a second one stops at once."""
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM (what schedulers send before they preempt a job) into a request to
+    stop after the running iteration and save a resumable checkpoint; a second signal acts at once, as by default."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
 
     def handle(self, signum, frame):
         self.requested = True
-        signal.signal(signal.SIGINT, self.previous)
-        log.warning('\nCtrl-C: stopping after this iteration and saving a checkpoint (Ctrl-C again to abort)')
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
+        log.warning(f'\n{signal.Signals(signum).name}: stopping after this iteration and saving a checkpoint (send it '
+                    f'again to stop at once)')
 
 
 class ResumableSampler(DistributedSampler):
@@ -271,12 +276,20 @@ class Run:
     def main_process(self) -> bool:
         return self.rank == 0
 
-    def save(self, name: str, epoch: int, iteration: int, running=None) -> None:
+    def save(self, name: str, epoch: int, iteration: int, running=None) -> bool:
+        """Write a checkpoint, unless a weight is NaN or Inf: then the file on disk (the last good state) stays and
+        False is returned."""
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:
+            log.error(f'not saving {self.run_dir / name}: {len(bad)} weight tensors are not finite (e.g. {bad[:3]}); '
+                      f'the last good checkpoint stays in place')
+            return False
         if self.main_process:
             save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),
                             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=epoch,
                             iteration=iteration, args=jsonable(self.args), running=running,
                             best_val_psnr_avg=self.best)
+        return True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,6 +397,10 @@ def setup(args: argparse.Namespace) -> Run:
     run = Run(args, device, world, rank, run_dir, dataset, sampler, local_batch, iters_per_epoch, model, net,
               criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt)
     if checkpoint is not None:
+        bad = non_finite_tensors(checkpoint['state_dict'])
+        if bad:
+            sys.exit(f'error: --resume {args.resume} holds non-finite weights (NaN or Inf) in {len(bad)} tensors, e.g. '
+                     f'{bad[:3]}; the run that wrote it diverged: resume from an earlier checkpoint')
         model.load_state_dict(checkpoint['state_dict'])
         optimizer.load_state_dict(checkpoint['optimizer'])
         scheduler.load_state_dict(checkpoint['scheduler'])
@@ -484,8 +501,9 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
             run.interrupt.requested = True
         if run.interrupt.requested:
             sums['seconds'] += time.time() - started
-            run.save('last.pth', epoch, iteration + 1, sums)
             bar.close()
+            if not run.save('last.pth', epoch, iteration + 1, sums):
+                return 1
             log.warning(f'interrupted at epoch {epoch + 1}, iteration {iteration + 1}; saved '
                         f'{run.run_dir / "last.pth"}. Continue with --resume {run.run_dir / "last.pth"}')
             return INTERRUPTED
@@ -497,7 +515,8 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
 # ----------------------------------------------------------------------------------------------------------------
 # End of an epoch: schedule, metrics, validation, checkpoints, curves
 
-def end_epoch(run: Run, epoch: int, sums: dict) -> None:
+def end_epoch(run: Run, epoch: int, sums: dict) -> bool:
+    """Returns False when the epoch's weights are not finite (nothing saved; the run stops)."""
     args = run.args
     lr = run.optimizer.param_groups[0]['lr']
     if args.schedule != 'cosine':
@@ -513,7 +532,8 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> None:
         if row['val_psnr_avg'] > run.best:
             run.best = row['val_psnr_avg']
             run.save('best.pth', epoch + 1, 0)
-    run.save('last.pth', epoch + 1, 0)
+    if not run.save('last.pth', epoch + 1, 0):
+        return False
     if args.save_every and (epoch + 1) % args.save_every == 0:
         run.save(f'epoch_{epoch + 1:03d}.pth', epoch + 1, 0)
     if run.main_process:
@@ -522,6 +542,7 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> None:
         log.info(f"epoch {epoch + 1}: loss {row['loss_total']:.4f}, train PSNR left {row['psnr_left']:.2f} dB, "
                  f"{row['iters_per_s']:.3f} it/s"
                  + (f", val (L+R)/2 {row['val_psnr_avg']:.2f} dB" if 'val_psnr_avg' in row else ''))
+    return True
 
 
 def main(argv=None) -> int:
@@ -530,7 +551,8 @@ def main(argv=None) -> int:
         sums = train_epoch(run, epoch)
         if isinstance(sums, int):
             return sums
-        end_epoch(run, epoch, sums)
+        if not end_epoch(run, epoch, sums):
+            return 1
     if run.main_process:
         log.info(f'done: {run.run_dir / "last.pth"}, logs and curves.png in {run.run_dir}')
         if run.args.export:

@@ -126,6 +126,12 @@ def infer_scale_factor(state_dict: dict) -> int | None:
     return None
 
 
+def non_finite_tensors(state_dict: dict) -> list[str]:
+    """Keys of the floating-point tensors of `state_dict` that hold a NaN or an Inf."""
+    return [k for k, v in state_dict.items() if isinstance(v, Tensor) and v.is_floating_point()
+            and not torch.isfinite(v).all()]
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str | os.PathLike) -> None:
     """Load `state_dict` into `model` strictly, with errors that say what does not fit and where it came from.
 
@@ -148,6 +154,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str | os
     if wrong:
         raise ValueError(f"{source} does not fit {type(target).__name__}: {len(wrong)} tensors have other shapes, "
                          f"e.g. {wrong[:3]}")
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        raise ValueError(f"{source} holds non-finite weights (NaN or Inf) in {len(bad)} tensors, e.g. {bad[:3]}: the "
+                         f"run that wrote it diverged; use an earlier checkpoint")
     state_dict = dict(state_dict)
     for key, value in expected.items():  # only num_batches_tracked can be absent here
         state_dict.setdefault(key, value)

@@ -67,6 +67,36 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
 
 
+def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkeypatch, caplog):
+    """A step whose loss was finite can still leave NaN weights (an exploding update on an epoch's last iteration):
+    last.pth keeps the last good epoch, the run stops, and such a file is refused by --resume and the loaders."""
+    calls = {'n': 0}
+    step = train.train_step
+
+    def exploding(run, batch):
+        result = step(run, batch)
+        calls['n'] += 1
+        if calls['n'] == 2:                                          # the only iteration of epoch 2
+            with torch.no_grad():
+                next(run.model.parameters()).fill_(float('nan'))
+        return result
+
+    monkeypatch.setattr(train, 'train_step', exploding)
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
+    assert 'weight tensors are not finite' in caplog.text
+    kept = load(run / 'last.pth')
+    assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
+
+    kept['state_dict']['init_feature.weight'][0, 0, 0, 0] = float('inf')
+    torch.save(kept, tmp_path / 'diverged.pth')
+    with pytest.raises(SystemExit, match=r'diverged.pth holds non-finite weights .*init_feature.weight'):
+        train.main(['--resume', str(tmp_path / 'diverged.pth'), '--num_workers', '0'])
+    from utils import load_model
+    with pytest.raises(ValueError, match=r'diverged.pth holds non-finite weights .*earlier checkpoint'):
+        load_model(tmp_path / 'diverged.pth', 2)
+
+
 def test_missing_and_corrupt_data_are_explained(tmp_path):
     with pytest.raises(SystemExit, match=r'patches_x4 does not exist; create it with .*prepare_train.py.*'
                                          r'--trainset sample'):
@@ -91,17 +121,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(tmp_path, signum):
+    """Ctrl-C, and SIGTERM, which schedulers send before they preempt a job: the running iteration ends, last.pth is
+    written, the exit code says interrupted."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
     proc = subprocess.Popen([sys.executable, 'train.py', *TINY, '--n_epochs', '1', '--max_iters_per_epoch', '50',
                              '--checkpoint_dir', str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:                                          # wait until training has started
         if 'training patches' in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest = proc.communicate(timeout=300)[1]
     assert proc.returncode == train.INTERRUPTED, rest[-2000:]
-    assert 'Continue with --resume' in rest
+    assert 'Continue with --resume' in rest and signal.Signals(signum).name in rest
     saved = load(tmp_path / 'last.pth')
     assert saved['epoch'] == 0 and saved['iteration'] >= 1
 
