@@ -285,10 +285,13 @@ class Run:
                       f'the last good checkpoint stays in place')
             return False
         if self.main_process:
-            save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),
-                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=epoch,
-                            iteration=iteration, args=jsonable(self.args), running=running,
-                            best_val_psnr_avg=self.best)
+            try:
+                save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),
+                                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=epoch,
+                                iteration=iteration, args=jsonable(self.args), running=running,
+                                best_val_psnr_avg=self.best)
+            except OSError as err:
+                sys.exit(f'error: {err}')
         return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import socket
 import zipfile
 from pathlib import Path
 
@@ -231,15 +232,22 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> None:
     """Atomically write `{'state_dict': <unwrapped weights>, 'version': CHECKPOINT_VERSION, **extra}` to `path`.
 
     `extra` holds plain data only (epoch, args as a dict, optimizer/scheduler state_dicts, metrics) so that
-    `torch.load(weights_only=True)` reads it. The file is written next to `path` and renamed over it, so a kill
-    at any moment leaves either the old or the new checkpoint, never a truncated one.
+    `torch.load(weights_only=True)` reads it. The file is written next to `path` under a name of this writer's own
+    (host and process) and renamed over it, so a kill at any moment leaves either the old or the new checkpoint,
+    never a truncated one, and two writers never share a temporary file. A write that fails (full disk, read-only
+    folder) removes its partial file and raises OSError saying so; the old checkpoint stays.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{socket.gethostname()}.{os.getpid()}.tmp')
     checkpoint = {'state_dict': unwrap_model(model).state_dict(), 'version': CHECKPOINT_VERSION, **extra}
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f'cannot write checkpoint {path} ({type(err).__name__}: {str(err)[:200]}); is the disk full or '
+                      f'the folder not writable? The previous checkpoint, if any, is unchanged') from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

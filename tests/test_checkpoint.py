@@ -1,6 +1,8 @@
 """utils.load_checkpoint / save_checkpoint: official and project formats, and clear errors on files that don't fit."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -20,7 +22,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     model = trained_looking(2)
     path = tmp_path / 'run' / 'last.pth'
     save_checkpoint(path, torch.nn.DataParallel(model), epoch=3, args={'scale_factor': 2})
-    assert not (tmp_path / 'run' / 'last.pth.tmp').exists()  # the temporary file was renamed over the target
+    assert [p.name for p in (tmp_path / 'run').iterdir()] == ['last.pth']  # the temporary file became the target
 
     raw = torch.load(path, weights_only=True)
     assert raw['version'] == CHECKPOINT_VERSION and raw['epoch'] == 3
@@ -93,3 +95,27 @@ def test_truncated_and_missing_files(tmp_path):
         load_checkpoint(build_model('ssrdefnet', 2), tmp_path / 'list.pth')
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
         load_checkpoint(build_model('ssrdefnet', 2), tmp_path / 'nowhere.pth')
+
+
+def test_a_failed_write_keeps_the_old_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A full disk: torch.save writes part of the file, then fails. The message says what happened, the partial
+    temporary file (named after this writer, so two runs in one folder never share one) is removed, and the previous
+    checkpoint is untouched."""
+    model = trained_looking(2)
+    path = tmp_path / 'last.pth'
+    save_checkpoint(path, model, epoch=1)
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, target):
+        assert '.last.pth.' in str(target) and str(os.getpid()) in str(target)
+        with open(target, 'wb') as f:
+            f.write(b'partial')
+        raise RuntimeError('[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file data/0')
+
+    monkeypatch.setattr(torch, 'save', full_disk)
+    with pytest.raises(OSError, match=r'cannot write checkpoint .*last.pth .*disk full'):
+        save_checkpoint(path, model, epoch=2)
+    monkeypatch.setattr(torch, 'save', real_save)
+    assert [p.name for p in tmp_path.iterdir()] == ['last.pth'] and path.read_bytes() == before
+
