@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -150,6 +151,50 @@ class Interrupt:
                     f'again to stop at once)')
 
 
+class RunLock:
+    """One writer per checkpoint folder: <run_dir>/.lock holds the owner's host and PID. A second run is refused with
+    a message naming the owner; a lock whose process no longer exists on this host (a killed run) is taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / '.lock'
+        self.owner = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                with os.fdopen(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY), 'w') as f:
+                    json.dump(self.owner, f)
+                return
+            except FileExistsError:
+                self.take_over_stale()
+        sys.exit(f'error: could not lock {run_dir}')
+
+    def take_over_stale(self) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            owner = {}
+        if owner.get('host') == self.owner['host'] and not pid_alive(owner.get('pid')):
+            log.warning(f'{self.path.parent}: taking over the lock of a run that is gone (PID {owner.get("pid")})')
+            self.path.unlink(missing_ok=True)
+            return
+        sys.exit(f'error: {self.path.parent} is in use by another run (host {owner.get("host", "?")}, PID '
+                 f'{owner.get("pid", "?")}, since {owner.get("since", "?")}); use another --checkpoint_dir, or delete '
+                 f'{self.path} if that run is gone')
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:     # exists, owned by someone else
+        return True
+    return True
+
+
 class ResumableSampler(DistributedSampler):
     """DistributedSampler whose epoch order can start after the first `skip` samples (mid-epoch resume)."""
 
@@ -270,6 +315,7 @@ class Run:
     running: dict | None = None              # sums of a partly done epoch, from the checkpoint
     best: float = -math.inf
     steps: int = 0                           # optimisation steps in this process's lifetime (for --stop_after)
+    lock: RunLock | None = None              # the main process's hold on run_dir
     last_terms: list[str] = field(default_factory=list)
 
     @property
@@ -412,7 +458,7 @@ def setup(args: argparse.Namespace) -> Run:
         run.running, run.best = checkpoint.get('running'), checkpoint.get('best_val_psnr_avg', -math.inf)
 
     if run.main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run.lock = RunLock(run_dir)
         (run_dir / 'args.json').write_text(json.dumps(jsonable(args), indent=2))
         log.info('arguments:\n' + '\n'.join(f'  {k}: {v}' for k, v in jsonable(args).items()))
         log.info(f'{args.model} x{args.scale_factor}, recipe: {entry.recipe.source}; {len(dataset)} training '
@@ -550,6 +596,15 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> bool:
 
 def main(argv=None) -> int:
     run = setup(parse_args(argv))
+    try:
+        return run_epochs(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def run_epochs(run: Run) -> int:
+    """Epochs until the end of the run (or an interruption: the exit code), then the export."""
     for epoch in range(run.start_epoch, run.args.n_epochs):
         sums = train_epoch(run, epoch)
         if isinstance(sums, int):

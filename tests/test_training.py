@@ -97,6 +97,23 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
         load_model(tmp_path / 'diverged.pth', 2)
 
 
+def test_one_run_per_checkpoint_folder(tmp_path, caplog):
+    """A live run's lock refuses a second writer with its owner named; a dead run's lock is taken over; a finished
+    run leaves none."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / '.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': 'now'}))
+    argv = TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
+    with pytest.raises(SystemExit, match=rf'is in use by another run \(host .*, PID {os.getpid()}, since now\)'):
+        train.main(argv)
+    assert not (run / 'last.pth').exists()
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    (run / '.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': int(gone.stdout), 'since': 'then'}))
+    assert train.main(argv) == 0
+    assert 'taking over the lock of a run that is gone' in caplog.text
+    assert (run / 'last.pth').is_file() and not (run / '.lock').exists()
+
+
 def test_missing_and_corrupt_data_are_explained(tmp_path):
     with pytest.raises(SystemExit, match=r'patches_x4 does not exist; create it with .*prepare_train.py.*'
                                          r'--trainset sample'):
