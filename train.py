@@ -40,8 +40,8 @@ from data.patches import PatchFolder, PatchList, sample_patches
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.registry import Recipe
-from utils import (STEREO_BOUNDARY, add_device_args, non_finite_tensors, psnr, pyplot, resolve_device, save_checkpoint,
-                   seed_everything, seed_worker, unwrap_model)
+from utils import (STEREO_BOUNDARY, add_device_args, non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device,
+                   save_checkpoint, seed_everything, seed_worker, unwrap_model)
 
 log = logging.getLogger('train')
 # Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.
@@ -349,9 +349,15 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
     not given). Returns the checkpoint being resumed, or None."""
     checkpoint = None
     if args.resume is not None:
-        if not args.resume.is_file():
-            sys.exit(f'error: --resume {args.resume} not found')
-        checkpoint = torch.load(args.resume, map_location='cpu', weights_only=True)
+        try:
+            _, checkpoint = read_checkpoint(args.resume)      # clear errors for missing, truncated, foreign files
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f'error: --resume: {err}')
+        missing = [k for k in ('optimizer', 'scheduler', 'epoch', 'args') if k not in checkpoint]
+        if missing:
+            sys.exit(f'error: --resume {args.resume} is not a training checkpoint of train.py (it has no '
+                     f'{", ".join(missing)}): it holds weights only, e.g. an --export or an authors\' release; '
+                     f'resume from <checkpoint_dir>/last.pth')
         stored, given = checkpoint.get('args', {}), jsonable(args)
         for key in RUN_DEFINITION:
             if key in stored and stored[key] != given.get(key):

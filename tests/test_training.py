@@ -130,6 +130,15 @@ def test_missing_and_corrupt_data_are_explained(tmp_path):
                     '--checkpoint_dir', str(tmp_path / 'run')])
     with pytest.raises(SystemExit, match='must split into 1 processes x 4 micro-batches'):
         train.main(TINY + ['--grad_accum', '4', '--batch_size', '6'])
+    # --resume of what is not a training checkpoint: missing, truncated, weights only (the demo checkpoint)
+    with pytest.raises(SystemExit, match=r'--resume: checkpoint not found: .*nothing.pth'):
+        train.main(['--resume', str(tmp_path / 'nothing.pth')])
+    (tmp_path / 'cut.pth').write_bytes(ROOT.joinpath('checkpoints', 'ssrdefnet_demo_x4.pth').read_bytes()[:5000])
+    with pytest.raises(SystemExit, match=r'--resume: .*cut.pth: cannot read this checkpoint.*truncated'):
+        train.main(['--resume', str(tmp_path / 'cut.pth')])
+    with pytest.raises(SystemExit, match=r'ssrdefnet_demo_x4.pth is not a training checkpoint .*no optimizer, '
+                                         r'scheduler.*resume from <checkpoint_dir>/last.pth'):
+        train.main(['--resume', str(ROOT / 'checkpoints' / 'ssrdefnet_demo_x4.pth')])
 
 
 def free_port() -> int:
