@@ -39,6 +39,7 @@ from tqdm import tqdm
 from data.patches import PatchFolder, PatchList, sample_patches
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
+from models.outputs import NonFiniteError
 from models.registry import Recipe
 from utils import (STEREO_BOUNDARY, add_device_args, non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device,
                    save_checkpoint, seed_everything, seed_worker, unwrap_model)
@@ -479,7 +480,8 @@ def setup(args: argparse.Namespace) -> Run:
 
 def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]] | None:
     """One optimisation step on a batch (hr_left, hr_right, lr_left, lr_right), split into --grad_accum
-    micro-batches. Returns (term names, mean term values, PSNRs [left, right, ...]), or None on a non-finite loss."""
+    micro-batches. Returns (term names, mean term values, PSNRs [left, right, ...]); raises NonFiniteError when a
+    loss term, or a value the network checks, is not finite."""
     args, world = run.args, run.world
     run.optimizer.zero_grad(set_to_none=True)
     terms_sum, psnrs = None, []
@@ -497,7 +499,7 @@ def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]] |
                 dist.all_reduce(values)
                 values /= world
             if not torch.isfinite(values).all():
-                return list(terms), values, []
+                raise NonFiniteError(f'non-finite loss terms {dict(zip(terms, values.tolist()))}')
             total = terms['total'] / n_micro
             if world > 1:   # DDP needs a gradient for every parameter, also those of a dropped block (stochastic depth)
                 total = total + 0 * sum(p.sum() for p in run.model.parameters())
@@ -536,12 +538,13 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
     for iteration, batch in enumerate(checked(loader), start=run.start_iteration):
         if iteration >= iterations:
             break
-        names, values, psnrs = train_step(run, batch)
-        if not psnrs:
+        try:
+            names, values, psnrs = train_step(run, batch)
+        except NonFiniteError as err:
             bar.close()
-            bad = {n: v.item() for n, v in zip(names, values)}
-            log.error(f'non-finite loss at epoch {epoch + 1}, iteration {iteration + 1}: {bad}. Stopping; '
-                      f'the last good checkpoint is {run.run_dir / "last.pth"}')
+            log.error(f'{err} at epoch {epoch + 1}, iteration {iteration + 1} (lr '
+                      f'{run.optimizer.param_groups[0]["lr"]:g}). Stopping; the last good checkpoint is '
+                      f'{run.run_dir / "last.pth"}')
             return 1
         run.last_terms = names
         for name, value in zip(names, values.tolist()):

@@ -59,6 +59,12 @@ def validate_pair(left: Tensor, right: Tensor) -> tuple[int, int, int]:
     return b, h, w
 
 
+class NonFiniteError(FloatingPointError):
+    """Raised where a network's values stop being finite before they would be used as indices (e.g. the HR
+    disparity hypotheses of SSRDE-FNet's cost volume), so a diverging run stops with a message instead of an
+    out-of-bounds index; train.py reports it with the step and the learning rate."""
+
+
 class StereoOutput:
     """Base of every network's output: subclasses provide `sr_left` and `sr_right` (fields or properties) and,
     when the network estimates disparity, `disp_left` and `disp_right`."""

@@ -62,7 +62,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(SSRDEFNetLoss, 'forward', poisoned)
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
-    assert 'non-finite loss at epoch 2, iteration 1' in caplog.text
+    assert "non-finite loss terms {'sr':" in caplog.text and 'at epoch 2, iteration 1 (lr 0.0002)' in caplog.text
     kept = load(run / 'last.pth')
     assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
 
@@ -112,6 +112,25 @@ def test_one_run_per_checkpoint_folder(tmp_path, caplog):
     assert train.main(argv) == 0
     assert 'taking over the lock of a run that is gone' in caplog.text
     assert (run / 'last.pth').is_file() and not (run / '.lock').exists()
+
+
+def test_non_finite_disparities_stop_before_they_become_indices(tmp_path, monkeypatch, caplog):
+    """NaN weights in the disparity branch reach the cost volume as NaN hypotheses; their integer column indices used
+    to crash the run with 'index -9223372036854775808 is out of bounds'. Now the run stops with where and when."""
+    import models.ssrdefnet.network as network
+    forward = network.SSRDEFNet.hr_disparity
+    calls = {'n': 0}
+
+    def diverging(self, hr_features, coords_lr):
+        calls['n'] += 1
+        return forward(self, hr_features, coords_lr * float('nan') if calls['n'] > 2 else coords_lr)
+
+    monkeypatch.setattr(network.SSRDEFNet, 'hr_disparity', diverging)
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--n_epochs', '2', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
+    assert ("HR cost volume's disparity hypotheses (from the PAM disparity) are not finite at epoch 2, iteration 1 "
+            "(lr 0.0002)") in caplog.text
+    assert load(run / 'last.pth')['epoch'] == 1
 
 
 def test_missing_and_corrupt_data_are_explained(tmp_path):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from models.kernels import activate_, band_rows, halo_band, memory_format
 from models.layers import resize_bilinear
+from models.outputs import NonFiniteError
 
 # Bytes of the all-column correlations of a band of rows in the cost volume (see `_BandCorrelation`): small enough to
 # stay in the CPU caches and bound memory, large enough to keep GPU kernels busy.
@@ -152,6 +153,8 @@ def _bands(query: Tensor, key: Tensor, coords: Tensor, rows: int, key_rows: tupl
 def correlation(query: Tensor, key: Tensor, coords: Tensor) -> Tensor:
     """Mean over channels of query (N, C, H, W) times key sampled along each row at columns coords (N, D, H, W):
     (N, D, H, W). Inputs are promoted to a common dtype (at least that of coords), as autocast does."""
+    if not torch.isfinite(coords).all():   # they become integer column indices below
+        raise NonFiniteError('the HR cost volume\'s disparity hypotheses (from the PAM disparity) are not finite')
     dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), coords.dtype)
     query, key, coords = (t.to(dtype) for t in (query, key, coords))
     n, _, _, w = key.shape
