@@ -41,8 +41,8 @@ from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.outputs import NonFiniteError
 from models.registry import Recipe
-from utils import (STEREO_BOUNDARY, add_device_args, non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device,
-                   save_checkpoint, seed_everything, seed_worker, unwrap_model)
+from utils import (STEREO_BOUNDARY, add_device_args, load_state_dict_checked, non_finite_tensors, psnr, pyplot,
+                   read_checkpoint, resolve_device, save_checkpoint, seed_everything, seed_worker, unwrap_model)
 
 log = logging.getLogger('train')
 # Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.
@@ -453,11 +453,10 @@ def setup(args: argparse.Namespace) -> Run:
     run = Run(args, device, world, rank, run_dir, dataset, sampler, local_batch, iters_per_epoch, model, net,
               criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt)
     if checkpoint is not None:
-        bad = non_finite_tensors(checkpoint['state_dict'])
-        if bad:
-            sys.exit(f'error: --resume {args.resume} holds non-finite weights (NaN or Inf) in {len(bad)} tensors, e.g. '
-                     f'{bad[:3]}; the run that wrote it diverged: resume from an earlier checkpoint')
-        model.load_state_dict(checkpoint['state_dict'])
+        try:   # the loaders' checks: shapes, scale, non-finite weights
+            load_state_dict_checked(model, checkpoint['state_dict'], args.resume)
+        except ValueError as err:
+            sys.exit(f'error: --resume: {err}')
         optimizer.load_state_dict(checkpoint['optimizer'])
         scheduler.load_state_dict(checkpoint['scheduler'])
         scaler.load_state_dict(checkpoint.get('scaler', {}) or scaler.state_dict())
@@ -478,7 +477,7 @@ def setup(args: argparse.Namespace) -> Run:
 # ----------------------------------------------------------------------------------------------------------------
 # One epoch, one step
 
-def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]] | None:
+def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
     """One optimisation step on a batch (hr_left, hr_right, lr_left, lr_right), split into --grad_accum
     micro-batches. Returns (term names, mean term values, PSNRs [left, right, ...]); raises NonFiniteError when a
     loss term, or a value the network checks, is not finite."""

@@ -15,6 +15,7 @@ from models import kernels
 from models.kernels import memory_format
 from models.layers import ViewwiseBatchNorm2d
 from models.ssrdefnet.blocks import ConvBN, conv_bn
+from models.ssrdefnet.kernels import correlation
 
 # Number of disparity hypotheses of the HR cost volume (official `ndisp=24`); they span +-NUM_HYPOTHESES/2 HR pixels
 # around the upsampled PAM estimate, one every 24/23 px.
@@ -108,7 +109,6 @@ class CostVolume(nn.Module):
         """
         query, key = self.query(features), swap_views(self.key(features))
         if kernels.FAST:    # one matrix product per band of rows instead of sampling the key at every hypothesis
-            from models.ssrdefnet.kernels import correlation
             return correlation(query, key, sample_coords)
         return (query.unsqueeze(2) * sample_columns(key, sample_coords)).mean(1)
 
