@@ -45,22 +45,29 @@ def extract_patches(hr_left, hr_right, lr_left, lr_right, scale: int) -> Iterato
         yield hr_left[hr], hr_right[hr], lr_left[lr], lr_right[lr]
 
 
-def augment(hr_left, hr_right, lr_left, lr_right, hflip: bool, vflip: bool, channels=None):
+def augment(hr_left, hr_right, lr_left, lr_right, *disparities, hflip: bool, vflip: bool, channels=None):
     """iPASSR augmentation on HxWxC arrays. A horizontal flip mirrors both views and swaps them (the mirrored right
     view becomes the left view), which keeps the pair rectified with positive disparities. `channels`: a permutation
-    of the colour channels applied to all four arrays alike (NAFSSR's RGB channel shuffle, `flip_RGB`)."""
+    of the colour channels applied to all four arrays alike (NAFSSR's RGB channel shuffle, `flip_RGB`).
+    `disparities`: optionally the HxW (left, right) disparity maps, positive in both views: they follow the views
+    (mirrored and swapped with them; the values keep their sign, since the mirrored right view's disparity is the
+    new left view's)."""
     if channels is not None:
         hr_left, hr_right, lr_left, lr_right = (x[..., channels] for x in (hr_left, hr_right, lr_left, lr_right))
     if hflip:
         hr_left, hr_right = hr_right[:, ::-1], hr_left[:, ::-1]
         lr_left, lr_right = lr_right[:, ::-1], lr_left[:, ::-1]
+        disparities = tuple(d[:, ::-1] for d in disparities[::-1])
     if vflip:
         hr_left, hr_right, lr_left, lr_right = (x[::-1] for x in (hr_left, hr_right, lr_left, lr_right))
-    return hr_left, hr_right, lr_left, lr_right
+        disparities = tuple(d[::-1] for d in disparities)
+    return (hr_left, hr_right, lr_left, lr_right, *disparities)
 
 
 class StereoPatches(Dataset):
-    """Patches as (hr_left, hr_right, lr_left, lr_right) float32 CHW tensors in [0, 1].
+    """Patches as (hr_left, hr_right, lr_left, lr_right) float32 CHW tensors in [0, 1], followed, for data with
+    ground-truth disparity, by (disparity_left, disparity_right): 1xHxW float32 HR-resolution maps in HR pixels,
+    positive, NaN where unknown (`load` returns them as HxW arrays after the four views).
 
     Augmentation is drawn from (seed, epoch, index), so an epoch's data is the same in every process and after a
     resume; call `set_epoch` before each epoch. `channel_shuffle`: also permute the colour channels, one of the six
@@ -69,6 +76,7 @@ class StereoPatches(Dataset):
     """
 
     channel_shuffle = False
+    has_disparity = False          # True: items carry (disparity_left, disparity_right) after the four views
 
     def __init__(self, scale: int, augment: bool = True, seed: int = 0):
         self.scale = scale
@@ -92,7 +100,9 @@ class StereoPatches(Dataset):
             views = augment(*views, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5, channels=channels)
         elif channels is not None:
             views = augment(*views, hflip=False, vflip=False, channels=channels)
-        return tuple(torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).float().div(255) for v in views)
+        images = tuple(torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).float().div(255)
+                       for v in views[:4])
+        return images + tuple(torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))[None] for d in views[4:])
 
 
 class PatchFolder(StereoPatches):
@@ -154,3 +164,53 @@ def sample_patches(scale: int) -> list[tuple[np.ndarray, ...]]:
     from skimage import data as skdata
     left, right, _ = skdata.stereo_motorcycle()
     return list(extract_patches(*make_hr_lr(left, right, scale), scale))
+
+
+class SceneCrops(StereoPatches):
+    """Random LR 30x90 crops (and the co-located HR crops and ground-truth disparity) of whole scenes with
+    disparity ground truth, stored in the test-set layout (data/prepare_test.py; data/testsets.py):
+    <root>/<Dataset>/hr/<scene>/{hr0,hr1}.png + dispocc0.png (KITTI) or disp0GT.pfm (Middlebury, SceneFlow PFM),
+    <root>/<Dataset>/lr_x<s>/<scene>/{lr0,lr1}.png. Only the left view has ground truth: the right map is unknown
+    (NaN), and after a horizontal flip (which swaps the views) the known map is the right one. Unknown pixels
+    (KITTI 0, PFM inf) are NaN. An epoch has as many crops as the iPASSR grid would cut from the scenes, each at a
+    random position drawn from (seed, epoch, index); scenes are read from disk per crop (no cache)."""
+
+    has_disparity = True
+
+    def __init__(self, root: str | Path, scale: int, augment: bool = True, seed: int = 0):
+        from data.testsets import find_datasets, list_scenes
+        from data.readers import image_size
+        super().__init__(scale, augment, seed)
+        self.scenes = [scene for name in find_datasets(Path(root)) for scene in list_scenes(Path(root) / name, scale)
+                       if scene.has_disparity]
+        if not self.scenes:
+            raise FileNotFoundError(f'no scene with disparity ground truth under {root} (expected '
+                                    f'<Dataset>/hr/<scene>/dispocc0.png or disp0GT.pfm; make the layout with '
+                                    f'`python data/prepare_test.py --preset ... --scale_factor {scale}`)')
+        self.sizes = [image_size(scene.lr[0]) for scene in self.scenes]
+        for scene, (h, w) in zip(self.scenes, self.sizes):
+            if h < PATCH_HEIGHT or w < PATCH_WIDTH:
+                raise ValueError(f'{scene.lr[0]} is {w}x{h}, smaller than a {PATCH_WIDTH}x{PATCH_HEIGHT} LR patch')
+        self.length = sum(max(1, len(list(patch_origins(h, w)))) for h, w in self.sizes)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, index: int):
+        from data.readers import read_disparity
+        k = index % len(self.scenes)
+        scene, (h, w) = self.scenes[k], self.sizes[k]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+        top, left = int(rng.integers(h - PATCH_HEIGHT + 1)), int(rng.integers(w - PATCH_WIDTH + 1))
+        s = self.scale
+        lr = np.s_[top:top + PATCH_HEIGHT, left:left + PATCH_WIDTH]
+        hr = np.s_[top * s:(top + PATCH_HEIGHT) * s, left * s:(left + PATCH_WIDTH) * s]
+        views = [read_image_uint8(p) for p in (*scene.hr, *scene.lr)]
+        check_patch(views, s, scene.hr[0].parent)
+        truth = read_disparity(scene.gt_all)
+        if truth.shape != views[0].shape[:2]:
+            raise ValueError(f'{scene.gt_all}: disparity is {truth.shape[1]}x{truth.shape[0]}, its image '
+                             f'{scene.hr[0]} is {views[0].shape[1]}x{views[0].shape[0]}')
+        truth = np.where(np.isfinite(truth) & (truth > 0), truth, np.nan).astype(np.float32)
+        return (views[0][hr], views[1][hr], views[2][lr], views[3][lr], truth[hr],
+                np.full(truth[hr].shape, np.nan, dtype=np.float32))
