@@ -36,10 +36,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from data.patches import PatchFolder, PatchList, sample_patches
+from data.patches import PatchFolder, PatchList, SceneCrops, StereoPatches, sample_patches
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
-from models.outputs import NonFiniteError
+from models.outputs import NonFiniteError, Pair
 from models.registry import Recipe
 from utils import (STEREO_BOUNDARY, add_device_args, load_state_dict_checked, non_finite_tensors, psnr, pyplot,
                    read_checkpoint, resolve_device, save_checkpoint, seed_everything, seed_worker, unwrap_model)
@@ -49,7 +49,7 @@ log = logging.getLogger('train')
 RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
-                  'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype',
+                  'disp_supervision', 'disp_supervision_parts', 'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype',
                   'augment', *sorted({o.name for entry in REGISTRY.values() for o in entry.options}))
 INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
 
@@ -95,17 +95,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument('--loss_weight', action='append', default=[], metavar='TERM=W',
                        help='override a loss weight, e.g. --loss_weight disp_unsup=0.02 (terms and defaults: '
                             + '; '.join(f'{n}: {e.criterion.DEFAULT_WEIGHTS}' for n, e in REGISTRY.items()) + ')')
+    group.add_argument('--disp_supervision', type=float, default=0.0, metavar='W',
+                       help='add W x a supervised disparity loss (smooth L1 to the ground truth on its valid pixels) '
+                            'where the training data has ground-truth disparity (--trainset synthetic or disparity); '
+                            'for networks that estimate disparity. Off (0) in every paper\'s recipe; pretraining '
+                            'with it, then fine-tuning without, is how stereo networks are usually trained')
+    group.add_argument('--disp_supervision_parts', action='append', default=[], metavar='ESTIMATE=W',
+                       help='weight of each supervised disparity estimate (defaults: '
+                            + '; '.join(f'{n}: {e.criterion.DISPARITY_PARTS}' for n, e in REGISTRY.items()
+                                        if e.criterion.DISPARITY_PARTS) + '; pam = LR parallax attention, hr = HR cost '
+                            'volume, 1/2 = recursion)')
     group.add_argument('--max_iters_per_epoch', type=int, default=0,
                        help='stop each epoch after N iterations (0 = whole epoch); for quick experiments')
     group = parser.add_argument_group('data')
-    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic'), default='patches',
+    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic', 'disparity'), default='patches',
                        help='patches: PNG patches under --trainset_dir (data/prepare_train.py); sample: patches of '
-                            'scikit-image\'s Motorcycle pair, built in memory (no download); synthetic: layered stereo '
-                            'scenes rendered from scikit-image\'s photographs with known disparity, new every epoch '
-                            '(data/synthetic.py; how the demo checkpoint was trained)')
+                            'scikit-image\'s Motorcycle pair, built in memory (no download); synthetic: stereo scenes '
+                            'rendered from scikit-image\'s photographs with exact disparity, new every epoch '
+                            '(data/synthetic.py; how the demo checkpoint was trained); disparity: random crops of the '
+                            'scenes with ground-truth disparity (KITTI PNG, Middlebury/SceneFlow PFM) under '
+                            '--trainset_dir, in the test-set layout of data/prepare_test.py')
     group.add_argument('--synthetic_size', type=int, default=4800, help='synthetic patches per epoch')
     group.add_argument('--trainset_dir', type=Path, default=Path('./data/train/Flickr1024_patches'),
-                       help='folder holding patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png')
+                       help='patches: folder holding patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png; disparity: folder '
+                            'holding <Dataset>/hr/<scene>/ and <Dataset>/lr_x<s>/<scene>/')
     group.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
                        help='iPASSR augmentation: horizontal flip with view swap, vertical flip (all three networks)')
     group.add_argument('--num_workers', type=int, default=4, help='DataLoader worker processes')
@@ -114,6 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help='where last.pth and the logs go (default: checkpoints/<run_name>)')
     group.add_argument('--run_name', default=None, help='default: <model>_x<s>_<trainset>')
     group.add_argument('--resume', type=Path, default=None, help='continue from this checkpoint (e.g. last.pth)')
+    group.add_argument('--init', type=Path, default=None,
+                       help='start from these weights (any checkpoint of the same network and scale, e.g. a '
+                            'pretraining run\'s last.pth or an --export) with a new optimiser and schedule: '
+                            'fine-tuning; ignored with --resume')
     group.add_argument('--save_every', type=int, default=0, help='also keep epoch_NNN.pth every N epochs (0 = no)')
     group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout)')
     group.add_argument('--val_every', type=int, default=0, help='validate every N epochs (0 = never); '
@@ -220,11 +237,13 @@ def jsonable(args: argparse.Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def build_dataset(args) -> PatchList | PatchFolder | SyntheticStereo:
+def build_dataset(args) -> StereoPatches:
     if args.trainset == 'sample':
         dataset = PatchList(sample_patches(args.scale_factor), args.scale_factor, args.augment, args.seed)
     elif args.trainset == 'synthetic':
         dataset = SyntheticStereo(args.scale_factor, args.synthetic_size, args.augment, args.seed)
+    elif args.trainset == 'disparity':
+        dataset = SceneCrops(args.trainset_dir, args.scale_factor, args.augment, args.seed)
     else:
         dataset = PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
     dataset.channel_shuffle = args.channel_shuffle
@@ -280,13 +299,16 @@ def validate(model, args, device) -> dict:
     return scores
 
 
-def export(model, args) -> None:
+def export(model, args, run_dir: Path, epoch: int) -> None:
     """Weights-only checkpoint for sharing: no optimiser state (a third of the size), labelled as a demo when the
-    weights were not trained on the real stereo-SR patches."""
+    weights were not trained on the real stereo-SR patches, with the run's per-epoch log (its training curve)."""
     demo = args.trainset != 'patches'
     note = (f'demo checkpoint trained by this project on --trainset {args.trainset} (train.py, see args); '
             f'NOT the weights of the {args.model} paper') if demo else 'trained by train.py on --trainset patches'
-    save_checkpoint(args.export, model, epoch=args.n_epochs, args=jsonable(args), demo=demo, note=note)
+    log_file = run_dir / 'log.jsonl'
+    rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() \
+        else []
+    save_checkpoint(args.export, model, epoch=epoch, args=jsonable(args), demo=demo, note=note, log=rows)
 
 
 @dataclass
@@ -380,15 +402,36 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
     return checkpoint
 
 
-def loss_weights(args, criterion_class) -> dict[str, float]:
-    weights = {}
-    for item in args.loss_weight:
+def named_values(items: list[str], known, flag: str, what: str) -> dict[str, float]:
+    """['a=1', 'b=0.5'] -> {'a': 1.0, 'b': 0.5}; exits naming the flag on a bad item."""
+    values = {}
+    for item in items:
         name, _, value = item.partition('=')
-        if name not in criterion_class.DEFAULT_WEIGHTS or not value:
-            sys.exit(f'error: --loss_weight {item!r}: expected TERM=VALUE with TERM one of {args.model}\'s terms '
-                     f'{sorted(criterion_class.DEFAULT_WEIGHTS)}')
-        weights[name] = float(value)
-    return weights
+        try:
+            values[name] = float(value)
+        except ValueError:
+            name = None
+        if name not in known:
+            sys.exit(f'error: {flag} {item!r}: expected NAME=VALUE with NAME one of {what} {sorted(known)}')
+    return values
+
+
+def build_criterion(args, entry, dataset):
+    """The network's objective with --loss_weight, --disp_supervision and its parts; exits on a combination that
+    cannot work (supervision of a network without disparity, or on data without ground truth)."""
+    cls = entry.criterion
+    weights = named_values(args.loss_weight, cls.DEFAULT_WEIGHTS, '--loss_weight', f'{args.model}\'s terms')
+    parts = named_values(args.disp_supervision_parts, cls.DISPARITY_PARTS, '--disp_supervision_parts',
+                         f'{args.model}\'s disparity estimates')
+    if args.disp_supervision:
+        if not cls.DISPARITY_PARTS:
+            sys.exit(f'error: --disp_supervision: {args.model} does not estimate disparity (networks that do: '
+                     f'{", ".join(n for n, e in REGISTRY.items() if e.criterion.DISPARITY_PARTS)})')
+        if not dataset.has_disparity:
+            sys.exit(f'error: --disp_supervision needs training data with ground-truth disparity: --trainset '
+                     f'synthetic, or --trainset disparity --trainset_dir DIR (not --trainset {args.trainset})')
+        weights['disp_sup'] = args.disp_supervision
+    return cls(args.scale_factor, weights, parts)
 
 
 def setup(args: argparse.Namespace) -> Run:
@@ -414,7 +457,6 @@ def setup(args: argparse.Namespace) -> Run:
     if args.batch_size % world or (args.batch_size // world) % args.grad_accum:
         sys.exit(f'error: --batch_size {args.batch_size} must split into {world} processes x {args.grad_accum} '
                  f'micro-batches of equal size')
-    weights = loss_weights(args, entry.criterion)
 
     # ---- seed, determinism
     seed_everything(args.seed)
@@ -437,7 +479,7 @@ def setup(args: argparse.Namespace) -> Run:
 
     # ---- model, objective, optimiser, schedule
     model = build_model(args.model, args.scale_factor, **model_options(args)).to(device)
-    criterion = entry.criterion(args.scale_factor, weights)
+    criterion = build_criterion(args, entry, dataset)
     optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[args.optimizer]
     optimizer = optimizer_class(model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay)
     if args.schedule == 'cosine':   # stepped every iteration: iteration i (from 0) runs at lr(i), as BasicSR's
@@ -452,6 +494,11 @@ def setup(args: argparse.Namespace) -> Run:
         if world > 1 else model
     run = Run(args, device, world, rank, run_dir, dataset, sampler, local_batch, iters_per_epoch, model, net,
               criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt)
+    if checkpoint is None and args.init is not None:
+        try:
+            load_state_dict_checked(model, read_checkpoint(args.init)[0], args.init)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f'error: --init: {err}')
     if checkpoint is not None:
         try:   # the loaders' checks: shapes, scale, non-finite weights
             load_state_dict_checked(model, checkpoint['state_dict'], args.resume)
@@ -486,13 +533,14 @@ def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
     terms_sum, psnrs = None, []
     n_micro = min(args.grad_accum, batch[0].shape[0])  # a short last batch may have fewer micro-batches
     for k in range(n_micro):  # micro-batch k takes every grad_accum-th sample, like DDP rank k
-        hr_left, hr_right, lr_left, lr_right = (x[k::args.grad_accum].to(run.device, non_blocking=True)
-                                                for x in batch)
+        hr_left, hr_right, lr_left, lr_right, *disparity = (x[k::args.grad_accum].to(run.device, non_blocking=True)
+                                                            for x in batch)
+        supervision = {'disparity': Pair(*disparity)} if disparity and args.disp_supervision else {}
         sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else run.net.no_sync()
         with sync:
             with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
                 out = run.net(lr_left, lr_right)
-                terms = run.criterion(out, lr_left, lr_right, hr_left, hr_right)
+                terms = run.criterion(out, lr_left, lr_right, hr_left, hr_right, **supervision)
             values = torch.stack([t.detach().float() for t in terms.values()])
             if world > 1:
                 dist.all_reduce(values)
@@ -622,7 +670,7 @@ def run_epochs(run: Run) -> int:
     if run.main_process:
         log.info(f'done: {run.run_dir / "last.pth"}, logs and curves.png in {run.run_dir}')
         if run.args.export:
-            export(run.model, run.args)
+            export(run.model, run.args, run.run_dir, max(run.start_epoch, run.args.n_epochs))
             log.info(f'weights-only checkpoint: {run.args.export}')
     if run.world > 1:
         dist.destroy_process_group()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,24 +19,49 @@ from models.parallax import transfer
 
 
 class Objective(nn.Module):
-    """A network's training objective: `forward(out, lr_left, lr_right, hr_left, hr_right)` returns a dict of named
-    terms plus their weighted sum 'total' (`weighted_total`). Subclasses set DEFAULT_WEIGHTS (the paper's); `weights`
-    overrides some of them (train.py --loss_weight TERM=W)."""
+    """A network's training objective: `forward(out, lr_left, lr_right, hr_left, hr_right[, disparity])` returns a
+    dict of named terms plus their weighted sum 'total' (`weighted_total`). Subclasses set DEFAULT_WEIGHTS (the
+    paper's); `weights` overrides some of them (train.py --loss_weight TERM=W).
+
+    Disparity supervision (train.py --disp_supervision W, off in every paper's recipe): an objective whose network
+    estimates disparity names its estimates in DISPARITY_PARTS with default weights; given `disparity`, the Pair of
+    ground-truth maps (B, 1, sH, sW), it adds the term 'disp_sup' = sum over parts of weight x
+    `supervised_disparity(estimate, ground truth)`. `disparity_parts` overrides some part weights.
+    """
 
     DEFAULT_WEIGHTS: dict[str, float] = {}
+    DISPARITY_PARTS: dict[str, float] = {}
 
-    def __init__(self, scale_factor: int, weights: dict[str, float] | None = None):
+    def __init__(self, scale_factor: int, weights: dict[str, float] | None = None,
+                 disparity_parts: dict[str, float] | None = None):
         super().__init__()
         unknown = set(weights or {}) - set(self.DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f'unknown loss terms {sorted(unknown)}; known: {sorted(self.DEFAULT_WEIGHTS)}')
+        unknown = set(disparity_parts or {}) - set(self.DISPARITY_PARTS)
+        if unknown:
+            raise ValueError(f'unknown disparity estimates {sorted(unknown)}; known: {sorted(self.DISPARITY_PARTS)}')
         self.scale = scale_factor
         self.weights = {**self.DEFAULT_WEIGHTS, **(weights or {})}
+        self.disparity_parts = {**self.DISPARITY_PARTS, **(disparity_parts or {})}
 
     def weighted_total(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """terms plus 'total' = sum of weight x term."""
         terms['total'] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
+
+
+def supervised_disparity(estimate: Pair, truth: Pair, max_disparity: float = 192.0) -> Tensor:
+    """Smooth L1 (Huber, beta 1 pixel, as PSMNet and GwcNet) between estimated and ground-truth disparities of both
+    views (B, 1, sH, sW, HR pixels), averaged over the valid pixels of both: finite ground truth in
+    [0, max_disparity). Zero (with a gradient path) when no pixel is valid. NaN marks unknown ground truth."""
+    total, count = estimate.left.new_zeros(()), 0
+    for est, gt in zip(estimate, truth):
+        valid = torch.isfinite(gt) & (gt >= 0) & (gt < max_disparity)
+        error = F.smooth_l1_loss(est, torch.where(valid, gt, est.detach()), reduction='none', beta=1.0)
+        total = total + (error * valid).sum()
+        count = count + valid.sum()
+    return total / torch.clamp(count, min=1)
 
 
 def illumination_residuals(hr: Pair, lr: Pair, scale: int) -> tuple[Pair, Pair]:

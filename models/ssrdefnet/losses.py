@@ -1,6 +1,6 @@
 """The training objective of SSRDE-FNet, every term in one place (official train.py + loss.py; spec §8).
 
-total = sr + 0.1 cons + 0.1 (photo + smooth + cycle) + 0.001 disp_smooth + 0.01 disp_unsup
+total = sr + 0.1 cons + 0.1 (photo + smooth + cycle) + 0.001 disp_smooth + 0.01 disp_unsup [+ W disp_sup, an option]
 
 The photometric, cycle and consistency terms compare a view with the other view brought over by a correspondence:
 the PAM attention maps at LR, the HR disparity warps at HR. `Correspondence` holds the two directions, so each term
@@ -17,13 +17,16 @@ from torch import Tensor
 
 from models.outputs import Pair
 from models.ssrdefnet.cost_volume import warp
-from models.ssrdefnet.outputs import SSRDEFNetOutput
+from models.ssrdefnet.outputs import SSRDEFNetOutput, coordinates_to_disparities
 from models.stereo_losses import (Correspondence, Objective, attention_smoothness, cycle_consistency,
-                                  illumination_residuals, masked_l1, view_consistency)
+                                  illumination_residuals, masked_l1, supervised_disparity, view_consistency)
 
 # Paper / official weights of the terms.
 DEFAULT_WEIGHTS = {'sr': 1.0, 'cons': 0.1, 'photo': 0.1, 'smooth': 0.1, 'cycle': 0.1, 'disp_smooth': 0.001,
                    'disp_unsup': 0.01}
+# Disparity supervision (off unless train.py --disp_supervision W): the PAM (LR) and HR cost-volume estimates of
+# both recursions, later ones weighted more, as GwcNet/PSMNet weight their successive outputs (0.5, 0.5, 0.7, 1.0).
+DISPARITY_PARTS = {'pam1': 0.5, 'pam2': 0.5, 'hr1': 0.7, 'hr2': 1.0}
 # Unsupervised disparity loss (MonoDepth-style): 0.15 L1 + 0.85 (1 - SSIM) / 2, SSIM with an 11x11 Gaussian, sigma 1.5.
 PHOTO_L1_WEIGHT, PHOTO_SSIM_WEIGHT = 0.15, 0.85
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
@@ -87,17 +90,19 @@ def unsupervised_disparity(target: Tensor, source: Tensor, coords: Tensor, valid
 
 
 class SSRDEFNetLoss(Objective):
-    """loss(out, lr_left, lr_right, hr_left, hr_right) -> {'sr', 'photo', 'smooth', 'cycle', 'cons',
-    'disp_smooth', 'disp_unsup', 'total'} for a training-mode `SSRDEFNetOutput`.
+    """loss(out, lr_left, lr_right, hr_left, hr_right[, disparity]) -> {'sr', 'photo', 'smooth', 'cycle', 'cons',
+    'disp_smooth', 'disp_unsup'[, 'disp_sup'], 'total'} for a training-mode `SSRDEFNetOutput`; 'disp_sup' when the
+    ground-truth disparity Pair is given (weight 0 unless train.py --disp_supervision W).
 
     Deviation from the official train.py: the LR valid masks are upsampled by the real scale in `disp_unsup`
     (the official code hard-codes x4, so it cannot train at x2).
     """
 
-    DEFAULT_WEIGHTS = DEFAULT_WEIGHTS
+    DEFAULT_WEIGHTS = {**DEFAULT_WEIGHTS, 'disp_sup': 0.0}
+    DISPARITY_PARTS = DISPARITY_PARTS
 
     def forward(self, out: SSRDEFNetOutput, lr_left: Tensor, lr_right: Tensor, hr_left: Tensor,
-                hr_right: Tensor) -> dict[str, Tensor]:
+                hr_right: Tensor, disparity: Pair | None = None) -> dict[str, Tensor]:
         s = self.scale
         hr = Pair(hr_left, hr_right)
         down = lambda x: F.interpolate(x, scale_factor=1 / s, mode='bicubic', align_corners=False)  # noqa: E731
@@ -138,4 +143,10 @@ class SSRDEFNetLoss(Objective):
                 terms['disp_unsup'] = (terms['disp_unsup'] + unsupervised_disparity(hr.left, hr.right, c.left, v.left)
                                        + unsupervised_disparity(hr.right, hr.left, c.right, v.right))
 
+        if disparity is not None:   # 8. supervised disparity (an option, not the paper's)
+            estimates = {f'pam{r + 1}': c for r, c in enumerate(out.coords_lr)}
+            estimates.update({f'hr{r + 1}': c for r, c in enumerate(out.coords_hr)})
+            terms['disp_sup'] = sum(
+                weight * supervised_disparity(coordinates_to_disparities(estimates[name], clamp=False), disparity)
+                for name, weight in self.disparity_parts.items() if weight)
         return self.weighted_total(terms)

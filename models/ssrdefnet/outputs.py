@@ -6,12 +6,15 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from models.outputs import Pair, StereoOutput
-from models.ssrdefnet.cost_volume import coordinates_to_disparity
+from models.ssrdefnet.cost_volume import MAX_DISPARITY, coordinates_to_disparity
 
 
-def coordinates_to_disparities(coords: Pair) -> Pair:
-    """Pair of correspondence coordinates -> Pair of positive disparities in [0, 192] (see cost_volume)."""
-    return Pair(coordinates_to_disparity(coords.left, 'left'), coordinates_to_disparity(coords.right, 'right'))
+def coordinates_to_disparities(coords: Pair, clamp: bool = True) -> Pair:
+    """Pair of correspondence coordinates -> Pair of positive disparities in [0, 192] (not clamped if not `clamp`;
+    see cost_volume)."""
+    limit = MAX_DISPARITY if clamp else None
+    return Pair(coordinates_to_disparity(coords.left, 'left', limit), coordinates_to_disparity(coords.right, 'right',
+                                                                                                limit))
 
 
 @dataclass

@@ -1,0 +1,159 @@
+"""Disparity supervision (train.py --disp_supervision W): the masked loss, its place in SSRDE-FNet's objective
+(off by default), gradients into the disparity branches, the ground-truth patch loader, and the flag's errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from data.patches import SceneCrops
+from data.readers import write_image, write_kitti_disparity, write_pfm
+from models import build_model
+from models.outputs import Pair
+from models.ssrdefnet.losses import DISPARITY_PARTS, SSRDEFNetLoss
+from models.stereo_losses import supervised_disparity
+
+
+def maps(*arrays):
+    return [torch.tensor(a, dtype=torch.float32).view(1, 1, 1, -1) for a in arrays]
+
+
+def test_loss_is_zero_when_perfect_and_grows_with_the_error():
+    gt = torch.rand(2, 1, 8, 12) * 40
+    truth = Pair(gt, gt.flip(-1))
+    assert supervised_disparity(Pair(gt, gt.flip(-1)), truth) == 0
+    values = [supervised_disparity(Pair(gt + e, gt.flip(-1) + e), truth).item() for e in (0.5, 1, 3, 10)]
+    assert values == pytest.approx([0.125, 0.5, 2.5, 9.5])      # Huber, beta 1: e^2/2 below 1 pixel, e - 1/2 above
+    assert supervised_disparity(Pair(gt - 3, gt.flip(-1) + 3), truth).item() == pytest.approx(2.5)
+
+
+def test_loss_ignores_unknown_and_out_of_range_pixels():
+    est, gt = maps([1, 2, 3, 4], [10, 20, 30, 40])
+    nan = float('nan')
+    full = supervised_disparity(Pair(est, est), Pair(gt, gt))
+    # unknown (NaN, inf) and out-of-range (< 0, >= 192) ground truth: those pixels do not count, whatever is there
+    est2, gt2 = maps([1, 2, 3, 4, 1e6, -7, 99, 5], [10, 20, 30, 40, nan, float('inf'), 500, -1])
+    assert supervised_disparity(Pair(est2, est2), Pair(gt2, gt2)) == pytest.approx(full.item())
+    # a view without any ground truth (KITTI's right view) averages over the other view's pixels only
+    empty = torch.full_like(gt, nan)
+    assert supervised_disparity(Pair(est, est * 100), Pair(gt, empty)) == pytest.approx(full.item())
+    # no valid pixel at all: zero, with a gradient path (no NaN)
+    est3 = est.clone().requires_grad_()
+    loss = supervised_disparity(Pair(est3, est3), Pair(empty, empty))
+    loss.backward()
+    assert loss.item() == 0 and torch.isfinite(est3.grad).all() and est3.grad.abs().sum() == 0
+
+
+def test_loss_is_the_same_after_the_left_right_swap():
+    """A horizontal flip mirrors both views and swaps them; disparities stay positive and follow their views."""
+    est, gt = Pair(torch.rand(1, 1, 6, 9) * 9, torch.rand(1, 1, 6, 9) * 9), Pair(torch.rand(1, 1, 6, 9) * 9,
+                                                                                  torch.rand(1, 1, 6, 9) * 9)
+    swap = lambda p: Pair(p.right.flip(-1), p.left.flip(-1))  # noqa: E731
+    assert supervised_disparity(swap(est), swap(gt)) == pytest.approx(supervised_disparity(est, gt).item())
+
+
+@pytest.fixture(scope='module')
+def forward_x2():
+    torch.manual_seed(0)
+    model = build_model('ssrdefnet', 2).train()
+    lr = [torch.rand(2, 3, 30, 48) for _ in range(2)]
+    hr = [torch.rand(2, 3, 60, 96) for _ in range(2)]
+    truth = Pair(torch.full((2, 1, 60, 96), 6.0), torch.full((2, 1, 60, 96), 6.0))
+    return model, lr, hr, truth
+
+
+def test_objective_adds_the_term_only_when_asked(forward_x2):
+    model, lr, hr, truth = forward_x2
+    out = model(*lr)
+    plain = SSRDEFNetLoss(2)(out, *lr, *hr)
+    assert 'disp_sup' not in plain
+    off = SSRDEFNetLoss(2)(out, *lr, *hr, disparity=truth)            # weight 0: the paper's total
+    assert off['disp_sup'] > 0 and off['total'].item() == pytest.approx(plain['total'].item(), rel=1e-6)
+    on = SSRDEFNetLoss(2, {'disp_sup': 0.01})(out, *lr, *hr, disparity=truth)
+    assert on['total'].item() == pytest.approx(plain['total'].item() + 0.01 * on['disp_sup'].item(), rel=1e-5)
+    # the term is the weighted sum of the four estimates (PAM and HR cost volume, both recursions)
+    from models.ssrdefnet.outputs import coordinates_to_disparities
+    expected = sum(w * supervised_disparity(coordinates_to_disparities(c, clamp=False), truth)
+                   for w, c in zip(DISPARITY_PARTS.values(), [*out.coords_lr, *out.coords_hr]))
+    assert on['disp_sup'].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown disparity estimates \\['pam3'\\]"):
+        SSRDEFNetLoss(2, disparity_parts={'pam3': 1.0})
+
+
+@pytest.mark.parametrize('part,module,untouched', [('pam1', 'pam', ('reconstruct', 'upscale', 'dres0', 'final')),
+                                                   ('hr2', 'dres', ('final', 'final2'))])
+def test_gradients_reach_the_branch_of_each_estimate(forward_x2, part, module, untouched):
+    """The PAM estimate of recursion 1 trains the features and the PAM only; the last HR estimate trains the cost
+    volume's aggregation (and everything before it), never the SR heads."""
+    model, lr, hr, truth = forward_x2
+    model.zero_grad()
+    parts = {name: float(name == part) for name in DISPARITY_PARTS}
+    terms = SSRDEFNetLoss(2, {'disp_sup': 1.0}, parts)(model(*lr), *lr, *hr, disparity=truth)
+    terms['disp_sup'].backward()
+    grads = {n: p.grad.abs().sum().item() for n, p in model.named_parameters() if p.grad is not None}
+    assert any(v > 0 for n, v in grads.items() if n.startswith(module)), sorted(grads)[:5]
+    assert all(v == 0 for n, v in grads.items() if n.split('.')[0] in untouched)
+
+
+def scene_folder(root, scale=2):
+    """One KITTI-style and one Middlebury-style scene, whose ground truth encodes the HR position (for alignment)."""
+    rng = np.random.default_rng(0)
+    h, w = 36 * scale, 100 * scale
+    for dataset, gt_name in (('KITTI2015', 'dispocc0.png'), ('Middlebury', 'disp0GT.pfm')):
+        hr_dir, lr_dir = root / dataset / 'hr' / 'scene', root / dataset / f'lr_x{scale}' / 'scene'
+        hr_dir.mkdir(parents=True), lr_dir.mkdir(parents=True)
+        yy, xx = np.mgrid[0:h, 0:w]
+        image = np.stack([xx % 256, yy % 256, rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
+        for name in ('hr0.png', 'hr1.png'):
+            write_image(hr_dir / name, image)
+        for name in ('lr0.png', 'lr1.png'):
+            write_image(lr_dir / name, image[::scale, ::scale])
+        truth = (1 + xx / 8 + yy / 64).astype(np.float32)
+        truth[:4] = 0 if gt_name.endswith('png') else np.inf              # unknown pixels
+        if gt_name.endswith('png'):
+            write_kitti_disparity(hr_dir / gt_name, truth)
+        else:
+            write_pfm(hr_dir / gt_name, truth)
+
+
+def test_scene_crops_cut_images_and_ground_truth_together(tmp_path):
+    scene_folder(tmp_path)
+    data = SceneCrops(tmp_path, scale=2, augment=False, seed=3)
+    assert data.has_disparity and len(data) >= 2
+    for index in range(4):
+        hr_left, _, lr_left, _, d_left, d_right = data[index]
+        assert hr_left.shape == (3, 60, 180) and lr_left.shape == (3, 30, 90) and d_left.shape == (1, 60, 180)
+        x = (hr_left[0] * 255).round()            # the HR column modulo 256, as written
+        y = (hr_left[1] * 255).round()
+        known = torch.isfinite(d_left[0])
+        x0 = (d_left[0][known] - 1 - y[known] / 64) * 8 % 256          # invert the ground truth's formula
+        assert torch.allclose(x0, x[known], atol=0.2)                  # KITTI quantises to 1/256 px
+        assert (~known).sum() == (y < 4).sum() and torch.isnan(d_right).all()
+        assert torch.equal(lr_left, hr_left[:, ::2, ::2])              # LR crop co-located with the HR crop
+    data.set_epoch(1)
+    assert not torch.equal(data[0][0], SceneCrops(tmp_path, 2, False, 3)[0][0])   # new positions each epoch
+
+
+def test_the_flag_trains_and_says_what_it_needs(tmp_path):
+    run = tmp_path / 'run'
+    assert train.main(['--scale_factor', '2', '--trainset', 'synthetic', '--synthetic_size', '2', '--batch_size', '2',
+                       '--num_workers', '0', '--n_epochs', '1', '--disp_supervision', '0.01',
+                       '--disp_supervision_parts', 'pam1=0', '--checkpoint_dir', str(run)]) == 0
+    row = json.loads((run / 'log.jsonl').read_text().splitlines()[-1])
+    assert row['loss_disp_sup'] > 0 and np.isfinite(row['loss_total'])
+    assert json.loads((run / 'args.json').read_text())['disp_supervision'] == 0.01
+    with pytest.raises(SystemExit, match='nafssr-t does not estimate disparity'):
+        train.main(['--model', 'nafssr-t', '--trainset', 'synthetic', '--disp_supervision', '1', '--num_workers', '0',
+                    '--checkpoint_dir', str(tmp_path / 'x')])
+    with pytest.raises(SystemExit, match='needs training data with ground-truth disparity.*not --trainset sample'):
+        train.main(['--scale_factor', '2', '--trainset', 'sample', '--disp_supervision', '1', '--num_workers', '0',
+                    '--checkpoint_dir', str(tmp_path / 'y')])
+    with pytest.raises(SystemExit, match=r"--disp_supervision_parts 'hr3=1'.*\['hr1', 'hr2', 'pam1', 'pam2'\]"):
+        train.main(['--scale_factor', '2', '--trainset', 'synthetic', '--disp_supervision', '1',
+                    '--disp_supervision_parts', 'hr3=1', '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'z')])
+    with pytest.raises(SystemExit, match='no scene with disparity ground truth'):
+        train.main(['--scale_factor', '2', '--trainset', 'disparity', '--trainset_dir', str(tmp_path / 'run'),
+                    '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'w')])
