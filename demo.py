@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from data.readers import read_disparity, read_image, read_image_uint8, write_image, write_kitti_disparity
-from evaluation import scene_scores, to_tensor
+from evaluation import disparity_baselines, scene_scores, to_tensor
 from models import model_entry
 from models.inference import predict, predict_tiled
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
@@ -198,12 +198,16 @@ def main(argv=None) -> dict:
             lines.append(f"| {method} | {scores['psnr_left']:.2f} | {scores['ssim_left']:.4f} | "
                          f"{scores['psnr_avg']:.2f} | {scores['ssim_avg']:.4f} |")
         metrics['psnr_gain_over_bicubic'] = metrics[name]['psnr_avg'] - metrics['bicubic']['psnr_avg']
-    if 'gt' in inputs and disparity is not None:
-        gt = torch.from_numpy(np.asarray(inputs['gt'], dtype=np.float32))
-        pred = torch.from_numpy(disparity)
-        mask = torch.isfinite(gt) & (gt > 0) & (gt < MAX_DISPARITY)
-        metrics['disparity'] = {'epe': epe(pred, gt, mask), 'bad3': bad_pixel_rate(pred, gt, mask, 3.0),
-                                'd1': d1_error(pred, gt, mask)}
+    if 'gt' in inputs:   # the network's disparity beside the two references that say what a score means
+        gt = np.asarray(inputs['gt'], dtype=np.float32)
+        valid = np.isfinite(gt) & (gt > 0) & (gt < MAX_DISPARITY)
+        estimates = {name: disparity} if disparity is not None else {}
+        estimates.update(disparity_baselines(*inputs['lr_uint8'], scale, gt, valid))
+        mask, truth = torch.from_numpy(valid), torch.from_numpy(gt)
+        metrics['disparity'] = {
+            method: {'epe': epe(torch.from_numpy(d), truth, mask), 'bad3': bad_pixel_rate(torch.from_numpy(d), truth,
+                                                                                          mask, 3.0),
+                     'd1': d1_error(torch.from_numpy(d), truth, mask)} for method, d in estimates.items()}
     (args.out / 'metrics.json').write_text(json.dumps(metrics, indent=2))
     nearest = np.repeat(np.repeat(inputs['lr'][0], scale, axis=0), scale, axis=1)
     panels = [{'title': 'LR left (pixels enlarged)', 'image': nearest},
@@ -215,8 +219,12 @@ def main(argv=None) -> dict:
     if 'hr' in inputs:
         panels.insert(3, {'title': 'HR reference', 'image': inputs['hr'][0]})
     if 'gt' in inputs and disparity is not None:
-        gt_map = np.where(np.isfinite(inputs['gt']) & (inputs['gt'] > 0), inputs['gt'], np.nan)
+        gt_map = np.where(valid, gt, np.nan)
         panels.append({'title': 'ground-truth disparity', 'map': gt_map, 'vmin': 0, 'vmax': top, 'label': 'pixels'})
+        d = metrics['disparity']
+        panels.append({'title': f"block matcher: EPE {d['block matcher']['epe']:.1f} px (network "
+                                f"{d[name]['epe']:.1f})", 'map': estimates['block matcher'], 'vmin': 0, 'vmax': top,
+                       'label': 'pixels'})
     save_figure(args.out / 'comparison.png', panels, columns=3, title=f'{inputs["name"]}, x{scale}')
 
     # ---- report
@@ -227,9 +235,11 @@ def main(argv=None) -> dict:
                    *lines,
                    f"{title} vs bicubic: {metrics['psnr_gain_over_bicubic']:+.2f} dB ((L+R)/2 PSNR)"]
     if 'disparity' in metrics:
-        d = metrics['disparity']
-        report.append(f"disparity of the left view: EPE {d['epe']:.2f} px, >3px {100 * d['bad3']:.1f}%, "
-                      f"D1 {100 * d['d1']:.1f}% (0 < gt < 192)")
+        described = {name: title, 'block matcher': 'block matcher (9x9 SAD, winner takes all, bicubic-upsampled LR)',
+                     'constant': 'constant (the median ground-truth disparity)'}
+        report += ['', '| disparity of the left view (0 < gt < 192) | EPE (px) | >3px | D1 |', '|---|---|---|---|']
+        report += [f"| {described[method]} | {d['epe']:.2f} | {100 * d['bad3']:.1f}% | {100 * d['d1']:.1f}% |"
+                   for method, d in metrics['disparity'].items()]
     report.append(f'pictures: {args.out}/comparison.png, '
                   + ('disparity_figure.png, disparity_left.png, ' if disparity is not None else '')
                   + f'sr_left.png, sr_right.png, bicubic_*.png; numbers: {args.out}/metrics.json '

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.readers import image_size, read_image_uint8, write_image
@@ -112,3 +113,36 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
     bar.close()
     mean = {key: float(np.mean([s[key] for s in per_scene.values()])) for key in next(iter(per_scene.values()))}
     return {**mean, 'num_scenes': len(per_scene), 'scenes': per_scene}
+
+
+# ---- disparity baselines: what a disparity score means
+
+def block_matching(left: torch.Tensor, right: torch.Tensor, max_disparity: int = 192, window: int = 9) -> torch.Tensor:
+    """The naive stereo matcher: sum of absolute differences (all channels) over a window x window block, winner
+    takes all, integer disparities 0..max_disparity-1. left, right: (1, C, H, W) -> (1, 1, H, W) disparity of the
+    left view. A pixel whose block would reach past the right image's left border (x - d < 0) does not consider d.
+    Zero-padded box sums at the image borders. Memory: one (1, 1, H, W) cost map at a time."""
+    b, _, h, w = left.shape
+    best_cost = torch.full((b, 1, h, w), float('inf'), dtype=left.dtype, device=left.device)
+    best = torch.zeros((b, 1, h, w), dtype=left.dtype, device=left.device)
+    columns = torch.arange(w, device=left.device)
+    for d in range(min(max_disparity, w)):
+        diff = torch.zeros_like(left[:, :1])
+        diff[..., d:] = (left[..., d:] - right[..., :w - d]).abs().sum(1, keepdim=True)
+        cost = F.avg_pool2d(diff, window, stride=1, padding=window // 2, count_include_pad=True)
+        cost = torch.where(columns >= d, cost, torch.full_like(cost, float('inf')))
+        better = cost < best_cost
+        best_cost = torch.where(better, cost, best_cost)
+        best = torch.where(better, torch.full_like(best, d), best)
+    return best
+
+
+def disparity_baselines(lr_left: np.ndarray, lr_right: np.ndarray, scale: int, truth: np.ndarray,
+                        valid: np.ndarray) -> dict[str, np.ndarray]:
+    """The two references a disparity score is read against, as HR maps of the left view:
+    'block matcher' (9x9 SAD, winner takes all, on the MATLAB-bicubic-upsampled uint8 LR pair) and 'constant' (the
+    median ground-truth disparity everywhere: what a network that ignores the images could at best score)."""
+    up = [torch.from_numpy(imresize(v, scale).astype(np.float32) / 255).permute(2, 0, 1)[None] for v in (lr_left,
+                                                                                                    lr_right)]
+    matched = block_matching(up[0], up[1])[0, 0].numpy()
+    return {'block matcher': matched, 'constant': np.full(truth.shape, np.median(truth[valid]), dtype=np.float32)}

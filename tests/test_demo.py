@@ -53,9 +53,17 @@ def test_main_job_on_the_sample_beats_bicubic(tmp_path, capsys):
     from data.readers import read_kitti_disparity
     disparity = read_kitti_disparity(tmp_path / 'disparity_left_16bit.png')
     assert disparity.shape == (500, 740) and 0 <= disparity.min() and disparity.max() <= 192
-    assert 0 < metrics['disparity']['epe'] < 192 and 0 <= metrics['disparity']['d1'] <= 1
+    scores = metrics['disparity']
+    assert 0 < scores['ssrdefnet']['epe'] < 192 and 0 <= scores['ssrdefnet']['d1'] <= 1
+    # the references printed beside it, measured on this pair: the 9x9 SAD block matcher on the bicubic-upsampled
+    # LR pair (EPE 8.95 px, 36.7 % over 3 px) and the median ground-truth disparity everywhere (14.79 px, 94.0 %)
+    assert scores['block matcher']['epe'] == pytest.approx(8.95, abs=0.01)
+    assert scores['block matcher']['bad3'] == pytest.approx(0.367, abs=0.001)
+    assert scores['constant']['epe'] == pytest.approx(14.79, abs=0.01)
+    assert scores['constant']['bad3'] == pytest.approx(0.940, abs=0.001)
     out = capsys.readouterr().out
     assert 'SSRDE-FNet vs bicubic: +' in out and 'comparison.png' in out
+    assert '| block matcher (9x9 SAD' in out and '| constant (the median' in out
 
 
 @pytest.mark.parametrize('kind', ['rgba', 'grey', 'sixteen_bit', 'jpeg'])
