@@ -2,7 +2,8 @@
 
 Images become RGB arrays whatever is on disk, in a documented way:
 * 8-bit: kept (uint8) or divided by 255 (float);
-* 16-bit: rounded to 8 bit as value/257 (uint8) or divided by 65535 (float);
+* 16-bit (grey, grey+alpha, RGB, RGBA PNG): rounded to 8 bit as value/257 (uint8) or divided by 65535 (float);
+* CMYK JPEG: converted to RGB by Pillow (not read as RGB + alpha);
 * RGBA / grey+alpha: the alpha channel is dropped (not composited);
 * greyscale: replicated to three channels;
 * palette PNGs: expanded to RGB by the decoder.
@@ -15,18 +16,94 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import PIL.Image
 
 PathLike = str | os.PathLike
 
 
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
 def _read_raw(path: PathLike) -> np.ndarray:
+    """The pixels as stored: uint8/uint16/bool arrays. CMYK JPEGs are converted to RGB by the decoder (an RGB reader
+    would otherwise drop K as if it were alpha); 16-bit colour PNGs, which Pillow cuts to 8 bits, are decoded here."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'image not found: {path}')
     try:
+        with open(path, 'rb') as f:
+            head = f.read(33)
+        if head[:8] == PNG_SIGNATURE and head[12:16] == b'IHDR' and head[24] == 16 and head[25] in (2, 4, 6):
+            return read_png16(path)
+        with PIL.Image.open(path) as image:
+            if image.mode == 'CMYK':
+                return np.asarray(image.convert('RGB'))
         return np.asarray(iio.imread(path))
-    except Exception as err:  # imageio raises many types for a corrupt or unsupported file
+    except Exception as err:  # imageio and Pillow raise many types for a corrupt or unsupported file
         raise ValueError(f'{path}: cannot decode image ({type(err).__name__}: {err})') from None
+
+
+def _unfilter_sequential(kind: int, raw: np.ndarray, prior: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG Average (3) and Paeth (4) reconstruction of one scanline (int32 arrays), pixel by pixel."""
+    out = np.zeros_like(raw)
+    left = np.zeros(bpp, dtype=np.int32)
+    up_left = np.zeros(bpp, dtype=np.int32)
+    for i in range(0, len(raw), bpp):
+        up = prior[i:i + bpp]
+        if kind == 3:
+            value = raw[i:i + bpp] + (left + up) // 2
+        else:
+            p = left + up - up_left
+            pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
+            value = raw[i:i + bpp] + np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
+        out[i:i + bpp] = left = value & 255
+        up_left = up
+    return out
+
+
+def read_png16(path: PathLike) -> np.ndarray:
+    """A 16-bit RGB, RGBA or grey+alpha PNG (non-interlaced) -> HxWxC uint16, decoded with zlib and the five
+    PNG scanline filters (Pillow reads such files as 8-bit)."""
+    import struct
+    import zlib
+    data = Path(path).read_bytes()
+    pos, chunks = 8, []
+    width = height = colour = interlace = None
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b'IHDR':
+            width, height, _, colour, _, _, interlace = struct.unpack('>IIBBBBB', body)
+        elif kind == b'IDAT':
+            chunks.append(body)
+        elif kind == b'IEND':
+            break
+        pos += 12 + length
+    if interlace:
+        raise ValueError('interlaced 16-bit colour PNG: not supported; save it without interlacing')
+    channels = {2: 3, 4: 2, 6: 4}[colour]
+    bpp, stride = 2 * channels, 2 * channels * width
+    raw = np.frombuffer(zlib.decompress(b''.join(chunks)), dtype=np.uint8)
+    if raw.size != height * (stride + 1):
+        raise ValueError(f'truncated PNG data ({raw.size} bytes, expected {height * (stride + 1)})')
+    rows = raw.reshape(height, stride + 1)
+    out = np.zeros((height, stride), dtype=np.int32)
+    prior = np.zeros(stride, dtype=np.int32)
+    for y in range(height):
+        kind, line = int(rows[y, 0]), rows[y, 1:].astype(np.int32)
+        if kind == 0:
+            row = line
+        elif kind == 1:       # Sub: running sum along the row, per byte of the pixel
+            row = np.cumsum(line.reshape(width, bpp), axis=0).reshape(-1) & 255
+        elif kind == 2:       # Up
+            row = (line + prior) & 255
+        elif kind in (3, 4):  # Average, Paeth: each pixel depends on the reconstructed one before it
+            row = _unfilter_sequential(kind, line, prior, bpp)
+        else:
+            raise ValueError(f'bad PNG filter type {kind} in row {y}')
+        out[y] = prior = row
+    return (out.astype(np.uint16).reshape(height, width, channels, 2) * np.array([256, 1], np.uint16)).sum(
+        -1, dtype=np.uint16)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:

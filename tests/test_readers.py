@@ -103,3 +103,68 @@ def test_missing_and_broken_files_are_named(tmp_path):
         read_pfm(tmp_path / 'short.pfm')
     with pytest.raises(ValueError, match="unknown disparity format '.tif'"):
         read_disparity(tmp_path / 'x.tif')
+
+
+def encode_png16(path, pixels: np.ndarray, interlace: int = 0) -> None:
+    """A minimal 16-bit PNG encoder (test-only): HxWxC uint16, C = 2/3/4, row y filtered with filter type y % 5, so
+    the reader's five scanline filters are all exercised (Pillow cannot write such files)."""
+    import struct
+    import zlib
+    h, w, c = pixels.shape
+    colour = {2: 4, 3: 2, 4: 6}[c]
+    rows = pixels.astype('>u2').view(np.uint8).reshape(h, w * c * 2).astype(np.int32)
+    bpp = 2 * c
+    out, prior = [], np.zeros(rows.shape[1], np.int32)
+    for y, row in enumerate(rows):
+        kind = y % 5
+        left = np.concatenate([np.zeros(bpp, np.int32), row[:-bpp]])
+        up_left = np.concatenate([np.zeros(bpp, np.int32), prior[:-bpp]])
+        if kind == 0:
+            predictor = np.zeros_like(row)
+        elif kind == 1:
+            predictor = left
+        elif kind == 2:
+            predictor = prior
+        elif kind == 3:
+            predictor = (left + prior) // 2
+        else:
+            p = left + prior - up_left
+            pa, pb, pc = np.abs(p - left), np.abs(p - prior), np.abs(p - up_left)
+            predictor = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prior, up_left))
+        out.append(bytes([kind]) + ((row - predictor) & 255).astype(np.uint8).tobytes())
+        prior = row
+
+    def chunk(kind, body):
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body) & 0xffffffff)
+    header = struct.pack('>IIBBBBB', w, h, 16, colour, 0, 0, interlace)
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b''.join(out)))
+                     + chunk(b'IEND', b''))
+
+
+@pytest.mark.parametrize('channels', [3, 4, 2])
+def test_16bit_colour_pngs_keep_their_16_bits(tmp_path, channels):
+    """16-bit RGB, RGBA and grey+alpha PNGs: every bit read (float = value / 65535), alpha dropped; Pillow alone
+    would cut them to 8 bits."""
+    rng = np.random.default_rng(channels)
+    pixels = rng.integers(0, 65536, size=(11, 13, channels), dtype=np.uint16)
+    pixels[3:6] = pixels[3:6] // 64 * 64 + 7            # smooth rows and low bits that 8 bits would lose
+    encode_png16(tmp_path / 'x.png', pixels)
+    colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    np.testing.assert_array_equal(read_image(tmp_path / 'x.png'), (colour / 65535).astype(np.float32))
+    np.testing.assert_array_equal(read_image_uint8(tmp_path / 'x.png'),
+                                  np.floor(colour / 257 + 0.5).astype(np.uint8))
+    encode_png16(tmp_path / 'i.png', pixels, interlace=1)
+    with pytest.raises(ValueError, match=r'i.png: cannot decode image .*interlaced 16-bit colour PNG'):
+        read_image(tmp_path / 'i.png')
+
+
+def test_cmyk_jpeg_is_converted_not_inverted(tmp_path):
+    """A CMYK JPEG (print workflows) comes out in its RGB colours, not with K read as alpha."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(np.repeat(rng.integers(30, 226, size=(6, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    Image.fromarray(rgb).convert('CMYK').save(tmp_path / 'c.jpg', quality=98)
+    with Image.open(tmp_path / 'c.jpg') as image:
+        assert image.mode == 'CMYK'
+    read = read_image_uint8(tmp_path / 'c.jpg').astype(int)
+    assert read.shape == rgb.shape and np.abs(read - rgb).mean() < 4
