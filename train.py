@@ -49,8 +49,12 @@ log = logging.getLogger('train')
 RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
-                  'disp_supervision', 'disp_supervision_parts', 'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'max_iters_per_epoch', 'amp', 'amp_dtype',
-                  'augment', *sorted({o.name for entry in REGISTRY.values() for o in entry.options}))
+                  'disp_supervision', 'disp_supervision_parts', 'trainset', 'trainset_dir', 'synthetic_size', 'seed',
+                  'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment', *sorted({o.name for entry in REGISTRY.values() for o in entry.options}))
+# Arguments a resumed run keeps unless the command line gives them (then the change is reported), and their defaults.
+RUN_SETTINGS = {'n_epochs': None, 'num_workers': 4, 'save_every': 0, 'val_dir': None, 'val_every': 0,
+                'skip_nonfinite': 0, 'export': None}
+DEFAULT_WORKERS = RUN_SETTINGS['num_workers']
 INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
 
 
@@ -105,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                             + '; '.join(f'{n}: {e.criterion.DISPARITY_PARTS}' for n, e in REGISTRY.items()
                                         if e.criterion.DISPARITY_PARTS) + '; pam = LR parallax attention, hr = HR cost '
                             'volume, 1/2 = recursion)')
+    group.add_argument('--skip_nonfinite', type=int, default=None, metavar='N',
+                       help='skip up to N batches whose loss or gradients are not finite (no update; each one logged) '
+                            'before stopping the run (default 0: stop at the first, or the resumed run\'s)')
     group.add_argument('--max_iters_per_epoch', type=int, default=0,
                        help='stop each epoch after N iterations (0 = whole epoch); for quick experiments')
     group = parser.add_argument_group('data')
@@ -121,7 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                             'holding <Dataset>/hr/<scene>/ and <Dataset>/lr_x<s>/<scene>/')
     group.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
                        help='iPASSR augmentation: horizontal flip with view swap, vertical flip (all three networks)')
-    group.add_argument('--num_workers', type=int, default=4, help='DataLoader worker processes')
+    group.add_argument('--num_workers', type=int, default=None,
+                       help=f'DataLoader worker processes (default {DEFAULT_WORKERS}, or the resumed run\'s)')
     group = parser.add_argument_group('checkpoints, logging, validation')
     group.add_argument('--checkpoint_dir', type=Path, default=None,
                        help='where last.pth and the logs go (default: checkpoints/<run_name>)')
@@ -131,9 +139,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help='start from these weights (any checkpoint of the same network and scale, e.g. a '
                             'pretraining run\'s last.pth or an --export) with a new optimiser and schedule: '
                             'fine-tuning; ignored with --resume')
-    group.add_argument('--save_every', type=int, default=0, help='also keep epoch_NNN.pth every N epochs (0 = no)')
-    group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout)')
-    group.add_argument('--val_every', type=int, default=0, help='validate every N epochs (0 = never); '
+    group.add_argument('--save_every', type=int, default=None,
+                       help='also keep epoch_NNN.pth every N epochs (default 0 = no, or the resumed run\'s)')
+    group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout); '
+                       'checked at start-up')
+    group.add_argument('--val_every', type=int, default=None, help='validate every N epochs (default 0 = never, or '
+                       'the resumed run\'s); '
                        'the best mean (L+R)/2 PSNR is kept as best.pth')
     group.add_argument('--export', type=Path, default=None,
                        help='at the end, also write a weights-only checkpoint (state_dict, args, epoch; no optimiser '
@@ -285,6 +296,23 @@ def plot_curves(run_dir: Path) -> None:
     plt.close(fig)
 
 
+def check_validation_data(args) -> None:
+    """At start-up, not at the first validation: --val_dir holds at least one SR set with every file of every scene
+    at this scale (raises FileNotFoundError / ValueError naming what is missing)."""
+    if args.val_dir is None:
+        if args.val_every:
+            raise ValueError(f'--val_every {args.val_every} needs --val_dir (a test-set root, test_sr.py layout)')
+        return
+    from data.testsets import DISPARITY_DATASETS, find_datasets, list_scenes
+    names = [n for n in find_datasets(args.val_dir) if n not in DISPARITY_DATASETS]
+    if not names:
+        raise FileNotFoundError(f'--val_dir {args.val_dir} holds no SR test set (<Dataset>/hr/<scene>/hr0.png)')
+    for name in names:
+        list_scenes(args.val_dir / name, args.scale_factor)
+    if not args.val_every:
+        log.warning(f'--val_dir {args.val_dir} is given but --val_every is 0: no validation will run')
+
+
 def validate(model, args, device) -> dict:
     """Mean scores of the evaluation protocol (evaluation.py) over every SR set under --val_dir."""
     from data.testsets import DISPARITY_DATASETS, find_datasets
@@ -338,6 +366,7 @@ class Run:
     running: dict | None = None              # sums of a partly done epoch, from the checkpoint
     best: float = -math.inf
     steps: int = 0                           # optimisation steps in this process's lifetime (for --stop_after)
+    skipped: int = 0                         # batches skipped for non-finite values (--skip_nonfinite), whole run
     lock: RunLock | None = None              # the main process's hold on run_dir
     last_terms: list[str] = field(default_factory=list)
 
@@ -358,7 +387,7 @@ class Run:
                 save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),
                                 scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=epoch,
                                 iteration=iteration, args=jsonable(self.args), running=running,
-                                best_val_psnr_avg=self.best)
+                                best_val_psnr_avg=self.best, skipped_nonfinite=self.skipped)
             except OSError as err:
                 sys.exit(f'error: {err}')
         return True
@@ -389,9 +418,17 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
                                 f'{given.get(key)!r})')
                 value = stored[key]
                 setattr(args, key, Path(value) if key == 'trainset_dir' else value)
-        if args.n_epochs is None:       # the run's length can be extended on resume; by default it is kept
-            args.n_epochs = stored.get('n_epochs')
+        for key in RUN_SETTINGS:        # the run's settings are kept, or changed (and said so) by the command line
+            if key not in stored:
+                continue
+            if given.get(key) is None:
+                setattr(args, key, Path(stored[key]) if key in ('val_dir', 'export') and stored[key] else stored[key])
+            elif given[key] != stored[key]:
+                log.warning(f'--resume: {key} changed from the run\'s {stored[key]!r} to {given[key]!r} (command line)')
         args.checkpoint_dir = args.checkpoint_dir or args.resume.parent
+    for key, default in RUN_SETTINGS.items():
+        if getattr(args, key) is None and default is not None:
+            setattr(args, key, default)
     args.model = args.model or 'ssrdefnet'
     recipe = model_entry(args.model).recipe
     for name in RECIPE_FLAGS:
@@ -467,6 +504,7 @@ def setup(args: argparse.Namespace) -> Run:
     # ---- data
     try:
         dataset = build_dataset(args)
+        check_validation_data(args)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     local_batch = args.batch_size // world
@@ -509,6 +547,7 @@ def setup(args: argparse.Namespace) -> Run:
         scaler.load_state_dict(checkpoint.get('scaler', {}) or scaler.state_dict())
         run.start_epoch, run.start_iteration = checkpoint['epoch'], checkpoint.get('iteration', 0)
         run.running, run.best = checkpoint.get('running'), checkpoint.get('best_val_psnr_avg', -math.inf)
+        run.skipped = checkpoint.get('skipped_nonfinite', 0)
 
     if run.main_process:
         run.lock = RunLock(run_dir)
@@ -523,6 +562,16 @@ def setup(args: argparse.Namespace) -> Run:
 
 # ----------------------------------------------------------------------------------------------------------------
 # One epoch, one step
+
+def check_gradients(model: torch.nn.Module) -> None:
+    """Raise NonFiniteError naming the parameters whose gradient holds NaN or Inf (one fused norm per step; the
+    names are looked up only when it is not finite)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads or torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))):
+        return
+    bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    raise NonFiniteError(f'non-finite gradients in {len(bad)} parameter tensors (e.g. {bad[:3]})')
+
 
 def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
     """One optimisation step on a batch (hr_left, hr_right, lr_left, lr_right), split into --grad_accum
@@ -556,6 +605,8 @@ def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
         psnrs.append(psnr(sr, hr_left, crop_left=STEREO_BOUNDARY).mean().item())
         sr = out.sr_right.detach().float().clamp(0, 1)
         psnrs.append(psnr(sr[..., :-STEREO_BOUNDARY], hr_right[..., :-STEREO_BOUNDARY]).mean().item())
+    if not run.scaler.is_enabled():   # (a float16 gradient scaler skips steps with inf/NaN gradients itself)
+        check_gradients(run.model)
     if args.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
@@ -588,10 +639,19 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
         try:
             names, values, psnrs = train_step(run, batch)
         except NonFiniteError as err:
+            step = epoch * run.iters_per_epoch + iteration + 1
+            where = (f'at epoch {epoch + 1}, iteration {iteration + 1} (step {step}, lr '
+                     f'{run.optimizer.param_groups[0]["lr"]:g})')
+            run.optimizer.zero_grad(set_to_none=True)          # the bad batch changes nothing
+            if run.skipped < args.skip_nonfinite:
+                run.skipped += 1
+                log.warning(f'{err} {where}: batch skipped ({run.skipped} of --skip_nonfinite {args.skip_nonfinite})')
+                bar.update()
+                continue
             bar.close()
-            log.error(f'{err} at epoch {epoch + 1}, iteration {iteration + 1} (lr '
-                      f'{run.optimizer.param_groups[0]["lr"]:g}). Stopping; the last good checkpoint is '
-                      f'{run.run_dir / "last.pth"}')
+            log.error(f'{err} {where}. Stopping; the last good checkpoint is {run.run_dir / "last.pth"}'
+                      + (f' (--skip_nonfinite {args.skip_nonfinite}: all {run.skipped} skips used)'
+                         if args.skip_nonfinite else '; --skip_nonfinite N skips up to N such batches'))
             return 1
         run.last_terms = names
         for name, value in zip(names, values.tolist()):
@@ -632,15 +692,23 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> bool:
            'psnr_left': sums.get('psnr_left', 0.0) / count, 'psnr_right': sums.get('psnr_right', 0.0) / count,
            'iterations': sums['count'], 'seconds': sums['seconds'],
            'iters_per_s': sums['count'] / max(sums['seconds'], 1e-9)}
-    if run.main_process and args.val_dir and args.val_every and (epoch + 1) % args.val_every == 0:
-        row.update(validate(unwrap_model(run.net), args, run.device))
-        if row['val_psnr_avg'] > run.best:
-            run.best = row['val_psnr_avg']
-            run.save('best.pth', epoch + 1, 0)
-    if not run.save('last.pth', epoch + 1, 0):
+    if not run.save('last.pth', epoch + 1, 0):      # first: an interrupted validation must not cost the epoch
         return False
     if args.save_every and (epoch + 1) % args.save_every == 0:
         run.save(f'epoch_{epoch + 1:03d}.pth', epoch + 1, 0)
+    if run.main_process and args.val_dir and args.val_every and (epoch + 1) % args.val_every == 0:
+        if run.interrupt.requested:
+            log.warning(f'epoch {epoch + 1} saved; validation skipped (interrupted)')
+        else:
+            try:
+                row.update(validate(unwrap_model(run.net), args, run.device))
+            except (FileNotFoundError, ValueError) as err:
+                log.error(f'validation failed after epoch {epoch + 1} (saved in {run.run_dir / "last.pth"}): {err}')
+                return False
+            if row['val_psnr_avg'] > run.best:
+                run.best = row['val_psnr_avg']
+                run.save('best.pth', epoch + 1, 0)
+                run.save('last.pth', epoch + 1, 0)        # records the new best score for a resume
     if run.main_process:
         append_log(run.run_dir, row)
         plot_curves(run.run_dir)
@@ -667,6 +735,9 @@ def run_epochs(run: Run) -> int:
             return sums
         if not end_epoch(run, epoch, sums):
             return 1
+        if run.interrupt.requested and epoch + 1 < run.args.n_epochs:
+            log.warning(f'interrupted after epoch {epoch + 1}; continue with --resume {run.run_dir / "last.pth"}')
+            return INTERRUPTED
     if run.main_process:
         log.info(f'done: {run.run_dir / "last.pth"}, logs and curves.png in {run.run_dir}')
         if run.args.export:

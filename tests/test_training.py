@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +64,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(SSRDEFNetLoss, 'forward', poisoned)
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
-    assert "non-finite loss terms {'sr':" in caplog.text and 'at epoch 2, iteration 1 (lr 0.0002)' in caplog.text
+    assert "non-finite loss terms {'sr':" in caplog.text
+    assert 'at epoch 2, iteration 1 (step 2, lr 0.0002)' in caplog.text
     kept = load(run / 'last.pth')
     assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
 
@@ -129,7 +132,7 @@ def test_non_finite_disparities_stop_before_they_become_indices(tmp_path, monkey
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '2', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
     assert ("HR cost volume's disparity hypotheses (from the PAM disparity) are not finite at epoch 2, iteration 1 "
-            "(lr 0.0002)") in caplog.text
+            "(step 2, lr 0.0002)") in caplog.text
     assert load(run / 'last.pth')['epoch'] == 1
 
 
@@ -230,3 +233,82 @@ def test_export_writes_a_labelled_weights_only_checkpoint(tmp_path):
         assert torch.equal(value, exported['state_dict'][key]), key
     model, meta = load_model(path, 2)
     assert 'demo checkpoint' in describe_checkpoint(path, meta)
+
+
+def poison_gradients(monkeypatch, bad_steps):
+    """Make the gradient of init_feature.weight NaN on the given (1-based) backward passes; the loss stays finite."""
+    build = train.build_model
+    calls = {'n': 0}
+
+    def building(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def hook(grad):
+            calls['n'] += 1
+            return grad * float('nan') if calls['n'] in bad_steps else grad
+        model.init_feature.weight.register_hook(hook)
+        return model
+    monkeypatch.setattr(train, 'build_model', building)
+
+
+def test_non_finite_gradients_stop_the_run_naming_the_parameters(tmp_path, monkeypatch, caplog):
+    poison_gradients(monkeypatch, {2})
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
+    assert ("non-finite gradients in 1 parameter tensors (e.g. ['init_feature.weight']) at epoch 2, iteration 1 "
+            "(step 2, lr 0.0002). Stopping") in caplog.text
+    assert '--skip_nonfinite N skips up to N such batches' in caplog.text
+    kept = load(run / 'last.pth')
+    assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
+
+
+def test_skip_nonfinite_skips_bad_batches_without_touching_the_weights(tmp_path, monkeypatch, caplog):
+    """--skip_nonfinite 1: the bad batch (step 2) is skipped - no update - and training goes on; a second bad
+    batch (step 4) stops the run. The skip count is part of the run (saved, resumed)."""
+    poison_gradients(monkeypatch, {2, 4})
+    run = tmp_path / 'run'
+    argv = TINY + ['--n_epochs', '2', '--max_iters_per_epoch', '2', '--checkpoint_dir', str(run)]
+    assert train.main(argv + ['--skip_nonfinite', '1', '--n_steps', '100']) == 1
+    assert 'batch skipped (1 of --skip_nonfinite 1)' in caplog.text
+    assert 'at epoch 2, iteration 2 (step 4' in caplog.text and 'all 1 skips used' in caplog.text
+    after_epoch_1 = load(run / 'last.pth')
+    assert after_epoch_1['epoch'] == 1 and after_epoch_1['skipped_nonfinite'] == 1
+    # the skipped step did not move Adam: one real step in epoch 1 = step count 1
+    state = after_epoch_1['optimizer']['state']
+    assert all(int(s['step']) == 1 for s in state.values())
+
+
+def test_resume_keeps_the_runs_settings_and_says_what_the_command_line_changes(tmp_path, caplog):
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run),
+                              '--save_every', '1']) == 0
+    assert train.main(['--resume', str(run / 'last.pth'), '--n_epochs', '2']) == 0
+    stored = json.loads((run / 'args.json').read_text())
+    assert stored['num_workers'] == 0 and stored['save_every'] == 1 and stored['n_epochs'] == 2   # kept, kept, given
+    assert "--resume: n_epochs changed from the run's 1 to 2 (command line)" in caplog.text
+    assert (run / 'epoch_002.pth').is_file()
+
+
+def test_validation_data_is_checked_at_start_up_and_validation_never_costs_the_epoch(tmp_path, monkeypatch):
+    run = tmp_path / 'run'
+    argv = TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
+    with pytest.raises(SystemExit, match=r'test-set folder not found: .*nowhere'):
+        train.main(argv + ['--val_dir', str(tmp_path / 'nowhere'), '--val_every', '1'])
+    (tmp_path / 'val' / 'Set' / 'hr' / 'scene').mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r'Set/lr_x2 not found'):
+        train.main(argv + ['--val_dir', str(tmp_path / 'val'), '--val_every', '1'])
+    with pytest.raises(SystemExit, match='--val_every 1 needs --val_dir'):
+        train.main(argv + ['--val_every', '1'])
+    assert not (run / 'last.pth').exists()        # nothing trained before the data was found wanting
+
+    def interrupted(*args):
+        raise KeyboardInterrupt                   # a second Ctrl-C during validation
+    (tmp_path / 'val' / 'Set' / 'lr_x2' / 'scene').mkdir(parents=True)
+    for folder, names in (('hr', ('hr0.png', 'hr1.png')), ('lr_x2', ('lr0.png', 'lr1.png'))):
+        for name in names:
+            iio.imwrite(tmp_path / 'val' / 'Set' / folder / 'scene' / name,
+                        np.zeros((60, 180, 3) if folder == 'hr' else (30, 90, 3), np.uint8))
+    monkeypatch.setattr(train, 'validate', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv + ['--val_dir', str(tmp_path / 'val'), '--val_every', '1'])
+    assert load(run / 'last.pth')['epoch'] == 1    # the epoch was saved before validating
