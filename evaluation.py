@@ -11,6 +11,16 @@ Two conventions, each what one family of published numbers used:
   `structural_similarity` over the 6-channel stack, i.e. the mean of the two views' SSIMs with sample covariance.
   The "Left" numbers are reported too, but NAFSSR's tables have none.
 
+* `srnet` (SRNet's own, official src/utility.py calc_psnr + src/test.py calc_ssim): SR rounded to 8 bit; PSNR on
+  RGB without the `scale + 6` outermost pixels of every side; SSIM = skimage `compare_ssim(hr, sr, multichannel=True)`
+  on floats in [0, 1] without a data range, i.e. 7x7 box window, sample covariance, data range 2 (the dtype range of
+  the skimage of 2019), whole image. Per view; "Left" = the left view, "(L+R)/2" = the mean of the views.
+* `single` (the usual single-image SR protocol, what ISRResCNet's table compares with; BasicSR calculate_psnr /
+  calculate_ssim with test_y_channel and crop_border = scale): SR rounded to 8 bit; the BT.601 luma
+  Y = 16 + (65.481 R + 128.553 G + 24.966 B) in 0-255 (not rounded), `scale` pixels cropped at every side; PSNR with
+  range 255; SSIM with the 11x11 Gaussian window (sigma 1.5) of Wang et al., valid positions. Per view as `srnet`.
+  `evaluate_image_folder` applies the single-image protocols to a folder of HR images (Set5, Set14, ...).
+
 Scores are per scene, then averaged over scenes.
 """
 from __future__ import annotations
@@ -27,9 +37,16 @@ from tqdm import tqdm
 from data.readers import image_size, read_image_uint8, write_image
 from data.testsets import Scene, list_scenes, load_pair
 from models.inference import super_resolve
-from utils import STEREO_BOUNDARY, imresize, psnr, quantize, ssim
+from utils import STEREO_BOUNDARY, imresize, modcrop, psnr, quantize, ssim
 
-PROTOCOLS = ('ipassr', 'nafssr')
+PROTOCOLS = ('ipassr', 'nafssr', 'srnet', 'single')
+# Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
+SINGLE_IMAGE_PROTOCOLS = ('srnet', 'single')
+SRNET_EXTRA_SHAVE = 6              # official utility.calc_psnr: shave = scale + 6 for non-benchmark sets (SR-RAW)
+SRNET_SSIM_RANGE = 2.0             # skimage compare_ssim on floats without data_range: dtype range (-1, 1)
+Y_WEIGHTS = (65.481, 128.553, 24.966)   # BT.601 luma of RGB in [0, 1], + 16, in 0-255 (MATLAB rgb2ycbcr)
+Y_OFFSET = 16.0
+GAUSSIAN_SSIM_WINDOW, GAUSSIAN_SSIM_SIGMA = 11, 1.5   # Wang et al. ssim.m, BasicSR calculate_ssim
 SRFunction = Callable[[list[Scene]], list[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -43,10 +60,61 @@ def quantized(img: torch.Tensor, mode: str | None) -> torch.Tensor:
     return img
 
 
+def y_channel(img: torch.Tensor) -> torch.Tensor:
+    """BT.601 luma of RGB (..., 3, H, W) in [0, 1] -> (..., 1, H, W) in 0-255 (16-235 range), float64."""
+    weights = torch.tensor(Y_WEIGHTS, dtype=torch.float64, device=img.device).view(3, 1, 1)
+    return (img.double() * weights).sum(-3, keepdim=True) + Y_OFFSET
+
+
+def gaussian_ssim(sr: torch.Tensor, hr: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
+    """SSIM of Wang et al. (ssim.m; BasicSR calculate_ssim): 11x11 Gaussian window, sigma 1.5, K = (0.01, 0.03),
+    valid positions only, mean over the map and the channels. (..., C, H, W) -> (...), float64."""
+    x, y = sr.double(), hr.double()
+    lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
+    if h < GAUSSIAN_SSIM_WINDOW or w < GAUSSIAN_SSIM_WINDOW:
+        raise ValueError(f'gaussian_ssim needs images of at least {GAUSSIAN_SSIM_WINDOW}x{GAUSSIAN_SSIM_WINDOW}, '
+                         f'got {h}x{w}')
+    x, y = x.reshape(-1, 1, h, w), y.reshape(-1, 1, h, w)
+    r = torch.arange(GAUSSIAN_SSIM_WINDOW, dtype=torch.float64, device=x.device) - GAUSSIAN_SSIM_WINDOW // 2
+    g = torch.exp(-r ** 2 / (2 * GAUSSIAN_SSIM_SIGMA ** 2))
+    window = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None]
+
+    def local_mean(t):
+        return F.conv2d(t, window)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x, var_y = local_mean(x * x) - mu_x ** 2, local_mean(y * y) - mu_y ** 2
+    cov = local_mean(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.reshape(-1, c, *ssim_map.shape[-2:]).mean(dim=(-3, -2, -1)).reshape(lead)
+
+
+def single_image_scores(sr: torch.Tensor, hr: torch.Tensor, scale: int, protocol: str = 'single') -> tuple[float,
+                                                                                                           float]:
+    """(PSNR, SSIM) of one 8-bit SR image (3, H, W) in [0, 1] under a single-image protocol (module docstring)."""
+    if protocol == 'srnet':
+        shave = scale + SRNET_EXTRA_SHAVE
+        crop = (..., slice(shave, -shave), slice(shave, -shave))
+        return (psnr(sr[crop], hr[crop]).item(),
+                ssim(sr, hr, data_range=SRNET_SSIM_RANGE, sample_covariance=True).item())
+    if protocol == 'single':
+        crop = (..., slice(scale, -scale), slice(scale, -scale))
+        y_sr, y_hr = y_channel(sr)[crop], y_channel(hr)[crop]
+        return psnr(y_sr, y_hr, data_range=255.0).item(), gaussian_ssim(y_sr, y_hr).item()
+    raise ValueError(f'unknown single-image protocol {protocol!r}; known: {", ".join(SINGLE_IMAGE_PROTOCOLS)}')
+
+
 def scene_scores(sr: torch.Tensor, hr: torch.Tensor, sr_right: torch.Tensor, hr_right: torch.Tensor,
-                 protocol: str = 'ipassr') -> dict:
+                 protocol: str = 'ipassr', scale: int = 4) -> dict:
     """The numbers of one scene; all inputs (3, H, W) in [0, 1]: psnr/ssim of 'left' (64 columns cropped), 'avg'
-    ((L+R)/2), and the full-image per-view PSNRs 'l' and 'r'."""
+    ((L+R)/2), and the full-image per-view PSNRs 'l' and 'r'. Single-image protocols (`srnet`, `single`, which need
+    `scale` for their border crops): 'left' is the left view's score under the protocol, 'l'/'r' each view's."""
+    if protocol in SINGLE_IMAGE_PROTOCOLS:
+        left, right = single_image_scores(sr, hr, scale, protocol), single_image_scores(sr_right, hr_right, scale,
+                                                                                        protocol)
+        return {'psnr_left': left[0], 'ssim_left': left[1], 'psnr_avg': (left[0] + right[0]) / 2,
+                'ssim_avg': (left[1] + right[1]) / 2, 'psnr_l': left[0], 'psnr_r': right[0]}
     sample_covariance = protocol == 'nafssr'
     left = psnr(sr, hr).item(), ssim(sr, hr, sample_covariance=sample_covariance).item()
     right = psnr(sr_right, hr_right).item(), ssim(sr_right, hr_right, sample_covariance=sample_covariance).item()
@@ -84,12 +152,12 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
     """Scores of one test set: {'psnr_left', 'ssim_left', 'psnr_avg', 'ssim_avg', ..., 'num_scenes', 'scenes'}.
 
     sr_fn(scenes) -> [(sr_left, sr_right)] (3, sH, sW) in [0, 1]; consecutive scenes of equal LR size are batched.
-    The 'nafssr' protocol scores rounded 8-bit SR whatever `quantize_mode` says. Raises FileNotFoundError /
-    ValueError naming the file at fault.
+    The 'nafssr', 'srnet' and 'single' protocols score rounded 8-bit SR whatever `quantize_mode` says. Raises
+    FileNotFoundError / ValueError naming the file at fault.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f'unknown protocol {protocol!r}; known: {", ".join(PROTOCOLS)}')
-    if protocol == 'nafssr':
+    if protocol in ('nafssr', *SINGLE_IMAGE_PROTOCOLS):
         quantize_mode = 'round'
     scenes = list_scenes(dataset_dir, scale)
     per_scene = {}
@@ -104,7 +172,7 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
                     raise ValueError(f'{scene.hr[0]} is {tuple(hr_l.shape[1:])}, but the x{scale} SR of '
                                      f'{scene.lr[0]} is {tuple(sr_l.shape[1:])}: HR must be exactly {scale}x the LR')
                 sr_l, sr_r = quantized(sr_l, quantize_mode), quantized(sr_r, quantize_mode)
-                per_scene[scene.name] = scene_scores(sr_l, hr_l, sr_r, hr_r, protocol)
+                per_scene[scene.name] = scene_scores(sr_l, hr_l, sr_r, hr_r, protocol, scale)
                 if save_dir is not None:
                     write_image(save_dir / f'{scene.name}_L.png', sr_l.permute(1, 2, 0).numpy())
                     write_image(save_dir / f'{scene.name}_R.png', sr_r.permute(1, 2, 0).numpy())
@@ -113,6 +181,47 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
     bar.close()
     mean = {key: float(np.mean([s[key] for s in per_scene.values()])) for key in next(iter(per_scene.values()))}
     return {**mean, 'num_scenes': len(per_scene), 'scenes': per_scene}
+
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+
+
+def network_single_sr(model: torch.nn.Module, device: torch.device, amp: bool = False) -> Callable:
+    """SR function of a single-image network of the zoo on one LR image (3, h, w) in [0, 1]: the image is given
+    as both views (the network treats them independently) and the left output returned, clamped, on the CPU."""
+    def run(lr: torch.Tensor) -> torch.Tensor:
+        x = lr[None].to(device)
+        return super_resolve(model, x, x, amp=amp).left[0].float().cpu()
+    return run
+
+
+def evaluate_image_folder(sr_fn: Callable, folder: Path, scale: int, protocol: str = 'single') -> dict:
+    """A single-image protocol on a folder of HR images (Set5, Set14, B100, Urban100...): each HR image cropped to
+    a multiple of `scale` (modcrop), its LR made by MATLAB bicubic downscaling of the 8-bit image (the benchmarks'
+    degradation), super-resolved by sr_fn (3, h, w) -> (3, sh, sw) in [0, 1], rounded to 8 bit and scored.
+    Returns {'psnr', 'ssim', 'num_images', 'images': {name: {'psnr', 'ssim'}}}; errors name the folder or file."""
+    if protocol not in SINGLE_IMAGE_PROTOCOLS:
+        raise ValueError(f'evaluate_image_folder: protocol must be one of {SINGLE_IMAGE_PROTOCOLS}, got {protocol!r}')
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'image folder not found: {folder}')
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in {folder}')
+    scores = {}
+    for path in tqdm(paths, desc=folder.name, unit='image'):
+        hr = modcrop(read_image_uint8(path), scale)
+        if min(hr.shape[:2]) < 2 * scale + GAUSSIAN_SSIM_WINDOW:
+            raise ValueError(f'{path} is {hr.shape[0]}x{hr.shape[1]}: too small for x{scale} scoring')
+        lr = to_tensor(imresize(hr, 1 / scale)).float() / 255
+        sr = quantize(sr_fn(lr))
+        hr_t = to_tensor(hr).float() / 255
+        if sr.shape != hr_t.shape:
+            raise ValueError(f'the x{scale} SR of {path} is {tuple(sr.shape[1:])}, HR is {tuple(hr_t.shape[1:])}')
+        value = single_image_scores(sr, hr_t, scale, protocol)
+        scores[path.stem] = {'psnr': value[0], 'ssim': value[1]}
+    return {'psnr': float(np.mean([v['psnr'] for v in scores.values()])),
+            'ssim': float(np.mean([v['ssim'] for v in scores.values()])), 'num_images': len(scores), 'images': scores}
 
 
 # ---- disparity baselines: what a disparity score means

@@ -3,6 +3,7 @@
     python test_sr.py --scale_factor 4 --checkpoint checkpoints/SSRDEF_4xSR_epoch80.pth.tar
     python test_sr.py --scale_factor 4 --model nafssr-s --checkpoint NAFSSR-S_4x.pth --protocol nafssr
     python test_sr.py --scale_factor 4 --model bicubic          # the bicubic rows of the tables
+    python test_sr.py --model isrrescnet --checkpoint ISRResCNet_x4.pth --images Set5/ --images Set14/   # single-image
 
 Any network of the zoo (--model; a project checkpoint names its own). Protocols (evaluation.py): `ipassr`
 (default; official SSRDE-FNet test_sr.py + iPASSR evaluation.m): the final SR output clamped to [0, 1]; PSNR on
@@ -20,10 +21,13 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from data.testsets import DISPARITY_DATASETS, find_datasets
-from evaluation import PROTOCOLS, bicubic_sr, evaluate_dataset, network_sr
+from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, evaluate_dataset, evaluate_image_folder,
+                        network_single_sr, network_sr)
 from models import add_model_args
-from utils import STEREO_BOUNDARY, add_device_args, describe_checkpoint, load_model, resolve_device
+from utils import STEREO_BOUNDARY, add_device_args, describe_checkpoint, imresize, load_model, resolve_device
 
 log = logging.getLogger('test_sr')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')  # authors' x4 release (file name as shipped)
@@ -37,6 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f'{OFFICIAL_CHECKPOINT}); --model defaults to the network a project checkpoint records')
     # data
     parser.add_argument('--testset_dir', type=Path, default=Path('./data/test/'), help='root of the test sets')
+    parser.add_argument('--images', type=Path, action='append', default=[], metavar='DIR',
+                        help='instead of the stereo test sets: a folder of HR images (Set5, Set14, ...), each cut to a '
+                             'multiple of the scale, downscaled by MATLAB bicubic, super-resolved and scored with the '
+                             'single-image protocol (--protocol srnet or single; default single). Repeatable')
     parser.add_argument('--datasets', default=None,
                         help='comma-separated dataset folders to evaluate (default: every SR set present; the '
                              f'disparity sets {", ".join(DISPARITY_DATASETS)} only when named here)')
@@ -46,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              '"truncate" = what the official test_sr.py saves (ToPILImage truncates)')
     parser.add_argument('--protocol', choices=PROTOCOLS, default='ipassr',
                         help='ipassr: the SSRDE-FNet/iPASSR tables (evaluation.m); nafssr: the NAFSSR tables (BasicSR '
-                             'metrics: rounded 8-bit SR, per-view PSNR averaged, skimage SSIM with sample covariance)')
+                             'metrics: rounded 8-bit SR, per-view PSNR averaged, skimage SSIM with sample covariance); '
+                             'srnet: SRNet\'s (8-bit RGB PSNR without scale+6 border pixels, skimage SSIM of 2019 with '
+                             'range 2); single: the single-image papers\' (ISRResCNet: 8-bit SR, Y channel, scale '
+                             'border pixels cropped, Gaussian SSIM), each per view')
     parser.add_argument('--tta', action='store_true', help='stereo-aware self-ensemble over 4 flips (not the paper)')
     # output
     parser.add_argument('--results_dir', type=Path, default=Path('results'), help='where SR images are saved')
@@ -85,6 +96,8 @@ def main(argv=None) -> dict:
         args.model = model.zoo_name
         weights, run_name = describe_checkpoint(checkpoint, meta), f'{checkpoint.name.split(".")[0]}_x{scale}'
     run_name = args.run_name or run_name
+    if args.images:
+        return evaluate_image_folders(args, None if args.model == 'bicubic' else model, device, weights)
 
     # ---- datasets
     try:
@@ -104,6 +117,12 @@ def main(argv=None) -> dict:
     if args.protocol == 'nafssr':
         protocol = ('NAFSSR/BasicSR: RGB PSNR/SSIM of rounded 8-bit SR, (L+R)/2 = mean of per-view scores, SSIM = '
                     'skimage (7x7 box, sample covariance); Left = 64 leftmost columns removed (not in their tables)')
+    elif args.protocol == 'srnet':
+        protocol = (f'SRNet: RGB PSNR of rounded 8-bit SR without {scale + 6} border pixels, SSIM = skimage 2019 '
+                    '(7x7 box, sample covariance, range 2), per view; Left = the left view, (L+R)/2 = mean of views')
+    elif args.protocol == 'single':
+        protocol = (f'single-image: Y-channel (BT.601) PSNR/SSIM of rounded 8-bit SR without {scale} border pixels, '
+                    'SSIM 11x11 Gaussian; Left = the left view, (L+R)/2 = mean of views')
     else:
         protocol = ('RGB PSNR/SSIM, data range 1, ' + (f'8-bit SR ({args.quantize}ed)' if args.quantize else 'float SR')
                     + f', Left = {STEREO_BOUNDARY} leftmost columns removed, (L+R)/2 = mean of full-image scores, '
@@ -139,6 +158,32 @@ def main(argv=None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
         print(f'JSON: {args.json}')
+    return results
+
+
+def evaluate_image_folders(args, model, device, weights: str) -> dict:
+    """--images: the single-image protocol on folders of HR images; one line per folder."""
+    protocol = args.protocol if args.protocol in SINGLE_IMAGE_PROTOCOLS else 'single'
+    scale = args.scale_factor
+    if model is None:
+        def sr_fn(lr):
+            lr8 = (lr.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
+            return torch.from_numpy(imresize(lr8, scale).transpose(2, 0, 1)).float() / 255
+    else:
+        sr_fn = network_single_sr(model, device, args.amp)
+    results = {}
+    for folder in args.images:
+        try:
+            results[folder.name] = evaluate_image_folder(sr_fn, folder, scale, protocol)
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f'error: {err}')
+    lines = ['', f'# Single-image SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}', '',
+             '| Folder | images | PSNR | SSIM |', '|---|---|---|---|']
+    lines += [f"| {n} | {r['num_images']} | {r['psnr']:.4f} | {r['ssim']:.4f} |" for n, r in results.items()]
+    print('\n'.join(lines))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
     return results
 
 

@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument('--lr', type=float, default=None, help='learning rate; ' + recipe_help('lr'))
     group.add_argument('--betas', type=float, nargs=2, default=None, metavar=('B1', 'B2'),
                        help='Adam/AdamW betas; ' + recipe_help('betas'))
+    group.add_argument('--amsgrad', action=argparse.BooleanOptionalAction, default=None,
+                       help='the AMSGrad variant of Adam/AdamW; ' + recipe_help('amsgrad'))
     group.add_argument('--weight_decay', type=float, default=None, help=recipe_help('weight_decay'))
     group.add_argument('--schedule', choices=('step', 'cosine'), default=None,
                        help='step: lr x gamma every n_steps epochs; cosine: annealed every iteration to eta_min over '
@@ -519,7 +521,8 @@ def setup(args: argparse.Namespace) -> Run:
     model = build_model(args.model, args.scale_factor, **model_options(args)).to(device)
     criterion = build_criterion(args, entry, dataset)
     optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[args.optimizer]
-    optimizer = optimizer_class(model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay)
+    optimizer = optimizer_class(model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay,
+                                amsgrad=args.amsgrad)
     if args.schedule == 'cosine':   # stepped every iteration: iteration i (from 0) runs at lr(i), as BasicSR's
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=args.total_iters or args.n_epochs * iters_per_epoch, eta_min=args.eta_min)

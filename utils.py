@@ -18,7 +18,7 @@ CHECKPOINT_VERSION = 1
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 # Where checkpoint dicts keep their weights: ours and the SSRDE-FNet/iPASSR releases ('state_dict'), BasicSR/NAFSSR
 # releases ('params').
-WEIGHT_KEYS = ('state_dict', 'params')
+WEIGHT_KEYS = ('state_dict', 'params', 'model_state_dict')   # ..., ISRResCNet's release {'model_state_dict'}
 
 
 # ----------------------------------------------------------------------------------------------------------------

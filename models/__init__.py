@@ -13,6 +13,8 @@ from torch import nn
 from models import ssrdefnet  # noqa: F401  ssrdefnet
 from models import nafssr  # noqa: F401  nafssr-t, nafssr-s, nafssr-b, nafssr-l
 from models import ipassr  # noqa: F401  ipassr
+from models import isrrescnet  # noqa: F401  isrrescnet
+from models import srnet  # noqa: F401  srnet
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput
 from models.registry import REGISTRY, ModelEntry, model_entry, option_values
@@ -45,7 +47,9 @@ def add_model_args(parser: argparse.ArgumentParser, baselines: tuple[str, ...] =
     group = parser.add_argument_group('architecture')
     group.add_argument('--model', default=default, choices=tuple(names) + tuple(baselines),
                        help='network of the zoo' + (f' or a baseline ({", ".join(baselines)})' if baselines else ''))
-    group.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale (papers: 2 and 4)')
+    scales = sorted({s for name in names for s in REGISTRY[name].scales})
+    group.add_argument('--scale_factor', type=int, default=4, choices=scales,
+                       help='SR scale (stereo papers: 2 and 4; each network lists its own in models/)')
     seen = set()
     for entry in REGISTRY.values():
         for option in entry.options:

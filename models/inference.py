@@ -50,14 +50,26 @@ def pad_to_valid(left: Tensor, right: Tensor, model: nn.Module) -> tuple[Pair, t
     return Pair(*(torch.nn.functional.pad(x, pad, mode=mode) for x in (left, right))), (h, w)
 
 
+def global_inputs(model: nn.Module, left: Tensor, right: Tensor) -> dict[str, Tensor]:
+    """Keyword inputs of `model` that depend on the whole LR pair, computed once on it so that every tile of a tiled
+    pass gets the whole image's (e.g. ISRResCNet's noise level sigma): the network's `global_inputs(left, right)`
+    method, {} for networks without one."""
+    method = getattr(model, 'global_inputs', None)
+    if method is None:
+        return {}
+    with torch.inference_mode():
+        return method(left, right)
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, left: Tensor, right: Tensor, amp: bool = False) -> dict[str, Tensor]:
+def predict(model: nn.Module, left: Tensor, right: Tensor, amp: bool = False, **inputs: Tensor) -> dict[str, Tensor]:
     """Final SR images (clamped) and, for networks that estimate it, HR disparities of an LR pair of any size >= 1 px
-    (padded as needed): {'sr_left', 'sr_right': (B, 3, sH, sW)[, 'disp_left', 'disp_right': (B, 1, sH, sW)]}."""
+    (padded as needed): {'sr_left', 'sr_right': (B, 3, sH, sW)[, 'disp_left', 'disp_right': (B, 1, sH, sW)]}.
+    `inputs`: extra keyword inputs of the network (`global_inputs`)."""
     scale = model.scale
     (left_p, right_p), (h, w) = pad_to_valid(left, right, model)
     with torch.autocast(left.device.type, enabled=amp and left.device.type == 'cuda'):
-        out = model(left_p, right_p)
+        out = model(left_p, right_p, **inputs)
     crop = (..., slice(0, h * scale), slice(0, w * scale))
     result = {'sr_left': out.sr_left.float()[crop].clamp(0, 1), 'sr_right': out.sr_right.float()[crop].clamp(0, 1)}
     if out.disp_left is not None:
@@ -87,17 +99,19 @@ def predict_tiled(model: nn.Module, left: Tensor, right: Tensor, band: int, over
                   amp: bool = False) -> dict[str, Tensor]:
     """`predict` on horizontal bands of `band` LR rows (full image width: the parallax search needs whole rows),
     blended linearly over `overlap` shared rows. Peak memory is that of one band. Channel attention and the pyramid
-    pooling see one band at a time, so the result differs slightly from a whole-image pass."""
+    pooling see one band at a time, so the result differs slightly from a whole-image pass. What a network computes
+    from the whole image (`global_inputs`, e.g. ISRResCNet's noise level) is computed once, on the whole pair."""
     scale = model.scale
     min_h, _, multiple = minimum_size(model)
     band = max(min_h, band - band % multiple)
     overlap = min(max(overlap - overlap % multiple, 0), band - multiple)
     h = left.shape[-2]
     starts = band_starts(h, band, overlap)
+    inputs = global_inputs(model, left, right)
     total, weight_sum = None, torch.zeros(h * scale, device=left.device)
     for i, top in enumerate(starts):
         bottom = min(h, top + band)
-        part = predict(model, left[..., top:bottom, :], right[..., top:bottom, :], amp)
+        part = predict(model, left[..., top:bottom, :], right[..., top:bottom, :], amp, **inputs)
         before = (starts[i - 1] + band - top) if i > 0 else 0
         after = (bottom - starts[i + 1]) if i + 1 < len(starts) else 0
         weight = band_weights((bottom - top) * scale, max(before, 0) * scale, max(after, 0) * scale, left.device)

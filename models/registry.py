@@ -26,6 +26,7 @@ class Recipe:
     optimizer: str = 'adam'                     # 'adam' | 'adamw'
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    amsgrad: bool = False                       # Adam/AdamW's AMSGrad variant
     weight_decay: float = 0.0
     schedule: str = 'step'                      # 'step': lr x gamma every n_steps epochs; 'cosine': per iteration
     n_steps: int = 30

@@ -17,7 +17,7 @@ import test_sr
 from data import prepare_test
 from data.readers import read_kitti_disparity, write_kitti_disparity, write_pfm
 from models import build_model
-from utils import imresize, save_checkpoint
+from utils import imresize, modcrop, save_checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -159,3 +159,24 @@ def test_scripts_explain_what_is_missing(tmp_path, random_checkpoint):
     (tmp_path / 'Set' / 'hr' / 'a').mkdir(parents=True)
     with pytest.raises(SystemExit, match='lr_x4 not found'):
         test_sr.main(['--model', 'bicubic', '--testset_dir', str(tmp_path)])
+
+
+def test_single_image_folders_bicubic_equals_the_y_channel_formula(tmp_path):
+    """test_sr.py --images DIR: each HR image modcropped, MATLAB-bicubic down and up, rounded to 8 bit, scored on
+    BT.601 Y without `scale` border pixels - checked against the formula written out here in numpy."""
+    folder = tmp_path / 'Set2'
+    folder.mkdir()
+    crops = {'astronaut': skdata.astronaut()[100:163, 150:250], 'coffee': skdata.coffee()[50:121, 200:290]}
+    for name, img in crops.items():
+        iio.imwrite(folder / f'{name}.png', img)
+    result = test_sr.main(['--model', 'bicubic', '--scale_factor', '4', '--images', str(folder), '--no_save'])
+    expected = []
+    for img in crops.values():
+        hr = modcrop(img, 4).astype(np.float64)
+        sr = imresize(imresize(modcrop(img, 4), 0.25), 4).astype(np.float64)
+        y = [16 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255 for x in (sr, hr)]
+        mse = np.mean((y[0][4:-4, 4:-4] - y[1][4:-4, 4:-4]) ** 2)
+        expected.append(10 * np.log10(255 ** 2 / mse))
+    assert result['Set2']['num_images'] == 2
+    assert result['Set2']['psnr'] == pytest.approx(np.mean(expected), abs=1e-6)
+    assert 0.5 < result['Set2']['ssim'] < 1

@@ -25,6 +25,11 @@ LAYOUTS = {
     ('nafssr-s', 2): ('b938ab84366dd424', 1028), ('nafssr-s', 4): ('16cb889fc0222b44', 1028),
     ('nafssr-b', 2): ('44f372f84c5b6beb', 2052), ('nafssr-b', 4): ('2026366e67bf2f10', 2052),
     ('nafssr-l', 2): ('1945fc190c23e5e1', 4100), ('nafssr-l', 4): ('5f487a6fcf747b0d', 4100),
+    # ISRResCNet: no layer depends on the scale; the residual blocks listed twice (model.resblocks, fbblock.RBs)
+    ('isrrescnet', 2): ('ece7f630c7835816', 92), ('isrrescnet', 4): ('ece7f630c7835816', 92),
+    # SRNet: x4 = srnet_zoom_x4_state_dict.json; one upsampler conv per x2 (tail.0.{0,3,6}) in both branches
+    ('srnet', 2): ('b4329673c2763073', 900), ('srnet', 4): ('183d19baab5af675', 904),
+    ('srnet', 8): ('0c102c82b0d13dd8', 908),
 }
 
 

@@ -30,8 +30,9 @@ register_model(ModelEntry(
             of_weights=True),
         Option('grad_checkpoint', dict(
             action='store_true',
-            help='SSRDE-FNet training: recompute activations in the backward pass instead of storing them (same '
-                 'results, about half the memory, about a third more time)')),
+            help='training (SSRDE-FNet, ISRResCNet): recompute activations in the backward pass instead of storing '
+                 'them (same results, less memory, more time; SSRDE-FNet: about half the memory, a third more '
+                 'time)')),
     ),
     estimates_disparity=True,
     description='recursive stereo SR + HR disparity with HR disparity feedback',
