@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from utils import UsageError, non_negative_float, positive_int, run_script
+
 ROOT = Path(__file__).resolve().parent
 # Cases: (kind, scale, batch, LR height, LR width). KITTI: 375x1242 pairs -> LR 94x311 at x4 (x2 needs even sizes).
 # Flickr1024-sized: HR 736x1024.
@@ -62,13 +64,13 @@ def parse_args(argv=None):
                         help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint, networks '
                              'that have it), ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), '
                              'official. Default: everything that applies')
-    parser.add_argument('--repeats', type=int, default=3, help='timed runs per process (median reported)')
-    parser.add_argument('--min-seconds', type=float, default=10.0,
+    parser.add_argument('--repeats', type=positive_int, default=3, help='timed runs per process (median reported)')
+    parser.add_argument('--min-seconds', type=non_negative_float, default=10.0,
                         help=f'more timed runs (at most {MAX_RUNS}) until they add up to this many seconds: short '
                              'cases get a median of many runs, which page faults and a drifting machine disturb less')
-    parser.add_argument('--rounds', type=int, default=3,
+    parser.add_argument('--rounds', type=positive_int, default=3,
                         help='with the official code: processes per variant, run in turns (official first)')
-    parser.add_argument('--timeout', type=int, default=900, help='seconds per case before it is reported as such')
+    parser.add_argument('--timeout', type=positive_int, default=900, help='seconds per case before it is reported as such')
     parser.add_argument('--glibc-heap', action='store_true',
                         help='CPU: run every variant (the official included) with glibc keeping freed memory in its '
                              'heap (%s), so large tensors do not page-fault afresh at every allocation'
@@ -211,6 +213,17 @@ def device_peak(device: str) -> tuple[str, float | None]:
     return f'CPU, {torch.get_num_threads()} threads', None
 
 
+def comma_list(text: str, flag: str, kind, what: str) -> list:
+    """'a,b,c' -> [kind(a), ...]; a UsageError naming the flag when an item is not `what`."""
+    try:
+        values = [kind(item.strip()) for item in text.split(',') if item.strip()]
+    except ValueError:
+        raise UsageError(f'{flag} {text!r}: each comma-separated item must be {what}') from None
+    if not values:
+        raise UsageError(f'{flag} {text!r} is empty')
+    return values
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.case:
@@ -219,7 +232,7 @@ def main(argv=None) -> list[dict]:
         return []
     from models import MODEL_NAMES, model_entry
     if args.model not in MODEL_NAMES:
-        sys.exit(f'error: --model {args.model!r} is not in the zoo; choose one of {", ".join(MODEL_NAMES)}')
+        raise UsageError(f'--model {args.model!r} is not in the zoo; choose one of {", ".join(MODEL_NAMES)}')
     official_code = official_module_of(args.model)
     official = bool(official_code and os.environ.get(official_code.OFFICIAL_ENV))
     cuda = args.device.startswith('cuda')
@@ -231,14 +244,24 @@ def main(argv=None) -> list[dict]:
         sys.exit(f'error: the official variant of {args.model} needs '
                  + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
                     'a tests/official_*.py module for it'))
-    cases = [c for kind in args.cases.split(',') for c in (INFERENCE if kind == 'infer' else TRAINING)]
-    scales = {int(s) for s in args.scales.split(',')}
+    kinds = comma_list(args.cases, '--cases', str, 'infer or train')
+    if set(kinds) - {'infer', 'train'}:
+        raise UsageError(f'--cases {args.cases!r}: each item is infer or train')
+    cases = [c for kind in kinds for c in (INFERENCE if kind == 'infer' else TRAINING)]
+    scales = set(comma_list(args.scales, '--scales', int, 'an integer scale, e.g. 4,2'))
     cases = [c for c in cases if c[1] in scales]
     if args.sizes:
-        sizes = {tuple(int(v) for v in s.split('x')) for s in args.sizes.split(',')}
+        sizes = set(comma_list(args.sizes, '--sizes', lambda t: tuple(int(v) for v in t.split('x', 1)),
+                               'an LR size HxW, e.g. 30x90,94x311'))
         cases = [c for c in cases if (c[3], c[4]) in sizes]
     if args.batches:
-        cases = [c for c in cases if c[0] == 'infer' or c[2] in {int(b) for b in args.batches.split(',')}]
+        batches = set(comma_list(args.batches, '--batches', int, 'an integer batch size, e.g. 2'))
+        cases = [c for c in cases if c[0] == 'infer' or c[2] in batches]
+    if not cases:
+        raise UsageError(f'no case matches --cases {args.cases} --scales {args.scales}'
+                         + (f' --sizes {args.sizes}' if args.sizes else '')
+                         + (f' --batches {args.batches}' if args.batches else '')
+                         + '; cases: ' + ', '.join(f'{k} x{s} b{b} {h}x{w}' for k, s, b, h, w in INFERENCE + TRAINING))
     name, peak = device_peak(args.device)
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'
           + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
@@ -291,4 +314,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_script(main))

@@ -32,8 +32,9 @@ from evaluation import disparity_baselines, scene_scores, to_tensor
 from models import model_entry
 from models.inference import predict, predict_tiled
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, imresize,
-                   infer_scale_factor, load_model, modcrop, read_checkpoint, resolve_device, save_figure)
+from utils import (UsageError, add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, imresize,
+                   infer_scale_factor, load_model, modcrop, non_negative_int, read_checkpoint, resolve_device,
+                   run_script, save_figure)
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
@@ -58,9 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--scale_factor', type=int, choices=(2, 4), default=None,
                         help='SR scale (default: that of the checkpoint)')
     parser.add_argument('--out', type=Path, default=Path('results/demo'), help='output folder')
-    parser.add_argument('--tile', type=int, default=0,
-                        help='process horizontal bands of this many LR rows (full width), for large images')
-    parser.add_argument('--overlap', type=int, default=8, help='LR rows shared by neighbouring bands (blended)')
+    parser.add_argument('--tile', type=non_negative_int, default=0,
+                        help='process horizontal bands of this many LR rows (full width), for large images (0: whole)')
+    parser.add_argument('--overlap', type=non_negative_int, default=8,
+                        help='LR rows shared by neighbouring bands (blended)')
     add_device_args(parser)
     return parser.parse_args(argv)
 
@@ -85,7 +87,7 @@ def load_inputs(args, scale: int) -> dict:
                 'lr_uint8': lr, 'hr': (hr[0] / 255, hr[1] / 255),
                 'gt': disparity[:hr[0].shape[0], :hr[0].shape[1]]}
     if args.left is None or args.right is None:
-        raise ValueError('give both --left and --right (or neither, for the built-in sample)')
+        raise UsageError('give both --left and --right (or neither, for the built-in sample)')
     lr = read_image_uint8(args.left), read_image_uint8(args.right)
     if lr[0].shape != lr[1].shape:
         raise ValueError(f'--left {args.left} is {lr[0].shape[1]}x{lr[0].shape[0]} but --right {args.right} is '
@@ -93,7 +95,7 @@ def load_inputs(args, scale: int) -> dict:
     inputs = {'name': f'{args.left.name} / {args.right.name}', 'lr': (read_image(args.left), read_image(args.right))}
     inputs['lr_uint8'] = lr
     if (args.hr_left is None) != (args.hr_right is None):
-        raise ValueError('give both --hr_left and --hr_right, or neither')
+        raise UsageError('give both --hr_left and --hr_right, or neither')
     expected = (lr[0].shape[0] * scale, lr[0].shape[1] * scale)   # HR size
     if args.hr_left is not None:
         inputs['hr'] = read_image(args.hr_left), read_image(args.hr_right)
@@ -144,8 +146,14 @@ def main(argv=None) -> dict:
         scale = args.scale_factor or infer_scale_factor(read_checkpoint(args.checkpoint)[0]) or 4
         model, meta = load_model(args.checkpoint, scale, device, args.model)
         inputs = load_inputs(args, scale)
+    except UsageError:
+        raise
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f'error: {err}')
+    try:   # before the network runs: a folder that cannot be made must not cost its time
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'--out {args.out}: cannot create the output folder ({err.strerror or err})') from None
     lr_left, lr_right = (to_batch(x, device) for x in inputs['lr'])
     h, w = lr_left.shape[-2:]
     log.info(f'input: {inputs["name"]}, LR {w}x{h} -> x{scale} -> {w * scale}x{h * scale}\n'
@@ -169,7 +177,6 @@ def main(argv=None) -> dict:
     bicubic = [imresize(x, scale).astype(np.float32) / 255 for x in inputs['lr_uint8']]
 
     # ---- files
-    args.out.mkdir(parents=True, exist_ok=True)
     name, title = model.zoo_name, model_entry(model.zoo_name).title
     sr = [to_image(out['sr_left']), to_image(out['sr_right'])]
     for view, side in enumerate(('left', 'right')):
@@ -249,4 +256,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_script(main))

@@ -24,8 +24,8 @@ from data.readers import write_image, write_kitti_disparity
 from data.testsets import find_datasets, list_scenes, load_ground_truth, load_pair
 from models import DISPARITY_MODELS, add_model_args
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, load_model,
-                   resolve_device, save_figure)
+from utils import (UsageError, add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe,
+                   load_model, resolve_device, run_script, save_figure)
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     names = args.datasets.split(',') if args.datasets else present
     unknown = [n for n in names if n not in present]
     if unknown:
-        sys.exit(f'error: --datasets {unknown} not found under {args.testset_dir} (present: {present})')
+        raise UsageError(f'--datasets {unknown} not found under {args.testset_dir} (present: {present})')
 
     weights = describe_checkpoint(checkpoint, meta)
     protocol = ('left-view EPE in HR px over 0 < gt < 192 (all = dispocc0 / PFM, noc = dispnoc0 / PFM & mask0nocc), '
@@ -177,4 +177,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_script(main))

@@ -22,6 +22,90 @@ WEIGHT_KEYS = ('state_dict', 'params', 'model_state_dict')   # ..., ISRResCNet's
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Scripts: one way to fail. Every script's `if __name__ == '__main__'` is `sys.exit(run_script(main))`.
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(ValueError):
+    """A bad command-line argument found after parsing (a value out of range, a combination that cannot work):
+    exit status 2, as argparse's own errors."""
+
+
+def run_script(main, argv=None) -> int:
+    """The top-level handler of every script: `main(argv)` and its exit status. What the user can act on is one
+    line on stderr, `error: ...`, never a traceback: UsageError exits 2 (argparse's own errors already do);
+    a missing or unreadable file, bad data, no memory, a non-finite value or a full disk exits 1; Ctrl-C exits 130.
+    Anything else is a bug: one line naming it, exit 1. `--debug` anywhere on the command line (or SR_DEBUG=1)
+    re-raises every error with its traceback."""
+    import sys
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = '--debug' in args or os.environ.get('SR_DEBUG') == '1'
+    try:
+        status = main([a for a in args if a != '--debug'])
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print('interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001  the one place that turns exceptions into messages
+        if debug:
+            raise
+        message = str(err).strip() or type(err).__name__
+        if isinstance(err, UsageError):
+            print(f'error: {message}', file=sys.stderr)
+            return EXIT_USAGE
+        known = isinstance(err, (OSError, ValueError, MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(err, RuntimeError) and 'alloc' in message.lower())      # torch's CPU out-of-memory
+        if known:
+            print(f'error: {message}', file=sys.stderr)
+        else:
+            print(f'error: unexpected {type(err).__name__}: {message} (a bug: rerun with --debug for the traceback '
+                  f'and report it)', file=sys.stderr)
+        return EXIT_RUNTIME
+    return status if isinstance(status, int) else 0
+
+
+def worker_error_message(err: BaseException) -> str:
+    """The message of an error raised in a DataLoader worker, without the worker's traceback that torch pastes into
+    it ('Caught ValueError in DataLoader worker process 0. Original Traceback ...'): the original last line."""
+    message = str(err)
+    if 'Original Traceback' in message:
+        last = [line for line in message.strip().splitlines() if line.strip()][-1]
+        message = last.split(': ', 1)[1] if ': ' in last and last.split(': ', 1)[0].isidentifier() else last
+    return message
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _bounded(int, text, 1, 'an integer >= 1')
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _bounded(int, text, 0, 'an integer >= 0')
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _bounded(float, text, 0.0, 'a finite number >= 0')
+
+
+def _bounded(kind, text: str, low, what: str):
+    import argparse
+    import math
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not {what}') from None
+    if value < low or (kind is float and not math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f'{text!r} is not {what}')
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reproducibility
 
 def seed_everything(seed: int) -> None:
@@ -47,6 +131,8 @@ def add_device_args(parser) -> None:
                         help='torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (autocast) on CUDA; ignored on CPU')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the Python traceback of an error (default: one line, error: ...)')
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,6 +199,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         raise ValueError(f"{path}: not a model checkpoint: expected a dict with a 'state_dict' or 'params' entry or a "
                          f"bare state_dict, found {keys}")
     return strip_wrapper_prefixes(state_dict), checkpoint
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (read in 1 MiB blocks): identifies the exact weights a run used (e.g. its teachers)."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def infer_scale_factor(state_dict: dict) -> int | None:

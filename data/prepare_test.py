@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from data.readers import (read_disparity, read_image_uint8, write_image, write_kitti_disparity,  # noqa: E402
                           write_pfm)
 from data.testsets import KITTI_GT, PFM_GT  # noqa: E402
-from utils import imresize, modcrop  # noqa: E402
+from utils import imresize, modcrop, run_script  # noqa: E402
 
 log = logging.getLogger('prepare_test')
 
@@ -233,4 +233,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_script(main))

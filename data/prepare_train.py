@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from data.patches import PATCH_FILES, extract_patches, make_hr_lr  # noqa: E402
 from data.readers import read_image_uint8, write_image  # noqa: E402
+from utils import run_script  # noqa: E402
 
 log = logging.getLogger('prepare_train')
 # Source folders in the order of the MATLAB script; Middlebury is halved to Flickr1024's resolution.
@@ -70,4 +71,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_script(main))
