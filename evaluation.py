@@ -22,6 +22,16 @@ Two conventions, each what one family of published numbers used:
   `evaluate_image_folder` applies the single-image protocols to a folder of HR images (Set5, Set14, ...).
 
 Scores are per scene, then averaged over scenes.
+
+Optional scores of any protocol (`evaluate_dataset(..., scorers=...)`; test_sr.py --lpips, --stereo_consistency):
+* LPIPS v0.1 (AlexNet) of each SR view against its HR view (models/perceptual.LPIPS), 'lpips_l', 'lpips_r';
+* stereo consistency where the scene has ground-truth disparity: the mean absolute difference (RGB in [0, 1]) between
+  the left view and the right view warped by the left ground truth, over non-occluded valid pixels (0 < d < 192,
+  inside the right image), of the SR pair ('sc_sr') and of the HR pair ('sc_hr', what the cameras themselves give);
+* the NTIRE 2023 Track-2 stereo term: S = mean |D_SR - D_HR| in HR pixels over the whole left view, D the left
+  disparity a disparity estimator finds on the SR pair and on the HR pair ('disp_s'), on every scene; with LPIPS,
+  the Track-2 score 1 - LPIPS_L / 2 - LPIPS_R / 2 - S ('track2'). A set's mean of a key is over its scenes that
+  have it (only scenes with ground truth have 'sc_sr', 'sc_hr').
 """
 from __future__ import annotations
 
@@ -148,12 +158,15 @@ def network_sr(model: torch.nn.Module, device: torch.device, tta: bool = False, 
 
 
 def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_size: int = 1,
-                     quantize_mode: str | None = None, save_dir: Path | None = None, protocol: str = 'ipassr') -> dict:
+                     quantize_mode: str | None = None, save_dir: Path | None = None, protocol: str = 'ipassr',
+                     scorers: tuple[Callable, ...] = ()) -> dict:
     """Scores of one test set: {'psnr_left', 'ssim_left', 'psnr_avg', 'ssim_avg', ..., 'num_scenes', 'scenes'}.
 
     sr_fn(scenes) -> [(sr_left, sr_right)] (3, sH, sW) in [0, 1]; consecutive scenes of equal LR size are batched.
-    The 'nafssr', 'srnet' and 'single' protocols score rounded 8-bit SR whatever `quantize_mode` says. Raises
-    FileNotFoundError / ValueError naming the file at fault.
+    The 'nafssr', 'srnet' and 'single' protocols score rounded 8-bit SR whatever `quantize_mode` says.
+    `scorers`: more per-scene scores, scorer(scene, sr_left, sr_right, hr_left, hr_right) -> dict (the scored SR,
+    quantised as the protocol says); with LPIPS and the disparity term, 'track2' is added. Means are over the scenes
+    that have a key. Raises FileNotFoundError / ValueError naming the file at fault.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f'unknown protocol {protocol!r}; known: {", ".join(PROTOCOLS)}')
@@ -173,13 +186,19 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
                                      f'{scene.lr[0]} is {tuple(sr_l.shape[1:])}: HR must be exactly {scale}x the LR')
                 sr_l, sr_r = quantized(sr_l, quantize_mode), quantized(sr_r, quantize_mode)
                 per_scene[scene.name] = scene_scores(sr_l, hr_l, sr_r, hr_r, protocol, scale)
+                for scorer in scorers:
+                    per_scene[scene.name].update(scorer(scene, sr_l, sr_r, hr_l, hr_r))
+                if {'lpips_l', 'lpips_r', 'disp_s'} <= set(per_scene[scene.name]):
+                    values = per_scene[scene.name]
+                    values['track2'] = ntire_track2_score(values['lpips_l'], values['lpips_r'], values['disp_s'])
                 if save_dir is not None:
                     write_image(save_dir / f'{scene.name}_L.png', sr_l.permute(1, 2, 0).numpy())
                     write_image(save_dir / f'{scene.name}_R.png', sr_r.permute(1, 2, 0).numpy())
                 bar.set_postfix(psnr_left=f"{per_scene[scene.name]['psnr_left']:.2f}")
                 bar.update()
     bar.close()
-    mean = {key: float(np.mean([s[key] for s in per_scene.values()])) for key in next(iter(per_scene.values()))}
+    keys = list(dict.fromkeys(k for values in per_scene.values() for k in values))
+    mean = {key: float(np.mean([s[key] for s in per_scene.values() if key in s])) for key in keys}
     return {**mean, 'num_scenes': len(per_scene), 'scenes': per_scene}
 
 
@@ -255,3 +274,98 @@ def disparity_baselines(lr_left: np.ndarray, lr_right: np.ndarray, scale: int, t
                                                                                                     lr_right)]
     matched = block_matching(up[0], up[1])[0, 0].numpy()
     return {'block matcher': matched, 'constant': np.full(truth.shape, np.median(truth[valid]), dtype=np.float32)}
+
+
+# ---- perceptual and stereo-consistency scores (NTIRE 2023 Track 2)
+
+MAX_DISPARITY = 192.0              # ground truth counted where 0 < d < 192 (official test_disp.py)
+
+
+def warp_to_left(right: torch.Tensor, disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The right view seen from the left: right sampled at (x - d(x), y), linear interpolation along the row.
+    right (B, C, H, W), disparity (B, 1, H, W) of the left view, positive, in pixels. Returns (warped, inside): inside
+    is where 0 <= x - d <= W - 1 and d is finite. An integer disparity gives an exact pixel shift."""
+    b, c, h, w = right.shape
+    x = torch.arange(w, dtype=right.dtype, device=right.device).view(1, 1, 1, w) - disparity.to(right.dtype)
+    inside = torch.isfinite(x) & (x >= 0) & (x <= w - 1)
+    x = torch.where(inside, x, torch.zeros_like(x))
+    x0 = x.floor().clamp(max=w - 1)
+    frac = x - x0
+    x1 = (x0 + 1).clamp(max=w - 1)
+    gather = lambda index: torch.gather(right, 3, index.long().expand(b, c, h, w))  # noqa: E731
+    return gather(x0) * (1 - frac) + gather(x1) * frac, inside
+
+
+def stereo_consistency_error(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
+    """Mean |left - right warped by the left disparity| over channels and the valid pixels: disparity finite,
+    0 < d < MAX_DISPARITY (0 and NaN = unknown or occluded: pass the non-occluded ground truth), and x - d inside
+    the right image. left, right (B, C, H, W) in [0, 1], disparity (B, 1, H, W) -> (B,) float64; NaN where no pixel
+    is valid."""
+    warped, inside = warp_to_left(right, disparity)
+    valid = (inside & (disparity > 0) & (disparity < MAX_DISPARITY)).to(torch.float64)
+    error = (left.double() - warped.double()).abs().mean(1, keepdim=True)
+    return (error * valid).sum(dim=(1, 2, 3)) / valid.sum(dim=(1, 2, 3))
+
+
+def disparity_mae(estimate: torch.Tensor, reference: torch.Tensor) -> float:
+    """NTIRE 2023 Track-2 S: mean |D_SR - D_HR| in pixels over the pixels where both are finite (no crop)."""
+    both = torch.isfinite(estimate) & torch.isfinite(reference)
+    return (estimate[both].double() - reference[both].double()).abs().mean().item()
+
+
+def ntire_track2_score(lpips_left: float, lpips_right: float, s: float) -> float:
+    """NTIRE 2023 Track 2: 1 - LPIPS(SR_L, HR_L) / 2 - LPIPS(SR_R, HR_R) / 2 - S; higher is better."""
+    return 1 - 0.5 * lpips_left - 0.5 * lpips_right - s
+
+
+def lpips_scorer(metric: torch.nn.Module, device: torch.device) -> Callable:
+    """Scorer: LPIPS of each SR view against its HR view, {'lpips_l', 'lpips_r'}."""
+    def score(scene, sr_left, sr_right, hr_left, hr_right) -> dict:
+        with torch.inference_mode():
+            values = metric(torch.stack([sr_left, sr_right]).float().to(device),
+                            torch.stack([hr_left, hr_right]).float().to(device))
+        return {'lpips_l': values[0].item(), 'lpips_r': values[1].item()}
+    return score
+
+
+def consistency_scorer(estimator: Callable | None) -> Callable:
+    """Scorer: 'sc_sr', 'sc_hr' (ground-truth warp error of the SR and HR pairs, non-occluded) on scenes with
+    ground truth, and, with a disparity `estimator` (left, right) (1, 3, H, W) -> (1, 1, H', W'), the NTIRE term
+    'disp_s' on every scene."""
+    from data.testsets import load_ground_truth
+
+    def score(scene, sr_left, sr_right, hr_left, hr_right) -> dict:
+        values = {}
+        if scene.has_disparity:
+            truth = torch.from_numpy(load_ground_truth(scene)[1])
+            if truth.shape != hr_left.shape[1:]:
+                raise ValueError(f'ground truth {scene.gt_all} is {tuple(truth.shape)}, its HR image {scene.hr[0]} '
+                                 f'is {tuple(hr_left.shape[1:])}')
+            truth = truth[None, None].float()
+            values['sc_sr'] = stereo_consistency_error(sr_left[None], sr_right[None], truth).item()
+            values['sc_hr'] = stereo_consistency_error(hr_left[None], hr_right[None], truth).item()
+        if estimator is not None:
+            values['disp_s'] = disparity_mae(estimator(sr_left[None], sr_right[None]),
+                                             estimator(hr_left[None], hr_right[None]))
+        return values
+    return score
+
+
+def block_matching_estimator(max_disparity: int = 192) -> Callable:
+    """Disparity estimator of the NTIRE term without weights: `block_matching` (9x9 SAD) on the pair itself."""
+    def estimate(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return block_matching(left.float(), right.float(), max_disparity)
+    return estimate
+
+
+def network_disparity_estimator(model: torch.nn.Module, scale: int, device: torch.device) -> Callable:
+    """Disparity estimator of the NTIRE term from an SR + disparity network of the zoo (SSRDE-FNet) of scale k: the
+    pair, cut to a multiple of k, is downscaled by k (MATLAB bicubic) and super-resolved; the network's HR left
+    disparity is then at the pair's own resolution and in its pixels."""
+    def estimate(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        h, w = left.shape[-2] - left.shape[-2] % scale, left.shape[-1] - left.shape[-1] % scale
+        small = [torch.from_numpy(imresize(v[0, :, :h, :w].permute(1, 2, 0).double().cpu().numpy(), 1 / scale))
+                 .permute(2, 0, 1)[None].float().clamp(0, 1).to(device) for v in (left, right)]
+        with torch.inference_mode():
+            return model(*small).disp_left.float().cpu()
+    return estimate

@@ -12,6 +12,13 @@ HR columns; "(L+R)/2" = mean of the full left and right PSNRs; SSIM: evaluation.
 per channel, averaged); float SR images (as the official result.txt) unless --quantize (the 8-bit PNGs, as
 evaluation.m reads them). `nafssr`: NAFSSR's BasicSR metrics (rounded 8-bit SR, per-view PSNR averaged, skimage
 SSIM over the 6-channel stack). Scores are per scene, then averaged over scenes.
+
+Perceptual and stereo scores (NTIRE 2023 Track 2), with any protocol:
+    python test_sr.py --model nafssr-s --checkpoint runs/x/last.pth --lpips --stereo_consistency
+--lpips: LPIPS v0.1 (AlexNet) per view, from local files (--lpips_weights). --stereo_consistency: where a scene has
+ground-truth disparity, the warp error of the SR pair beside that of the HR pair; on every scene the NTIRE term S =
+mean |D_SR - D_HR| (HR px) with a disparity estimator (--disparity_net); both on: the Track-2 score
+1 - LPIPS_L/2 - LPIPS_R/2 - S.
 """
 from __future__ import annotations
 
@@ -24,10 +31,12 @@ from pathlib import Path
 import torch
 
 from data.testsets import DISPARITY_DATASETS, find_datasets
-from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, evaluate_dataset, evaluate_image_folder,
+from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_matching_estimator, consistency_scorer,
+                        evaluate_dataset, evaluate_image_folder, lpips_scorer, network_disparity_estimator,
                         network_single_sr, network_sr)
-from models import add_model_args
-from utils import STEREO_BOUNDARY, add_device_args, describe_checkpoint, imresize, load_model, resolve_device
+from models import add_model_args, model_entry, perceptual
+from utils import (STEREO_BOUNDARY, UsageError, add_device_args, describe_checkpoint, imresize, infer_scale_factor,
+                   load_model, positive_int, read_checkpoint, resolve_device, run_script)
 
 log = logging.getLogger('test_sr')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')  # authors' x4 release (file name as shipped)
@@ -59,12 +68,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'range 2); single: the single-image papers\' (ISRResCNet: 8-bit SR, Y channel, scale '
                              'border pixels cropped, Gaussian SSIM), each per view')
     parser.add_argument('--tta', action='store_true', help='stereo-aware self-ensemble over 4 flips (not the paper)')
+    # perceptual and stereo scores (NTIRE 2023 Track 2)
+    parser.add_argument('--lpips', action='store_true',
+                        help='also score LPIPS v0.1 with the AlexNet trunk (the lpips package\'s default), per view')
+    parser.add_argument('--lpips_weights', default=None, metavar='DIR|random',
+                        help=f'folder holding {perceptual.WEIGHT_FILES["alexnet"]} (torchvision\'s ImageNet AlexNet) '
+                             f'and {perceptual.LPIPS_HEADS_FILE} (the lpips package\'s weights/v0.1/alex.pth heads) '
+                             f'under those names (default {perceptual.DEFAULT_WEIGHTS_DIR}/, then the torch-hub cache; '
+                             'the heads also from an installed lpips package). "random": a random AlexNet, for smoke '
+                             'tests only (labelled)')
+    parser.add_argument('--stereo_consistency', action='store_true',
+                        help='also score stereo consistency: warp error by the ground-truth disparity where a scene '
+                             'has it (SR pair and HR pair), and the NTIRE 2023 term S = mean |D_SR - D_HR| on every '
+                             'scene with --disparity_net')
+    parser.add_argument('--disparity_net', default=None, metavar='CHECKPOINT|block_matching',
+                        help='the disparity estimator of S: a checkpoint of a zoo network that estimates disparity '
+                             '(SSRDE-FNet; run on the pair downscaled by its scale), or block_matching (9x9 SAD, no '
+                             f'weights). Default: {OFFICIAL_CHECKPOINT} when present, else block_matching. (NTIRE '
+                             'used RAFT-Stereo, which is not in this project)')
+    parser.add_argument('--download_weights', action='store_true',
+                        help='let torchvision download a missing AlexNet file (needs internet); without it a missing '
+                             'file stops the script before scoring')
     # output
     parser.add_argument('--results_dir', type=Path, default=Path('results'), help='where SR images are saved')
     parser.add_argument('--run_name', default=None, help='sub-folder of --results_dir (default: from the weights)')
     parser.add_argument('--no_save', action='store_true', help='do not write SR images')
     parser.add_argument('--json', type=Path, default=None, help='write every number to this JSON file')
-    parser.add_argument('--batch_size', type=int, default=None,
+    parser.add_argument('--batch_size', type=positive_int, default=None,
                         help='pairs of equal size run together (default: 4 on CUDA, 1 on CPU)')
     add_device_args(parser)
     return parser.parse_args(argv)
@@ -82,8 +112,8 @@ def main(argv=None) -> dict:
         weights, run_name = 'MATLAB bicubic upsampling of the LR files (no weights)', f'bicubic_x{scale}'
     else:
         if args.checkpoint is None and args.model not in (None, 'ssrdefnet'):
-            sys.exit(f'error: --model {args.model} needs --checkpoint PATH (its authors\' release or a checkpoint of '
-                     f'train.py --model {args.model})')
+            raise UsageError(f'--model {args.model} needs --checkpoint PATH (its authors\' release or a checkpoint '
+                             f'of train.py --model {args.model})')
         checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
         if not checkpoint.is_file():
             sys.exit(f'error: checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
@@ -108,7 +138,7 @@ def main(argv=None) -> dict:
         names = args.datasets.split(',')
         unknown = [n for n in names if n not in present]
         if unknown:
-            sys.exit(f'error: --datasets {unknown} not found under {args.testset_dir} (present: {present})')
+            raise UsageError(f'--datasets {unknown} not found under {args.testset_dir} (present: {present})')
     else:
         names = [n for n in present if n not in DISPARITY_DATASETS]
     if not names:
@@ -132,13 +162,17 @@ def main(argv=None) -> dict:
               f'device: {device}']
     log.info('\n'.join(header))
 
+    scorers, extra_header = perceptual_scorers(args, device)
+    header += extra_header
+    if extra_header:
+        log.info('\n'.join(extra_header))
     sr_fn = bicubic_sr(scale) if args.model == 'bicubic' else network_sr(model, device, args.tta, args.amp)
     results = {}
     for name in names:
         save_dir = None if args.no_save else args.results_dir / run_name / name
         try:
             scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir,
-                                      args.protocol)
+                                      args.protocol, scorers)
         except (FileNotFoundError, ValueError) as err:
             sys.exit(f'error: {err}')
         results[name] = {**scores, 'weights': weights, 'scale_factor': scale, 'protocol': protocol}
@@ -151,6 +185,13 @@ def main(argv=None) -> dict:
     paper_left = [f"{n} {r['psnr_left']:.2f}/{r['ssim_left']:.4f}" for n, r in results.items() if n != 'Flickr1024']
     paper_avg = [f"{n} {r['psnr_avg']:.2f}/{r['ssim_avg']:.4f}" for n, r in results.items()]
     lines += ['', 'Paper layout (PSNR/SSIM): Left: ' + ', '.join(paper_left) + ' | (L+R)/2: ' + ', '.join(paper_avg)]
+    if scorers:
+        def cell(r, key, digits=4):
+            return f'{r[key]:.{digits}f}' if key in r else '-'
+        lines += ['', '| Dataset | LPIPS L | LPIPS R | S = mean abs(D_SR - D_HR) (px) | GT warp error SR | '
+                      'GT warp error HR | NTIRE 2023 Track-2 score |', '|---|---|---|---|---|---|---|']
+        lines += [f"| {n} | {cell(r, 'lpips_l')} | {cell(r, 'lpips_r')} | {cell(r, 'disp_s', 3)} | {cell(r, 'sc_sr')} "
+                  f"| {cell(r, 'sc_hr')} | {cell(r, 'track2')} |" for n, r in results.items()]
     if not args.no_save:
         lines.append(f'SR images: {args.results_dir / run_name}/<dataset>/<scene>_{{L,R}}.png')
     print('\n'.join(lines))
@@ -159,6 +200,42 @@ def main(argv=None) -> dict:
         args.json.write_text(json.dumps(results, indent=2))
         print(f'JSON: {args.json}')
     return results
+
+
+def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:
+    """The scorers of --lpips and --stereo_consistency, and the header lines that say what they use; exits before
+    any scoring when a weights file is missing."""
+    scorers, header = [], []
+    if args.lpips:
+        try:
+            metric, description = perceptual.build_lpips(args.lpips_weights, '--lpips_weights', args.download_weights)
+        except (perceptual.MissingWeightsError, ValueError) as err:
+            sys.exit(f'error: --lpips: {err}')
+        scorers.append(lpips_scorer(metric.to(device), device))
+        header.append(f'LPIPS: {description}')
+    if args.stereo_consistency:
+        choice = args.disparity_net or (str(OFFICIAL_CHECKPOINT) if OFFICIAL_CHECKPOINT.is_file() else 'block_matching')
+        if choice == 'block_matching':
+            estimator, description = block_matching_estimator(), 'block matching (9x9 SAD, 192 disparities, no weights)'
+        else:
+            try:
+                state_dict, meta = read_checkpoint(choice)
+                k = (meta.get('args') or {}).get('scale_factor') or infer_scale_factor(state_dict) or 4
+                network, meta = load_model(choice, k, device)
+            except (FileNotFoundError, ValueError) as err:
+                sys.exit(f'error: --disparity_net: {err}')
+            if not model_entry(network.zoo_name).estimates_disparity:
+                sys.exit(f'error: --disparity_net {choice}: {network.zoo_name} does not estimate disparity')
+            estimator = network_disparity_estimator(network, k, device)
+            description = f'{describe_checkpoint(choice, meta)} on the pair downscaled x{k}'
+        scorers.append(consistency_scorer(estimator))
+        header.append('stereo consistency: GT warp error = mean abs(L - R warped by the non-occluded left ground '
+                      'truth) (RGB in [0, 1]); S = mean abs(D_SR - D_HR) in HR px, whole left view, disparity by '
+                      + description)
+        if args.lpips:
+            header.append('NTIRE 2023 Track-2 score = 1 - LPIPS_L/2 - LPIPS_R/2 - S, per scene then averaged (S '
+                          'unnormalised; the organisers used RAFT-Stereo)')
+    return tuple(scorers), header
 
 
 def evaluate_image_folders(args, model, device, weights: str) -> dict:
@@ -188,4 +265,4 @@ def evaluate_image_folders(args, model, device, weights: str) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_script(main))

@@ -36,13 +36,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from data.patches import PatchFolder, PatchList, SceneCrops, StereoPatches, sample_patches
+from data.patches import (PatchFolder, PatchList, SceneCrops, StereoPatches, TeacherCache, read_teacher_meta,
+                          sample_patches, write_teacher_cache)
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.outputs import NonFiniteError, Pair
+from models import perceptual
 from models.registry import Recipe
-from utils import (STEREO_BOUNDARY, add_device_args, load_state_dict_checked, non_finite_tensors, psnr, pyplot,
-                   read_checkpoint, resolve_device, save_checkpoint, seed_everything, seed_worker, unwrap_model)
+from utils import (STEREO_BOUNDARY, add_device_args, file_sha256, load_model, load_state_dict_checked,
+                   non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device, save_checkpoint, seed_everything,
+                   seed_worker, run_script, unwrap_model, worker_error_message)
 
 log = logging.getLogger('train')
 # Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.
@@ -50,10 +53,23 @@ RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
                   'disp_supervision', 'disp_supervision_parts', 'trainset', 'trainset_dir', 'synthetic_size', 'seed',
-                  'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment', *sorted({o.name for entry in REGISTRY.values() for o in entry.options}))
+                  'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment',
+                  *sorted({o.name for entry in REGISTRY.values() for o in entry.options}),
+                  'perceptual', 'perceptual_weight', 'perceptual_layers', 'perceptual_distance', 'texture',
+                  'texture_weight', 'texture_layers', 'texture_distance', 'texture_start', 'texture_input_norm',
+                  'teacher', 'distill_weight', 'distill_distance')
+# The NTIRE 2023 recipe's flags (default None = not given) and their values when not given (models/perceptual.py).
+RECIPE_TERM_DEFAULTS = {'perceptual': False, 'perceptual_weight': perceptual.PERCEPTUAL_WEIGHT,
+                        'perceptual_layers': ','.join(perceptual.PERCEPTUAL_LAYERS), 'perceptual_distance': 'l1',
+                        'texture': False, 'texture_weight': perceptual.TEXTURE_WEIGHT,
+                        'texture_layers': ','.join(perceptual.TEXTURE_LAYERS), 'texture_distance': 'l2',
+                        'texture_start': 0, 'texture_input_norm': True, 'teacher': [],
+                        'distill_weight': perceptual.DISTILL_WEIGHT, 'distill_distance': 'l1'}
 # Arguments a resumed run keeps unless the command line gives them (then the change is reported), and their defaults.
 RUN_SETTINGS = {'n_epochs': None, 'num_workers': 4, 'save_every': 0, 'val_dir': None, 'val_every': 0,
-                'skip_nonfinite': 0, 'export': None}
+                'skip_nonfinite': 0, 'export': None, 'vgg_weights': None, 'teacher_cache': None,
+                'teacher_cache_dtype': 'float32'}
+PATH_SETTINGS = ('val_dir', 'export', 'teacher_cache')
 DEFAULT_WORKERS = RUN_SETTINGS['num_workers']
 INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
 
@@ -67,6 +83,10 @@ def recipe_help(field_name: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, default=None)   # None: ssrdefnet, or the network of --resume
     group = parser.add_argument_group('optimisation (defaults = each network\'s published recipe)')
@@ -116,6 +136,64 @@ def parse_args(argv=None) -> argparse.Namespace:
                             'before stopping the run (default 0: stop at the first, or the resumed run\'s)')
     group.add_argument('--max_iters_per_epoch', type=int, default=0,
                        help='stop each epoch after N iterations (0 = whole epoch); for quick experiments')
+    group = parser.add_argument_group(
+        'the NTIRE 2023 perceptual recipe (all off by default, so every paper\'s recipe is unchanged; any network; '
+        'defaults: the seed team\'s NTIRE-SSR-DVision code, ../shared/reference/perceptual_losses.md)')
+    group.add_argument('--perceptual', action='store_true', default=None,
+                       help='add the perceptual term: distance between VGG-16 features of SR and HR, per view, '
+                            'ImageNet-normalised input (term "perceptual")')
+    group.add_argument('--perceptual_weight', type=float, default=None,
+                       help=f'its weight (default {perceptual.PERCEPTUAL_WEIGHT:g}: NTIRE-23.yml loss_weight)')
+    group.add_argument('--perceptual_layers', default=None, metavar='NAME[=W],...',
+                       help='VGG-16 layers by name (conv3_3, relu4_3, pool2, ...), each with an optional weight '
+                            f'(default {",".join(perceptual.PERCEPTUAL_LAYERS)}, weight 1 each: VGGPerceptualLoss '
+                            'blocks features[0:23] of the seed code)')
+    group.add_argument('--perceptual_distance', choices=('l1', 'l2'), default=None,
+                       help='mean L1 or MSE between features (default l1: the seed code; its write-up says MSE)')
+    group.add_argument('--texture', action='store_true', default=None,
+                       help='add the texture (style) term: MSE between Gram matrices F F^T / (c h w) of VGG-19 '
+                            'features of SR and HR, per view (term "texture"; with gradients, unlike the seed code)')
+    group.add_argument('--texture_weight', type=float, default=None,
+                       help=f'its weight (default {perceptual.TEXTURE_WEIGHT:g}: NTIRE-23.yml loss_weight 5 on the '
+                            'sum of both views = 10 on their mean, which is what the term here is)')
+    group.add_argument('--texture_layers', default=None, metavar='NAME[=W],...',
+                       help=f'VGG-19 layers (default {",".join(perceptual.TEXTURE_LAYERS)}: TextureLossVGG19 features '
+                            'indices 8/17/26/35)')
+    group.add_argument('--texture_distance', choices=('l1', 'l2'), default=None,
+                       help='distance between Gram matrices (default l2 = MSE: the seed code)')
+    group.add_argument('--texture_start', type=int, default=None, metavar='ITER',
+                       help='add the texture term from this iteration on (default 0; the seed training loop used '
+                            f'{perceptual.TEXTURE_START})')
+    group.add_argument('--texture_input_norm', action=argparse.BooleanOptionalAction, default=None,
+                       help='ImageNet normalisation before VGG-19 (default on, as BasicSR; the seed code fed raw '
+                            '[0, 1] images: --no-texture_input_norm)')
+    group.add_argument('--teacher', nargs='+', action='append', default=None, metavar='CHECKPOINT [MODEL] [W]',
+                       help='knowledge distillation: a frozen teacher, any network of the zoo at this scale (a '
+                            'project checkpoint names its network; an authors\' release needs MODEL), with weight W '
+                            '(default 1). Repeat for several teachers. Adds the term "distill" = sum_t W_t d(student, '
+                            'teacher_t), the mean over both views, teachers run without gradient on the student\'s '
+                            'own augmented batch')
+    group.add_argument('--distill_weight', type=float, default=None,
+                       help=f'lambda, the weight of "distill" (default {perceptual.DISTILL_WEIGHT:g}: spec section 3; '
+                            'the write-up gives none)')
+    group.add_argument('--distill_distance', choices=('l1', 'l2'), default=None,
+                       help='d: mean L1 (default; the usual SR distillation) or MSE (the seed KD ymls)')
+    group.add_argument('--teacher_cache', type=Path, default=None, metavar='DIR',
+                       help='compute the teachers\' outputs once (one pass over the un-augmented patches) into DIR, '
+                            'then read them back with the same flips and channel shuffle as the ground truth: no '
+                            'teacher runs during training. Reused while its meta.json matches the teachers and data. '
+                            'Not for --trainset synthetic or disparity (new patches every epoch)')
+    group.add_argument('--teacher_cache_dtype', choices=('float32', 'float16'), default=None,
+                       help='storage of the cached outputs (float32, the default, equals the online outputs bit for '
+                            'bit; float16 halves the file: N x T x 2 x sH x sW x 3 values)')
+    group.add_argument('--vgg_weights', default=None, metavar='DIR|random',
+                       help=f'folder holding {perceptual.WEIGHT_FILES["vgg16"]} (perceptual) and '
+                            f'{perceptual.WEIGHT_FILES["vgg19"]} (texture), torchvision\'s ImageNet files under their '
+                            f'exact names (default {perceptual.DEFAULT_WEIGHTS_DIR}/, then the torch-hub cache). '
+                            '"random": a seeded random VGG, for smoke tests only (labelled in logs and checkpoints)')
+    group.add_argument('--download_weights', action='store_true',
+                       help='let torchvision download a missing VGG file into the torch-hub cache (needs internet; '
+                            'without this flag a missing file stops the run before training)')
     group = parser.add_argument_group('data')
     group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic', 'disparity'), default='patches',
                        help='patches: PNG patches under --trainset_dir (data/prepare_train.py); sample: patches of '
@@ -161,7 +239,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument('--deterministic', action='store_true',
                        help='deterministic algorithms, no cuDNN benchmarking (grid_sample backward on CUDA stays '
                             'non-deterministic)')
-    return parser.parse_args(argv)
+    return parser
 
 
 class Interrupt:
@@ -242,8 +320,8 @@ def checked(loader):
     """Batches of `loader`; a bad patch file stops the run with its name instead of a worker traceback."""
     try:
         yield from loader
-    except ValueError as err:
-        sys.exit(f'error: {err}')
+    except (ValueError, OSError) as err:     # also in a worker: the message without the worker's traceback
+        sys.exit(f'error: {worker_error_message(err)}')
 
 
 def jsonable(args: argparse.Namespace) -> dict:
@@ -329,7 +407,7 @@ def validate(model, args, device) -> dict:
     return scores
 
 
-def export(model, args, run_dir: Path, epoch: int) -> None:
+def export(model, args, run_dir: Path, epoch: int, teachers: list[dict] = ()) -> None:
     """Weights-only checkpoint for sharing: no optimiser state (a third of the size), labelled as a demo when the
     weights were not trained on the real stereo-SR patches, with the run's per-epoch log (its training curve)."""
     demo = args.trainset != 'patches'
@@ -338,7 +416,10 @@ def export(model, args, run_dir: Path, epoch: int) -> None:
     log_file = run_dir / 'log.jsonl'
     rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() \
         else []
-    save_checkpoint(args.export, model, epoch=epoch, args=jsonable(args), demo=demo, note=note, log=rows)
+    if args.vgg_weights == perceptual.RANDOM and (args.perceptual or args.texture):
+        note += '; its perceptual/texture terms used a RANDOM-INITIALISED VGG (--vgg_weights random), not ImageNet'
+    save_checkpoint(args.export, model, epoch=epoch, args=jsonable(args), demo=demo, note=note, log=rows,
+                    teachers=list(teachers))
 
 
 @dataclass
@@ -371,6 +452,8 @@ class Run:
     skipped: int = 0                         # batches skipped for non-finite values (--skip_nonfinite), whole run
     lock: RunLock | None = None              # the main process's hold on run_dir
     last_terms: list[str] = field(default_factory=list)
+    teachers: list[dict] = field(default_factory=list)   # --teacher records (path, model, weight, sha256)
+    global_step: int = 0                     # iterations done in the whole run before the current one
 
     @property
     def main_process(self) -> bool:
@@ -389,7 +472,7 @@ class Run:
                 save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),
                                 scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=epoch,
                                 iteration=iteration, args=jsonable(self.args), running=running,
-                                best_val_psnr_avg=self.best, skipped_nonfinite=self.skipped)
+                                best_val_psnr_avg=self.best, skipped_nonfinite=self.skipped, teachers=self.teachers)
             except OSError as err:
                 sys.exit(f'error: {err}')
         return True
@@ -413,9 +496,10 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
                      f'{", ".join(missing)}): it holds weights only, e.g. an --export or an authors\' release; '
                      f'resume from <checkpoint_dir>/last.pth')
         stored, given = checkpoint.get('args', {}), jsonable(args)
+        defaults = jsonable(build_parser().parse_args([]))
         for key in RUN_DEFINITION:
             if key in stored and stored[key] != given.get(key):
-                if given.get(key) is not None:   # flags left at None were not given
+                if given.get(key) not in (None, defaults.get(key)):   # a flag at its default was not given
                     log.warning(f'--resume: using the checkpoint\'s {key}={stored[key]!r} (command line: '
                                 f'{given.get(key)!r})')
                 value = stored[key]
@@ -424,11 +508,11 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
             if key not in stored:
                 continue
             if given.get(key) is None:
-                setattr(args, key, Path(stored[key]) if key in ('val_dir', 'export') and stored[key] else stored[key])
+                setattr(args, key, Path(stored[key]) if key in PATH_SETTINGS and stored[key] else stored[key])
             elif given[key] != stored[key]:
                 log.warning(f'--resume: {key} changed from the run\'s {stored[key]!r} to {given[key]!r} (command line)')
         args.checkpoint_dir = args.checkpoint_dir or args.resume.parent
-    for key, default in RUN_SETTINGS.items():
+    for key, default in (*RUN_SETTINGS.items(), *RECIPE_TERM_DEFAULTS.items()):
         if getattr(args, key) is None and default is not None:
             setattr(args, key, default)
     args.model = args.model or 'ssrdefnet'
@@ -441,23 +525,27 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
     return checkpoint
 
 
-def named_values(items: list[str], known, flag: str, what: str) -> dict[str, float]:
-    """['a=1', 'b=0.5'] -> {'a': 1.0, 'b': 0.5}; exits naming the flag on a bad item."""
+def named_values(items: list[str], known, flag: str, what: str, default: float | None = None) -> dict[str, float]:
+    """['a=1', 'b=0.5'] -> {'a': 1.0, 'b': 0.5}; exits naming the flag on a bad item. `known` None: any name;
+    `default`: the value of a bare NAME."""
     values = {}
     for item in items:
-        name, _, value = item.partition('=')
+        name, equals, value = item.partition('=')
         try:
-            values[name] = float(value)
+            values[name] = float(value) if equals or default is None else default
         except ValueError:
             name = None
-        if name not in known:
-            sys.exit(f'error: {flag} {item!r}: expected NAME=VALUE with NAME one of {what} {sorted(known)}')
+        if name is None or (known is not None and name not in known):
+            sys.exit(f'error: {flag} {item!r}: expected NAME=VALUE with NAME one of {what}'
+                     + (f' {sorted(known)}' if known is not None else ''))
     return values
 
 
-def build_criterion(args, entry, dataset):
+def build_criterion(args, entry, dataset, teachers: perceptual.Teachers | None = None):
     """The network's objective with --loss_weight, --disp_supervision and its parts; exits on a combination that
-    cannot work (supervision of a network without disparity, or on data without ground truth)."""
+    cannot work (supervision of a network without disparity, or on data without ground truth). With the NTIRE 2023
+    recipe's terms (--perceptual, --texture, --teacher) it is wrapped in a `perceptual.RecipeObjective` that adds them
+    (online `teachers`, or None when their outputs come from the teacher cache)."""
     cls = entry.criterion
     weights = named_values(args.loss_weight, cls.DEFAULT_WEIGHTS, '--loss_weight', f'{args.model}\'s terms')
     parts = named_values(args.disp_supervision_parts, cls.DISPARITY_PARTS, '--disp_supervision_parts',
@@ -470,7 +558,109 @@ def build_criterion(args, entry, dataset):
             sys.exit(f'error: --disp_supervision needs training data with ground-truth disparity: --trainset '
                      f'synthetic, or --trainset disparity --trainset_dir DIR (not --trainset {args.trainset})')
         weights['disp_sup'] = args.disp_supervision
-    return cls(args.scale_factor, weights, parts)
+    objective = cls(args.scale_factor, weights, parts)
+    if not (args.perceptual or args.texture or args.teacher):
+        return objective
+    terms = {}
+    for name, arch, loss in (('perceptual', 'vgg16', perceptual.perceptual_loss),
+                             ('texture', 'vgg19', perceptual.texture_loss)):
+        if not getattr(args, name):
+            continue
+        layers = named_values([x for x in getattr(args, f'{name}_layers').split(',') if x], None,
+                              f'--{name}_layers', 'VGG layer names', default=1.0)
+        try:
+            location = vgg_weights(args, arch, f'--{name}')
+            features = perceptual.VGGFeatures(arch, tuple(layers), location,
+                                              input_norm=name == 'perceptual' or args.texture_input_norm)
+        except perceptual.MissingWeightsError as err:
+            sys.exit(f'error: {err}')
+        except ValueError as err:
+            sys.exit(f'error: --{name}_layers / --vgg_weights: {err}')
+        terms[name] = perceptual.FeatureTerm(features, layers, loss, getattr(args, f'{name}_distance'))
+    return perceptual.RecipeObjective(
+        objective, terms.get('perceptual'), args.perceptual_weight, terms.get('texture'), args.texture_weight,
+        args.texture_start, teachers, [t['weight'] for t in teacher_records(args)], args.distill_weight,
+        args.distill_distance)
+
+
+def vgg_weights(args, arch: str, flag: str):
+    """The VGG file for `flag`'s term, or RANDOM (loudly labelled); exits before training when it is missing."""
+    if args.vgg_weights == perceptual.RANDOM:
+        log.warning(f'{flag}: RANDOM-INITIALISED {arch.upper()} (--vgg_weights random, seed {perceptual.RANDOM_SEED}), '
+                    f'NOT the ImageNet weights: this term is a smoke test, not the recipe')
+        return perceptual.RANDOM
+    return perceptual.find_weights(perceptual.WEIGHT_FILES[arch], args.vgg_weights, '--vgg_weights',
+                                   f'{flag} (ImageNet {arch.upper()})', args.download_weights)
+
+
+def teacher_records(args) -> list[dict]:
+    """--teacher CHECKPOINT [MODEL] [W] items -> [{'path', 'model' (None: the checkpoint's own), 'weight'}]."""
+    records = []
+    for item in args.teacher:
+        record = {'path': item[0], 'model': None, 'weight': 1.0}
+        for token in item[1:]:
+            if token in REGISTRY:
+                record['model'] = token
+                continue
+            try:
+                record['weight'] = float(token)
+            except ValueError:
+                sys.exit(f'error: --teacher {" ".join(item)}: {token!r} is neither a network of the zoo '
+                         f'({", ".join(REGISTRY)}) nor a weight')
+        records.append(record)
+    return records
+
+
+def load_teachers(args, device, checkpoint: dict | None) -> tuple[list[torch.nn.Module], list[dict]]:
+    """The frozen teachers of --teacher (eval mode, on `device`) and their records for checkpoints (path, network,
+    weight, sha256 of the file). On resume the files must be the ones the run started with."""
+    networks, records = [], []
+    recorded = {r['path']: r for r in (checkpoint or {}).get('teachers') or []}
+    for record in teacher_records(args):
+        try:
+            network, _ = load_model(record['path'], args.scale_factor, device, record['model'])
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f'error: --teacher: {err}')
+        network.requires_grad_(False)
+        record = {**record, 'model': network.zoo_name, 'sha256': file_sha256(record['path'])}
+        before = recorded.get(record['path'])
+        if before is not None and before.get('sha256') != record['sha256']:
+            sys.exit(f'error: --resume: teacher {record["path"]} is not the file the run was trained with (sha256 '
+                     f'{before["sha256"][:12]}... then, {record["sha256"][:12]}... now); put the original back or '
+                     f'start a new run')
+        networks.append(network)
+        records.append(record)
+    return networks, records
+
+
+def attach_teacher_cache(args, run_dataset, networks: list[torch.nn.Module], records: list[dict], device, rank: int,
+                         world: int, use_amp: bool, amp_dtype) -> None:
+    """--teacher_cache DIR: reuse DIR when its meta.json matches these teachers and data, else compute the teachers'
+    outputs once (main process; the others wait), then read them as the dataset's extras."""
+    if args.trainset in ('synthetic', 'disparity'):
+        sys.exit(f'error: --teacher_cache cannot be used with --trainset {args.trainset}: its patches are new every '
+                 f'epoch (random scenes or crops), so there is nothing to compute once; drop --teacher_cache (the '
+                 f'teachers then run online) or train on fixed patches (--trainset patches or sample)')
+    meta = {'teachers': [{'model': r['model'], 'sha256': r['sha256']} for r in records],
+            'scale_factor': args.scale_factor, 'trainset': args.trainset, 'trainset_dir': str(args.trainset_dir),
+            'patches': len(run_dataset), 'dtype': args.teacher_cache_dtype}
+    existing = read_teacher_meta(args.teacher_cache)
+    if existing is not None and existing.get('complete'):
+        differ = [k for k in meta if existing.get(k) != meta[k]]
+        if differ:
+            sys.exit(f'error: --teacher_cache {args.teacher_cache} holds the outputs of other teachers or data '
+                     f'(differs in {", ".join(differ)}); use another folder or delete this one')
+        log.info(f'teacher cache: reusing {args.teacher_cache} ({len(run_dataset)} patches, {len(records)} teachers)')
+    elif rank == 0:
+        def predict(lr_left, lr_right):
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                outs = [net(lr_left.to(device), lr_right.to(device)) for net in networks]
+            return [(o.sr_left.float(), o.sr_right.float()) for o in outs]
+        write_teacher_cache(run_dataset, predict, args.teacher_cache, {**meta, 'paths': [r['path'] for r in records]},
+                            batch_size=max(1, args.batch_size // world), dtype=args.teacher_cache_dtype)
+    if world > 1:
+        dist.barrier()
+    run_dataset.extras = TeacherCache(args.teacher_cache)
 
 
 def setup(args: argparse.Namespace) -> Run:
@@ -517,9 +707,22 @@ def setup(args: argparse.Namespace) -> Run:
     if args.total_iters > 0:   # an iteration-based recipe: as many epochs as the iterations need
         args.n_epochs = math.ceil(args.total_iters / iters_per_epoch)
 
-    # ---- model, objective, optimiser, schedule
+    # ---- model, teachers, objective, optimiser, schedule
+    if getattr(args, 'drop_path', None) and not any(o.name == 'drop_path' for o in entry.options):
+        sys.exit(f'error: --drop_path: {args.model} has no stochastic depth (networks with it: '
+                 f'{", ".join(n for n, e in REGISTRY.items() if any(o.name == "drop_path" for o in e.options))})')
     model = build_model(args.model, args.scale_factor, **model_options(args)).to(device)
-    criterion = build_criterion(args, entry, dataset)
+    amp_dtype = getattr(torch, args.amp_dtype)
+    use_amp = args.amp and device.type == 'cuda'
+    if args.teacher_cache is not None and not args.teacher:
+        sys.exit('error: --teacher_cache DIR needs at least one --teacher CHECKPOINT')
+    networks, records = load_teachers(args, device, checkpoint)
+    online = networks and args.teacher_cache is None   # with the cache, no teacher runs per step
+    teachers = perceptual.Teachers(networks, [r['weight'] for r in records]) if online else None
+    criterion = build_criterion(args, entry, dataset, teachers).to(device)   # (missing VGG files stop here)
+    if args.teacher_cache is not None:
+        attach_teacher_cache(args, dataset, networks, records, device, rank, world, use_amp, amp_dtype)
+        del networks
     optimizer_class = {'adam': torch.optim.Adam, 'adamw': torch.optim.AdamW}[args.optimizer]
     optimizer = optimizer_class(model.parameters(), lr=args.lr, betas=args.betas, weight_decay=args.weight_decay,
                                 amsgrad=args.amsgrad)
@@ -528,13 +731,11 @@ def setup(args: argparse.Namespace) -> Run:
             optimizer, T_max=args.total_iters or args.n_epochs * iters_per_epoch, eta_min=args.eta_min)
     else:                           # stepped every epoch
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.n_steps, gamma=args.gamma)
-    amp_dtype = getattr(torch, args.amp_dtype)
-    use_amp = args.amp and device.type == 'cuda'
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp and amp_dtype == torch.float16)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) \
         if world > 1 else model
     run = Run(args, device, world, rank, run_dir, dataset, sampler, local_batch, iters_per_epoch, model, net,
-              criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt)
+              criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt, teachers=records)
     if checkpoint is None and args.init is not None:
         try:
             load_state_dict_checked(model, read_checkpoint(args.init)[0], args.init)
@@ -560,6 +761,11 @@ def setup(args: argparse.Namespace) -> Run:
                  f'patches, {world} process(es) on {device}, global batch {args.batch_size}'
                  + (f', {args.total_iters} iterations' if args.total_iters else f', {args.n_epochs} epochs')
                  + (f', resuming after epoch {run.start_epoch} iteration {run.start_iteration}' if checkpoint else ''))
+        if isinstance(criterion, perceptual.RecipeObjective):
+            log.info('NTIRE 2023 recipe terms: ' + ', '.join(f'{k} x {w:g}' for k, w in criterion.recipe_weights.items()
+                                                          if criterion.term_on(k))
+                     + ''.join(f'; teacher {r["path"]} ({r["model"]}) x {r["weight"]:g}' for r in records)
+                     + (f'; teacher outputs from {args.teacher_cache}' if args.teacher_cache else ''))
     return run
 
 
@@ -585,9 +791,15 @@ def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
     terms_sum, psnrs = None, []
     n_micro = min(args.grad_accum, batch[0].shape[0])  # a short last batch may have fewer micro-batches
     for k in range(n_micro):  # micro-batch k takes every grad_accum-th sample, like DDP rank k
-        hr_left, hr_right, lr_left, lr_right, *disparity = (x[k::args.grad_accum].to(run.device, non_blocking=True)
-                                                            for x in batch)
+        tensors = [x[k::args.grad_accum].to(run.device, non_blocking=True) for x in batch]
+        hr_left, hr_right, lr_left, lr_right = tensors[:4]
+        disparity = tensors[4:6] if run.dataset.has_disparity else []
         supervision = {'disparity': Pair(*disparity)} if disparity and args.disp_supervision else {}
+        if isinstance(run.criterion, perceptual.RecipeObjective):
+            supervision['step'] = run.global_step
+            if run.dataset.extras is not None:    # cached teacher outputs (B, T, 3, sH, sW) per view, augmented
+                cached = tensors[-2:]
+                supervision['teacher'] = [Pair(cached[0][:, t], cached[1][:, t]) for t in range(cached[0].shape[1])]
         sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else run.net.no_sync()
         with sync:
             with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
@@ -639,6 +851,7 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
     for iteration, batch in enumerate(checked(loader), start=run.start_iteration):
         if iteration >= iterations:
             break
+        run.global_step = epoch * run.iters_per_epoch + iteration
         try:
             names, values, psnrs = train_step(run, batch)
         except NonFiniteError as err:
@@ -744,7 +957,7 @@ def run_epochs(run: Run) -> int:
     if run.main_process:
         log.info(f'done: {run.run_dir / "last.pth"}, logs and curves.png in {run.run_dir}')
         if run.args.export:
-            export(run.model, run.args, run.run_dir, max(run.start_epoch, run.args.n_epochs))
+            export(run.model, run.args, run.run_dir, max(run.start_epoch, run.args.n_epochs), run.teachers)
             log.info(f'weights-only checkpoint: {run.args.export}')
     if run.world > 1:
         dist.destroy_process_group()
@@ -752,4 +965,4 @@ def run_epochs(run: Run) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -5,12 +5,14 @@ On disk (the layout the authors' loader reads): <trainset_dir>/patches_x<s>/<id>
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from data.readers import read_image_uint8
 from utils import imresize, modcrop
@@ -45,23 +47,29 @@ def extract_patches(hr_left, hr_right, lr_left, lr_right, scale: int) -> Iterato
         yield hr_left[hr], hr_right[hr], lr_left[lr], lr_right[lr]
 
 
-def augment(hr_left, hr_right, lr_left, lr_right, *disparities, hflip: bool, vflip: bool, channels=None):
+def augment(hr_left, hr_right, lr_left, lr_right, *disparities, hflip: bool, vflip: bool, channels=None,
+            extras=()):
     """iPASSR augmentation on HxWxC arrays. A horizontal flip mirrors both views and swaps them (the mirrored right
     view becomes the left view), which keeps the pair rectified with positive disparities. `channels`: a permutation
     of the colour channels applied to all four arrays alike (NAFSSR's RGB channel shuffle, `flip_RGB`).
     `disparities`: optionally the HxW (left, right) disparity maps, positive in both views: they follow the views
     (mirrored and swapped with them; the values keep their sign, since the mirrored right view's disparity is the
-    new left view's)."""
+    new left view's). `extras`: (left, right) pairs of HR-sized HxWx3 targets (e.g. a teacher's SR views), treated
+    exactly like the HR views (channels, mirror and swap, vertical flip); returned flattened after the disparities.
+    """
     if channels is not None:
         hr_left, hr_right, lr_left, lr_right = (x[..., channels] for x in (hr_left, hr_right, lr_left, lr_right))
+        extras = tuple((left[..., channels], right[..., channels]) for left, right in extras)
     if hflip:
         hr_left, hr_right = hr_right[:, ::-1], hr_left[:, ::-1]
         lr_left, lr_right = lr_right[:, ::-1], lr_left[:, ::-1]
         disparities = tuple(d[:, ::-1] for d in disparities[::-1])
+        extras = tuple((right[:, ::-1], left[:, ::-1]) for left, right in extras)
     if vflip:
         hr_left, hr_right, lr_left, lr_right = (x[::-1] for x in (hr_left, hr_right, lr_left, lr_right))
         disparities = tuple(d[::-1] for d in disparities)
-    return (hr_left, hr_right, lr_left, lr_right, *disparities)
+        extras = tuple((left[::-1], right[::-1]) for left, right in extras)
+    return (hr_left, hr_right, lr_left, lr_right, *disparities, *(x for pair in extras for x in pair))
 
 
 class StereoPatches(Dataset):
@@ -73,10 +81,15 @@ class StereoPatches(Dataset):
     resume; call `set_epoch` before each epoch. `channel_shuffle`: also permute the colour channels, one of the six
     permutations uniformly, the same for both views and HR/LR (NAFSSR's recipe; drawn from its own stream, so the
     flips are those of a run without it).
+
+    `extras`: an optional source of per-index HR-sized targets, `extras(index)` -> [(left, right), ...] HxWx3 float
+    arrays (the teacher cache: one pair per teacher). They are augmented exactly like the HR views, and items then
+    end with (extras_left, extras_right), each (T, 3, H, W) float32 with T = the number of pairs.
     """
 
     channel_shuffle = False
     has_disparity = False          # True: items carry (disparity_left, disparity_right) after the four views
+    extras = None                  # Callable[[int], list[tuple[np.ndarray, np.ndarray]]] | None
 
     def __init__(self, scale: int, augment: bool = True, seed: int = 0):
         self.scale = scale
@@ -92,17 +105,26 @@ class StereoPatches(Dataset):
 
     def __getitem__(self, index: int):
         views = self.load(index)
+        extras = self.extras(index) if self.extras is not None else ()
         channels = None
         if self.channel_shuffle:
             channels = np.random.default_rng([self.seed, self.epoch, index, 1]).permutation(3)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            views = augment(*views, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5, channels=channels)
-        elif channels is not None:
-            views = augment(*views, hflip=False, vflip=False, channels=channels)
+            views = augment(*views, hflip=rng.random() < 0.5, vflip=rng.random() < 0.5, channels=channels,
+                            extras=extras)
+        else:
+            views = augment(*views, hflip=False, vflip=False, channels=channels, extras=extras)
+        n_maps = len(views) - 4 - 2 * len(extras)
         images = tuple(torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))).float().div(255)
                        for v in views[:4])
-        return images + tuple(torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))[None] for d in views[4:])
+        maps = tuple(torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))[None] for d in views[4:4 + n_maps])
+        if not extras:
+            return images + maps
+        targets = views[4 + n_maps:]
+        return images + maps + tuple(
+            torch.from_numpy(np.ascontiguousarray(np.stack(targets[side::2]).transpose(0, 3, 1, 2), dtype=np.float32))
+            for side in (0, 1))
 
 
 class PatchFolder(StereoPatches):
@@ -214,3 +236,71 @@ class SceneCrops(StereoPatches):
         truth = np.where(np.isfinite(truth) & (truth > 0), truth, np.nan).astype(np.float32)
         return (views[0][hr], views[1][hr], views[2][lr], views[3][lr], truth[hr],
                 np.full(truth[hr].shape, np.nan, dtype=np.float32))
+
+
+# ---- teacher outputs computed once (train.py --teacher_cache DIR)
+
+TEACHER_CACHE_FILE, TEACHER_CACHE_META = 'teacher_outputs.npy', 'meta.json'
+
+
+class TeacherCache:
+    """The `extras` source of a dataset from a teacher cache folder: <dir>/teacher_outputs.npy, an (N, T, 2, H, W, 3)
+    float32 or float16 array (patch, teacher, view, HR pixels, RGB) read by memory map, and <dir>/meta.json.
+    `cache(index)` -> [(left, right)] per teacher, un-augmented (the dataset augments them with the HR views).
+    Picklable for DataLoader workers (each opens its own memory map)."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / TEACHER_CACHE_FILE
+        self.array = None
+
+    def __getstate__(self):
+        return {'path': self.path, 'array': None}
+
+    def __call__(self, index: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.array is None:
+            self.array = np.load(self.path, mmap_mode='r')
+        return [(np.asarray(t[0]), np.asarray(t[1])) for t in self.array[index]]
+
+
+def read_teacher_meta(folder: str | Path) -> dict | None:
+    """meta.json of a teacher cache, None when there is none."""
+    path = Path(folder) / TEACHER_CACHE_META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def write_teacher_cache(dataset: StereoPatches, predict, folder: str | Path, meta: dict, batch_size: int = 8,
+                        dtype: str = 'float32') -> None:
+    """One pass over `dataset` (read without augmentation or channel shuffle) writing every patch's teacher outputs:
+    predict(lr_left, lr_right) -> list of (sr_left, sr_right) (B, 3, sH, sW) tensors, one per teacher. meta.json is
+    written with 'complete': True only at the end, so an interrupted pass is redone, not trusted."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TEACHER_CACHE_META).write_text(json.dumps({**meta, 'complete': False}, indent=2))
+    saved = dataset.augment, dataset.channel_shuffle, dataset.extras
+    dataset.augment, dataset.channel_shuffle, dataset.extras = False, False, None
+    try:
+        hr = dataset[0][0]
+        array = None
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        start = 0
+        for batch in tqdm(loader, desc=f'teacher cache {folder}', unit='batch'):
+            outputs = predict(batch[2], batch[3])
+            if array is None:
+                array = np.lib.format.open_memmap(folder / TEACHER_CACHE_FILE, mode='w+', dtype=dtype,
+                                                  shape=(len(dataset), len(outputs), 2, *hr.shape[1:], 3))
+            stacked = torch.stack([torch.stack([left, right], 1) for left, right in outputs], 1)  # B T 2 3 H W
+            if stacked.shape[-2:] != hr.shape[1:]:
+                raise ValueError(f'teacher outputs of {tuple(stacked.shape[-2:])} pixels for HR patches of '
+                                 f'{tuple(hr.shape[1:])}: the teacher cache needs patches of one size')
+            array[start:start + stacked.shape[0]] = stacked.permute(0, 1, 2, 4, 5, 3).float().cpu().numpy()
+            start += stacked.shape[0]
+        array.flush()
+        del array
+    finally:
+        dataset.augment, dataset.channel_shuffle, dataset.extras = saved
+    (folder / TEACHER_CACHE_META).write_text(json.dumps({**meta, 'complete': True}, indent=2))
