@@ -22,6 +22,8 @@ PathLike = str | os.PathLike
 
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# Pillow modes that no conversion here would read correctly: refused by name.
+REFUSED_MODES = {'LAB': 'CIE L*a*b* colour', 'HSV': 'HSV colour', 'F': '32-bit float'}   # ('I' = 16-bit grey PNGs in some Pillows)
 
 
 def _read_raw(path: PathLike) -> np.ndarray:
@@ -38,6 +40,9 @@ def _read_raw(path: PathLike) -> np.ndarray:
         with PIL.Image.open(path) as image:
             if image.mode == 'CMYK':
                 return np.asarray(image.convert('RGB'))
+            if image.mode in REFUSED_MODES:
+                raise ValueError(f'{REFUSED_MODES[image.mode]} image: not supported; save it as an 8- or 16-bit RGB '
+                                 f'or greyscale PNG')
         return np.asarray(iio.imread(path))
     except Exception as err:  # imageio and Pillow raise many types for a corrupt or unsupported file
         raise ValueError(f'{path}: cannot decode image ({type(err).__name__}: {err})') from None
@@ -211,8 +216,9 @@ def read_pfm(path: PathLike) -> np.ndarray:
         except ValueError:
             raise ValueError(f'{path}: malformed PFM scale line') from None
         channels = 3 if header == b'PF' else 1
-        data = np.frombuffer(f.read(), dtype='<f4' if scale < 0 else '>f4')
-    if data.size != width * height * channels:
+        raw = f.read()
+    data = np.frombuffer(raw[:len(raw) - len(raw) % 4], dtype='<f4' if scale < 0 else '>f4')
+    if data.size != width * height * channels or len(raw) % 4:
         raise ValueError(f'{path}: PFM holds {data.size} values, header says {width}x{height}x{channels}'
                          f' (truncated file?)')
     shape = (height, width, 3) if channels == 3 else (height, width)

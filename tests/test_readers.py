@@ -168,3 +168,13 @@ def test_cmyk_jpeg_is_converted_not_inverted(tmp_path):
         assert image.mode == 'CMYK'
     read = read_image_uint8(tmp_path / 'c.jpg').astype(int)
     assert read.shape == rgb.shape and np.abs(read - rgb).mean() < 4
+
+
+def test_colour_spaces_that_cannot_be_read_right_are_refused_by_name(tmp_path):
+    from PIL import Image
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).convert('LAB').save(tmp_path / 'lab.tif')
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / 'float.tif')
+    with pytest.raises(ValueError, match=r'lab.tif: cannot decode image .*CIE L\*a\*b\* colour image: not supported'):
+        read_image(tmp_path / 'lab.tif')
+    with pytest.raises(ValueError, match=r'float.tif: .*32-bit float image: not supported'):
+        read_image_uint8(tmp_path / 'float.tif')
