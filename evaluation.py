@@ -44,10 +44,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.disparity_maps import stage_targets
 from data.readers import image_size, read_image_uint8, write_image
 from data.testsets import Scene, list_scenes, load_pair
 from models.inference import super_resolve
-from utils import STEREO_BOUNDARY, imresize, modcrop, psnr, quantize, ssim
+from utils import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, imresize, modcrop, psnr, quantize, rmse, ssim
 
 PROTOCOLS = ('ipassr', 'nafssr', 'srnet', 'single')
 # Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
@@ -369,3 +370,47 @@ def network_disparity_estimator(model: torch.nn.Module, scale: int, device: torc
         with torch.inference_mode():
             return model(*small).disp_left.float().cpu()
     return estimate
+
+
+# ---- disparity-map SR (DSDMSR, models/dsdmsr.py): masked map scores and the nearest / bicubic baselines of the
+# same LR map. Pure functions on tensors; scripts average per map.
+
+MAP_METRICS = ('rmse', 'epe', 'bad1', 'bad3', 'd1')
+MAP_BASELINES = ('nearest', 'bicubic')
+
+
+def map_scores(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
+    """RMSE, EPE (pixels), >1 px and >3 px rates, KITTI D1 (> 3 px and > 5 % of the truth) of one map over `mask`
+    (any equal shapes). None when the mask selects no pixel: the caller skips and counts it (no NaN)."""
+    mask = mask.bool() & torch.isfinite(gt)
+    if not mask.any():
+        return None
+    return {'rmse': rmse(pred, gt, mask), 'epe': epe(pred, gt, mask), 'bad1': bad_pixel_rate(pred, gt, mask, 1.0),
+            'bad3': bad_pixel_rate(pred, gt, mask, 3.0), 'd1': d1_error(pred, gt, mask)}
+
+
+def upsample_nearest(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, 1, h, w) LR pixels -> (B, 1, sh, sw) HR pixels: each LR value repeated s x s times, multiplied by s."""
+    return F.interpolate(lr_map, scale_factor=scale, mode='nearest') * scale
+
+
+def upsample_bicubic(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, 1, h, w) LR pixels -> (B, 1, sh, sw) HR pixels: MATLAB bicubic (utils.imresize, the project's bicubic),
+    multiplied by s. The map must be dense (fill holes first)."""
+    maps = [imresize(m[0].detach().cpu().double().numpy(), scale) * scale for m in lr_map]
+    return torch.from_numpy(np.stack(maps)[:, None]).to(lr_map)
+
+
+def score_table(out, lr_map: torch.Tensor, hr_map: torch.Tensor, hr_valid: torch.Tensor, scale: int) -> dict[str, dict | None]:
+    """Rows for one map (batch of 1): 'nearest', 'bicubic' and 'fused' at HR on the valid HR pixels; 'stage{k}'
+    at that stage's own resolution against the mask-aware downsampled ground truth (stage_targets), in pixels of
+    that resolution (the last stage is at HR). out: DisparitySROutput; lr_map (1, 1, h, w) dense LR pixels;
+    hr_map, hr_valid (1, 1, sh, sw). A row is None when it has no valid pixel."""
+    if lr_map.shape[0] != 1:
+        raise ValueError(f'score_table scores one map at a time, got a batch of {lr_map.shape[0]}')
+    rows = {'nearest': map_scores(upsample_nearest(lr_map, scale), hr_map, hr_valid),
+            'bicubic': map_scores(upsample_bicubic(lr_map, scale), hr_map, hr_valid)}
+    for k, (pred, (target, valid)) in enumerate(zip(out.stages, stage_targets(hr_map, hr_valid, scale))):
+        rows[f'stage{k + 1}'] = map_scores(pred, target, valid)
+    rows['fused'] = map_scores(out.fused, hr_map, hr_valid)
+    return rows

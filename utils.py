@@ -506,6 +506,17 @@ def epe(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
     return error.mean().item()
 
 
+def rmse(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
+    """Root mean squared error in pixels over the pixels where `mask` is true (computed in float64)."""
+    if not (pred.shape == gt.shape == mask.shape):
+        raise ValueError(f'rmse: shapes differ, pred {tuple(pred.shape)}, gt {tuple(gt.shape)}, '
+                         f'mask {tuple(mask.shape)}')
+    mask = mask.bool()
+    if not mask.any():
+        raise ValueError('rmse: the mask selects no pixel')
+    return (pred[mask].double() - gt[mask].double()).pow(2).mean().sqrt().item()
+
+
 def bad_pixel_rate(pred: Tensor, gt: Tensor, mask: Tensor, threshold: float) -> float:
     """Fraction of masked pixels whose error exceeds `threshold` pixels (e.g. >1 px, >3 px)."""
     error, _ = _masked_errors(pred, gt, mask)
