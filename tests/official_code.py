@@ -29,6 +29,31 @@ _cache: dict[str, types.ModuleType] = {}
 
 
 @contextlib.contextmanager
+def official_names(modules: dict[str, types.ModuleType]):
+    """Make `modules` ({'package.module': module}) importable under those names for the duration, then restore
+    sys.modules (shared by the official_*.py adapters: the authors' files import each other by package names)."""
+    saved = {name: sys.modules[name] for name in modules if name in sys.modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name in modules:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+def load_module(name: str, path: Path, origin: str) -> types.ModuleType:
+    """Execute the file `path` as a module named `name`; `origin` (e.g. 'NAFNET_OFFICIAL_DIR=/x') names the checkout
+    in the error when the file is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f'{origin} has no {path}')
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
 def _official_imports(directory: Path):
     saved = {name: sys.modules.pop(name) for name in _SHADOWED if name in sys.modules}
     sys.path.insert(0, str(directory))

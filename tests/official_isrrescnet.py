@@ -7,15 +7,14 @@ module, and sys.modules is restored afterwards (our own `models` package is neve
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+
+from official_code import load_module, official_names
 
 OFFICIAL_ENV = 'ISRRESCNET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -31,25 +30,8 @@ def demo_dir() -> Path:
     return root / 'isrrescnet_code_demo' if (root / 'isrrescnet_code_demo').is_dir() else root
 
 
-@contextlib.contextmanager
-def _official_names(modules: dict[str, types.ModuleType]):
-    saved = {name: sys.modules[name] for name in modules if name in sys.modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name in modules:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-
-
 def _load(name: str, path: Path) -> types.ModuleType:
-    if not path.is_file():
-        raise FileNotFoundError(f'{OFFICIAL_ENV}={OFFICIAL_DIR} has no {path}')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(name, path, f'{OFFICIAL_ENV}={OFFICIAL_DIR}')
 
 
 def official_modules() -> dict[str, types.ModuleType]:
@@ -62,7 +44,7 @@ def official_modules() -> dict[str, types.ModuleType]:
     _cache['wmad'] = _load('isrrescnet_official_wmad', directory / 'modules' / 'wmad_estimator.py')
     package = types.ModuleType('modules')
     package.wmad_estimator = _cache['wmad']
-    with _official_names({'modules': package, 'modules.wmad_estimator': _cache['wmad']}):
+    with official_names({'modules': package, 'modules.wmad_estimator': _cache['wmad']}):
         _cache['problems'] = _load('isrrescnet_official_problems', directory / 'modules' / 'problems.py')
     _cache['model'] = _load('isrrescnet_official_model', directory / 'models' / 'ISRResCNet.py')
     return _cache

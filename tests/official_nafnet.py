@@ -7,7 +7,6 @@ private module names. While they load, the `basicsr.*` names their imports refer
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
+from official_code import official_names
 
 OFFICIAL_ENV = 'NAFNET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -31,19 +32,6 @@ _PACKAGE = 'basicsr.models.archs'
 _cache: dict[str, types.ModuleType] = {}
 
 
-@contextlib.contextmanager
-def _official_names(modules: dict[str, types.ModuleType]):
-    """Make `modules` ({'basicsr....': module}) importable for the duration, then restore sys.modules."""
-    saved = {name: sys.modules[name] for name in modules if name in sys.modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name in modules:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-
-
 def official_modules() -> dict[str, types.ModuleType]:
     """The official arch modules {'arch_util': ..., 'local_arch': ..., 'NAFNet_arch': ..., 'NAFSSR_arch': ...}."""
     if _cache:
@@ -53,7 +41,7 @@ def official_modules() -> dict[str, types.ModuleType]:
     directory = Path(OFFICIAL_DIR) / 'basicsr' / 'models' / 'archs'
     stubs = {name: types.ModuleType(name) for name in ('basicsr', 'basicsr.models', _PACKAGE, 'basicsr.utils')}
     stubs['basicsr.utils'].get_root_logger = lambda *args, **kwargs: logging.getLogger('basicsr')
-    with _official_names(stubs):
+    with official_names(stubs):
         for name in _ARCH_FILES:
             path = directory / f'{name}.py'
             if not path.is_file():

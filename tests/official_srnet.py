@@ -7,16 +7,15 @@ generator, generate_s_label.py, is a script; `official_diff_label` runs its Pill
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import os
-import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from official_code import load_module, official_names
 
 OFFICIAL_ENV = 'SRNET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -27,25 +26,8 @@ RGB_RANGE = 255.0
 _cache: dict[str, types.ModuleType] = {}
 
 
-@contextlib.contextmanager
-def _official_names(modules: dict[str, types.ModuleType]):
-    saved = {name: sys.modules[name] for name in modules if name in sys.modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name in modules:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-
-
 def _load(name: str, path: Path) -> types.ModuleType:
-    if not path.is_file():
-        raise FileNotFoundError(f'{OFFICIAL_ENV}={OFFICIAL_DIR} has no {path}')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(name, path, f'{OFFICIAL_ENV}={OFFICIAL_DIR}')
 
 
 def official_modules() -> dict[str, types.ModuleType]:
@@ -58,7 +40,7 @@ def official_modules() -> dict[str, types.ModuleType]:
     _cache['common'] = _load('srnet_official_common', directory / 'common.py')
     package = types.ModuleType('model')
     package.common = _cache['common']
-    with _official_names({'model': package, 'model.common': _cache['common']}):
+    with official_names({'model': package, 'model.common': _cache['common']}):
         _cache['ssl'] = _load('srnet_official_ssl', directory / 'ssl.py')
     return _cache
 
