@@ -46,3 +46,13 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread for a module of small convolutions (`pytestmark = pytest.mark.usefixtures('one_thread')`):
+    on a shared 2-core machine a second thread made them up to 10x slower; the count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ from models.dsdmsr import (DSDMSR, VIEWS, DisparitySROutput, DSDMSRConfig, DSDMS
 INF, NAN = float('inf'), float('nan')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: the machine is shared, and these small convolutions gain nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py: small convolutions, shared cores
 
 
 def interleave_loop(views: list[torch.Tensor]) -> torch.Tensor:

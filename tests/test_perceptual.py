@@ -33,13 +33,7 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread makes these small convolutions 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py: small convolutions, shared cores
 
 
 # ---- losses on hand-made tensors
