@@ -231,8 +231,11 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(run_case(spec)))
         return []
     from models import MODEL_NAMES, model_entry
+    from models.registry import modality_error
     if args.model not in MODEL_NAMES:
         raise UsageError(f'--model {args.model!r} is not in the zoo; choose one of {", ".join(MODEL_NAMES)}')
+    if modality_error(model_entry(args.model), 'bench.py'):     # its cases are stereo pairs
+        raise UsageError(modality_error(model_entry(args.model), 'bench.py'))
     official_code = official_module_of(args.model)
     official = bool(official_code and os.environ.get(official_code.OFFICIAL_ENV))
     cuda = args.device.startswith('cuda')

@@ -30,11 +30,12 @@ import torch
 from data.readers import read_disparity, read_image, read_image_uint8, write_image, write_kitti_disparity
 from evaluation import disparity_baselines, scene_scores, to_tensor
 from models import model_entry
+from models.registry import modality_error
 from models.inference import predict, predict_tiled
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (UsageError, add_device_args, bad_pixel_rate, colorize, d1_error, describe_checkpoint, epe, imresize,
-                   infer_scale_factor, load_model, modcrop, non_negative_int, read_checkpoint, resolve_device,
-                   run_script, save_figure)
+from utils import (UsageError, add_device_args, bad_pixel_rate, checkpoint_model_name, colorize, d1_error,
+                   describe_checkpoint, epe, imresize, infer_scale_factor, load_model, modcrop, non_negative_int,
+                   read_checkpoint, resolve_device, run_script, save_figure)
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
@@ -143,7 +144,11 @@ def main(argv=None) -> dict:
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
                                     f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
-        scale = args.scale_factor or infer_scale_factor(read_checkpoint(args.checkpoint)[0]) or 4
+        state_dict, stored = read_checkpoint(args.checkpoint)
+        reason = modality_error(model_entry(args.model or checkpoint_model_name(stored) or 'ssrdefnet'), 'demo.py')
+        if reason:      # a disparity-map network (ModelEntry.modality): the demo runs stereo pairs
+            raise UsageError(reason)
+        scale = args.scale_factor or infer_scale_factor(state_dict) or 4
         model, meta = load_model(args.checkpoint, scale, device, args.model)
         inputs = load_inputs(args, scale)
     except UsageError:

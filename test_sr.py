@@ -35,6 +35,7 @@ from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_mat
                         evaluate_dataset, evaluate_image_folder, lpips_scorer, network_disparity_estimator,
                         network_single_sr, network_sr)
 from models import add_model_args, model_entry, perceptual
+from models.registry import modality_error
 from utils import (STEREO_BOUNDARY, UsageError, add_device_args, describe_checkpoint, imresize, infer_scale_factor,
                    load_model, positive_int, read_checkpoint, resolve_device, run_script)
 
@@ -111,6 +112,8 @@ def main(argv=None) -> dict:
     if args.model == 'bicubic':
         weights, run_name = 'MATLAB bicubic upsampling of the LR files (no weights)', f'bicubic_x{scale}'
     else:
+        if args.model is not None:
+            refuse_other_modality(args.model)
         if args.checkpoint is None and args.model not in (None, 'ssrdefnet'):
             raise UsageError(f'--model {args.model} needs --checkpoint PATH (its authors\' release or a checkpoint '
                              f'of train.py --model {args.model})')
@@ -124,6 +127,7 @@ def main(argv=None) -> dict:
         except (ValueError, FileNotFoundError) as err:
             sys.exit(f'error: {err}')
         args.model = model.zoo_name
+        refuse_other_modality(args.model)        # a checkpoint that names its network
         weights, run_name = describe_checkpoint(checkpoint, meta), f'{checkpoint.name.split(".")[0]}_x{scale}'
     run_name = args.run_name or run_name
     if args.images:
@@ -200,6 +204,13 @@ def main(argv=None) -> dict:
         args.json.write_text(json.dumps(results, indent=2))
         print(f'JSON: {args.json}')
     return results
+
+
+def refuse_other_modality(name: str) -> None:
+    """UsageError unless `name` takes a stereo pair (ModelEntry.modality), naming the script that runs it."""
+    reason = modality_error(model_entry(name), 'test_sr.py')
+    if reason:
+        raise UsageError(reason)
 
 
 def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:

@@ -213,7 +213,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def infer_scale_factor(state_dict: dict) -> int | None:
     """SR scale of a zoo state_dict, from its pixel-shuffle projection: SSRDE-FNet and iPASSR `upscale.0` (64 -> 64 s^2
-    channels), NAFSSR `up.0` (C -> 3 s^2). None for other layouts (the strict load then names the shapes)."""
+    channels), NAFSSR `up.0` (C -> 3 s^2); DSDMSR from its x2 stages (`stages.{k}.units.*`, s = 2^stages). None for
+    other layouts (the strict load then names the shapes)."""
+    stages = {int(k.split('.')[1]) for k in state_dict if k.startswith('stages.') and '.units.' in k}
+    if stages and any(k.startswith('fusion.') for k in state_dict):
+        return 2 ** (max(stages) + 1)
     for key, channels in (('upscale.0.weight', None), ('up.0.weight', 3)):
         weight = state_dict.get(key)
         if weight is not None and weight.dim() == 4:

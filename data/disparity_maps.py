@@ -135,16 +135,18 @@ class DisparityMapPatches(Dataset):
     the dense LR input (LR pixels, holes filled), the HR map (HR pixels, 0 where invalid) and its valid mask (1/0).
     HR patches are (LR_PATCH x scale) square by default.
 
-    Sources: `folder=None`: synthetic scenes of data/synthetic.py (`render_pair`; either view's exact, dense
-    disparity, the view drawn at random), `length` per epoch, new every epoch. Otherwise every .pfm / KITTI .png
+    Sources: `folder=None`: synthetic scenes of data/synthetic.py (`render_disparity`: the scenes of `render_pair`
+    without textures; either view's exact, dense disparity, the view drawn at random), `length` per epoch, new every
+    epoch. Otherwise every .pfm / KITTI .png
     below `folder` whose name matches the glob `pattern` (sorted; e.g. 'disp*.pfm' where views and masks share the
     folder, since any other PNG would be refused as a KITTI map), one random crop per item from map
     `index % n_maps`, `length` items per epoch. Everything random is drawn from
     (seed, epoch, index[, redraw]), so an epoch is the same in every worker and after a resume; call `set_epoch`.
     Augmentation: horizontal and vertical flips (a map on its own has no left/right constraint).
 
-    A crop with no valid HR pixel is redrawn (up to MAX_REDRAWS times) and counted in `skipped` (per process: with
-    DataLoader workers each worker counts its own); a map that never yields one raises naming the file.
+    A crop with no valid HR pixel is redrawn (up to MAX_REDRAWS times) and counted in `skipped`, the redraws of the
+    current epoch (one shared-memory slot per item, so DataLoader workers' redraws count too, without races); a map
+    that never yields one raises naming the file.
     """
 
     def __init__(self, scale: int, folder: PathLike | None = None, length: int = 4800, lr_patch: int = LR_PATCH,
@@ -153,7 +155,7 @@ class DisparityMapPatches(Dataset):
         if lr_patch < 1:
             raise ValueError(f'lr_patch must be positive, got {lr_patch}')
         self.scale, self.lr_patch, self.augment, self.seed, self.epoch = scale, lr_patch, augment, seed, 0
-        self.skipped = 0
+        self._redraws = torch.zeros(length, dtype=torch.int32).share_memory_()   # per item, this epoch
         self.files: list[Path] = []
         if folder is not None:
             root = Path(folder)
@@ -167,15 +169,21 @@ class DisparityMapPatches(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._redraws.zero_()
+
+    @property
+    def skipped(self) -> int:
+        """Crops redrawn in this epoch because no HR pixel of theirs was valid (all processes of a DataLoader)."""
+        return int(self._redraws.sum())
 
     def __len__(self) -> int:
         return self.length
 
     def _synthetic(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        from data.synthetic import render_pair  # scikit-image photographs: loaded only when used
+        from data.synthetic import render_disparity
         side = self.lr_patch * self.scale
-        _, _, left, right = render_pair(rng, side, side, self.scale)
-        disparity = left if rng.random() < 0.5 else right
+        view = 'left' if rng.random() < 0.5 else 'right'
+        disparity = render_disparity(rng, side, side, self.scale, view)   # geometry only: no texture is rendered
         return disparity, np.isfinite(disparity)
 
     def _crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +205,8 @@ class DisparityMapPatches(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index, redraw])
             disparity, valid = self._synthetic(rng) if not self.files else self._crop(index, rng)
             if valid.any():
+                self._redraws[index] = redraw
                 return disparity, valid
-            self.skipped += 1
         source = self.files[index % len(self.files)] if self.files else 'synthetic scenes'
         raise ValueError(f'{source}: no crop with a valid pixel in {MAX_REDRAWS} draws')
 

@@ -20,7 +20,9 @@ each nearer object 1-10 LR pixels in front of the previous one, at most 40 (Moto
 then the right view gets its own gain and offset (photometric differences between cameras).
 
 `render_pair` returns the HR views and both views' disparity maps (positive, in HR pixels: left(x) matches
-right(x - d_left(x)), right(x) matches left(x + d_right(x))). Every scene is drawn from a seeded generator.
+right(x - d_left(x)), right(x) matches left(x + d_right(x))). `render_disparity` returns one view's map of a scene
+drawn the same way without textures (no photograph is sampled; about 10 ms for a 128x128 map), the training maps of
+disparity-map SR (data/disparity_maps.py). Every scene is drawn from a seeded generator.
 """
 from __future__ import annotations
 
@@ -183,17 +185,20 @@ def random_shape(rng: np.random.Generator, width: int, height: int):
     return polygon if len(px) >= 3 else (lambda x, y: ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1)
 
 
-def random_scene(rng: np.random.Generator, height: int, width: int, scale: int) -> list[Surface]:
-    """A background (never textureless) and 1-5 objects, each nearer than the previous one at its reference point."""
+def random_scene(rng: np.random.Generator, height: int, width: int, scale: int,
+                 textured: bool = True) -> list[Surface]:
+    """A background (never textureless) and 1-5 objects, each nearer than the previous one at its reference point.
+    `textured=False`: geometry only (texture None, no photograph drawn or loaded), for disparity maps alone."""
+    texture = random_texture if textured else (lambda rng, flat=True: None)
     d = rng.uniform(*FAR_DISPARITY) * scale
-    surfaces = [Surface(**random_geometry(rng, d, width, height, scale), texture=random_texture(rng, flat=False))]
+    surfaces = [Surface(**random_geometry(rng, d, width, height, scale), texture=texture(rng, flat=False))]
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         d = d + rng.uniform(*NEARER_BY) * scale
         if d > MAX_DISPARITY_LR * scale:
             break
         shape = random_shape(rng, width, height)
         geometry = random_geometry(rng, d, width, height, scale)
-        surfaces.append(Surface(**geometry, shape=shape, texture=random_texture(rng)))
+        surfaces.append(Surface(**geometry, shape=shape, texture=texture(rng)))
     return surfaces
 
 
@@ -221,7 +226,8 @@ def render_view(surfaces: list[Surface], height: int, width: int, view: str):
         wins = surface.covers(x_left, y) & (d > disparity)
         if not wins.any():
             continue
-        image[wins] = surface.texture(x_left[wins], y[wins])
+        if surface.texture is not None:
+            image[wins] = surface.texture(x_left[wins], y[wins])
         disparity[wins], visible[wins] = d[wins], k
     return image, disparity, visible
 
@@ -245,6 +251,14 @@ def render_pair(rng: np.random.Generator, height: int, width: int, scale: int = 
     right, disparity_right, _ = render_view(surfaces, height, width, 'right')
     left, right = photometric(rng, left, right)
     return left, right, disparity_left.astype(np.float32), disparity_right.astype(np.float32)
+
+
+def render_disparity(rng: np.random.Generator, height: int, width: int, scale: int = 4,
+                     view: str = 'left') -> np.ndarray:
+    """HxW float32 disparity (HR pixels, positive, dense) of one view of a random scene, geometry only: the same
+    surfaces, shapes and ray casting as `render_pair`, no texture, no image (for disparity-map SR, DSDMSR)."""
+    surfaces = random_scene(rng, height, width, scale, textured=False)
+    return render_view(surfaces, height, width, view)[1].astype(np.float32)
 
 
 def synthetic_patch(rng: np.random.Generator, scale: int):

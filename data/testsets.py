@@ -82,6 +82,20 @@ def list_scenes(dataset_dir: Path, scale: int) -> list[Scene]:
     return scenes
 
 
+def ground_truth_files(dataset_dir: Path) -> list[tuple[str, Path]]:
+    """(scene, ground-truth file of the left view, all valid pixels: dispocc0.png or disp0GT.pfm) of every scene of a
+    dataset folder that has one, sorted by scene. No LR image is needed: disparity-map SR makes its own LR maps."""
+    hr_dir = Path(dataset_dir) / 'hr'
+    if not hr_dir.is_dir():
+        raise FileNotFoundError(f'{hr_dir} not found: expected the authors\' layout <Dataset>/hr/<scene>/')
+    found = []
+    for scene_dir in sorted(p for p in hr_dir.iterdir() if p.is_dir()):
+        path = next((scene_dir / name for name in (KITTI_GT[0], PFM_GT[0]) if (scene_dir / name).is_file()), None)
+        if path is not None:
+            found.append((scene_dir.name, path))
+    return found
+
+
 def load_pair(paths: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
     """Left and right images as HxWx3 float32 in [0, 1] (8-bit / 255, as torchvision's ToTensor)."""
     return read_image(paths[0]), read_image(paths[1])

@@ -15,12 +15,17 @@ from models import nafssr  # noqa: F401  nafssr-t, nafssr-s, nafssr-b, nafssr-l
 from models import ipassr  # noqa: F401  ipassr
 from models import isrrescnet  # noqa: F401  isrrescnet
 from models import srnet  # noqa: F401  srnet
+from models import dsdmsr  # noqa: F401  dsdmsr (disparity maps, not stereo pairs: ModelEntry.modality)
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput
 from models.registry import REGISTRY, ModelEntry, model_entry, option_values
 
 MODEL_NAMES = tuple(REGISTRY)
-# networks that estimate disparity (test_disp.py)
+# networks that take an LR stereo pair (test_sr.py, demo.py, bench.py; ModelEntry.modality)
+STEREO_MODELS = tuple(name for name, entry in REGISTRY.items() if entry.modality == 'stereo')
+# networks that super-resolve one disparity map (test_disp.py)
+MAP_MODELS = tuple(name for name, entry in REGISTRY.items() if entry.modality == 'disparity_map')
+# networks that estimate disparity from a pair (test_disp.py)
 DISPARITY_MODELS = tuple(name for name, entry in REGISTRY.items() if entry.estimates_disparity)
 
 
@@ -66,5 +71,5 @@ def model_options(args: argparse.Namespace) -> dict:
     return option_values(REGISTRY[args.model], vars(args))
 
 
-__all__ = ['DISPARITY_MODELS', 'MODEL_NAMES', 'ModelEntry', 'Pair', 'StereoOutput', 'StereoSROutput', 'add_model_args',
-           'build_model', 'model_entry', 'model_options']
+__all__ = ['DISPARITY_MODELS', 'MAP_MODELS', 'MODEL_NAMES', 'STEREO_MODELS', 'ModelEntry', 'Pair', 'StereoOutput',
+           'StereoSROutput', 'add_model_args', 'build_model', 'model_entry', 'model_options']

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.disparity_maps import n_stages, stage_targets
+from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
 
 DISPARITY_SCALE = 192.0      # HR pixels; SSRDE-FNet's maximum disparity (models/ssrdefnet/cost_volume.py), used only
@@ -248,9 +249,10 @@ def build(scale_factor: int, dsdmsr_unit: str = 'srcnn', dsdmsr_vdsr_depth: int 
 
 
 def describe() -> dict:
-    """What a registry entry needs, as plain data (not registered: the zoo's scripts and generic tests feed stereo
-    pairs; register once a disparity-map modality exists). 'recipe' is the third-party SRCNN script's
-    (train_dtu.py); 'recipe_vdsr' the VDSR script's (train_dtu_vdsr.py); neither is the paper's (not readable)."""
+    """The zoo entry's facts as plain data (registered below with modality 'disparity_map'). 'recipe' is the
+    third-party SRCNN script's (train_dtu.py), the entry's Recipe; 'recipe_vdsr' the VDSR script's
+    (train_dtu_vdsr.py), for reference (SGD is not one of train.py's optimisers); neither is the paper's (not
+    readable)."""
     return {
         'name': 'dsdmsr',
         'title': 'DSDMSR',
@@ -281,3 +283,32 @@ def describe() -> dict:
                                                '(third-party code)'),
         },
     }
+
+
+# ---- the zoo's entry: one LR disparity map in, DisparitySROutput out (train.py trains it on DisparityMapPatches,
+# test_disp.py scores it; the stereo scripts refuse it by its modality)
+
+def recipe() -> Recipe:
+    """describe()['recipe'] as train.py's Recipe; its "no schedule" is a step schedule that never changes the
+    learning rate (gamma 1)."""
+    values = dict(describe()['recipe'])
+    if values['schedule'] == 'none':
+        values.update(schedule='step', n_steps=values['n_epochs'], gamma=1.0)
+    values['source'] += '; "no schedule" = step schedule with gamma 1'
+    return Recipe(**values)
+
+
+register_model(ModelEntry(
+    name='dsdmsr',
+    build=build,
+    criterion=DSDMSRLoss,
+    recipe=recipe(),
+    scales=describe()['scales'],
+    # every option changes what the weights compute (the unit's layers, the fusion's inputs and combination)
+    options=tuple(Option(name, kwargs, of_weights=True) for name, kwargs in describe()['options'].items()),
+    modality='disparity_map',
+    description='disparity-map SR: x2 stages of four "novel view" units interleaved, deep supervision, multi-scale '
+                'fusion',
+    title='DSDMSR',
+    paper=describe()['paper'],
+))

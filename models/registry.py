@@ -49,6 +49,15 @@ class Option:
     of_weights: bool = False
 
 
+# What a network takes and returns, so that scripts branch on the entry's data, never on a name:
+# 'stereo': an LR pair (B, 3, H, W) x 2 -> a StereoOutput (train.py on stereo patches; test_sr.py, demo.py, bench.py);
+# 'disparity_map': one LR disparity map (B, 1, h, w) in LR pixels -> a map output with `.stages` and `.fused` in
+# pixels (train.py on disparity-map patches, data/disparity_maps.py; test_disp.py scores maps).
+MODALITIES = ('stereo', 'disparity_map')
+# The script that evaluates each modality (named in the errors of the scripts that cannot).
+EVALUATED_BY = {'stereo': 'test_sr.py', 'disparity_map': 'test_disp.py'}
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """Everything the scripts need to know about one network of the zoo."""
@@ -66,10 +75,13 @@ class ModelEntry:
     description: str = ''
     paper: str = ''
     title: str = ''                             # how reports write the name (e.g. 'SSRDE-FNet'); default: name
+    modality: str = 'stereo'                    # MODALITIES: what it takes and returns
 
     def __post_init__(self):
         if not self.title:
             object.__setattr__(self, 'title', self.name)
+        if self.modality not in MODALITIES:
+            raise ValueError(f'{self.name}: modality must be one of {MODALITIES}, got {self.modality!r}')
 
 
 REGISTRY: dict[str, ModelEntry] = {}
@@ -88,6 +100,16 @@ def model_entry(name: str) -> ModelEntry:
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(REGISTRY)}")
     return REGISTRY[name]
+
+
+def modality_error(entry: ModelEntry, script: str, modality: str = 'stereo') -> str | None:
+    """None when `script` (which runs networks of `modality`) can run `entry`; else the one-line reason, naming the
+    script that can, e.g. 'test_sr.py runs stereo networks; dsdmsr super-resolves disparity maps: use test_disp.py'."""
+    if entry.modality == modality:
+        return None
+    what = {'stereo': 'stereo networks (an LR pair in)', 'disparity_map': 'disparity-map networks (one LR map in)'}
+    return (f'{script} runs {what[modality]}; {entry.name} is a {entry.modality.replace("_", "-")} network: use '
+            f'{EVALUATED_BY[entry.modality]} --model {entry.name}')
 
 
 def option_values(entry: ModelEntry, values: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,9 @@ LAYOUTS = {
     # SRNet: x4 = srnet_zoom_x4_state_dict.json; one upsampler conv per x2 (tail.0.{0,3,6}) in both branches
     ('srnet', 2): ('b4329673c2763073', 900), ('srnet', 4): ('183d19baab5af675', 904),
     ('srnet', 8): ('0c102c82b0d13dd8', 908),
+    # DSDMSR (disparity maps): no authors' weights; our names (stages.{k}.units.{i}, fusion), 78 entries at x8 as the
+    # third-party DSDMSR_x8 (spec 2.2), mapped onto theirs by models.dsdmsr.third_party_key
+    ('dsdmsr', 4): ('dab530759bd48db2', 54), ('dsdmsr', 8): ('44e29418da1d0cc6', 78),
 }
 
 

@@ -1,7 +1,7 @@
 """The named output of SSRDE-FNet (the zoo's `StereoOutput` with everything its training objective needs)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -33,6 +33,8 @@ class SSRDEFNetOutput(StereoOutput):
     coords_lr: per recursion, the PAM correspondence coordinates upsampled to HR (B, 1, sH, sW), in HR pixels: for a
                left pixel the matching column in the right image, for a right pixel the one in the left image.
     coords_hr: per recursion, the HR cost-volume correspondence coordinates (B, 1, sH, sW).
+    coords_pam: per recursion, the PAM correspondence coordinates before upsampling (B, 1, H, W), in LR pixels
+               (coords_lr = their bilinear upsampling x s): the LR disparity a map upsampler (DSDMSR) can take.
     """
 
     sr: list[Pair]
@@ -41,6 +43,7 @@ class SSRDEFNetOutput(StereoOutput):
     valid_hr: list[Pair]
     coords_lr: list[Pair]
     coords_hr: list[Pair]
+    coords_pam: list[Pair] = field(default_factory=list)
 
     @property
     def sr_left(self) -> Tensor:
@@ -61,6 +64,14 @@ class SSRDEFNetOutput(StereoOutput):
     def disp_lr(self) -> list[Pair]:
         """Per recursion, the upsampled PAM disparities (B, 1, sH, sW) in HR pixels, clamped to [0, 192]."""
         return [coordinates_to_disparities(c) for c in self.coords_lr]
+
+    @property
+    def disp_pam(self) -> list[Pair]:
+        """Per recursion, the PAM disparities at LR (B, 1, H, W) in LR pixels, clamped to [0, 192 / s] (the official
+        [0, 192] HR-pixel range, in LR pixels): what `disp_lr` upsamples bilinearly (and multiplies by s)."""
+        scale = self.coords_lr[0].left.shape[-1] / self.coords_pam[0].left.shape[-1]
+        return [Pair(coordinates_to_disparity(c.left, 'left', MAX_DISPARITY / scale),
+                     coordinates_to_disparity(c.right, 'right', MAX_DISPARITY / scale)) for c in self.coords_pam]
 
     @property
     def disp_left(self) -> Tensor:
