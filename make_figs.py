@@ -34,29 +34,69 @@ def demo_figures(checkpoint: Path, out: Path) -> dict:
     return metrics
 
 
+def training_phases(stored: dict) -> list[tuple[str, list[dict]]]:
+    """(label, per-epoch log rows) of every run behind an exported checkpoint, oldest first: the runs it started
+    from with --init (`lineage`, train.py) and its own."""
+    phases = []
+    for run in [*stored.get('lineage', []), {'args': stored.get('args', {}), 'log': stored.get('log') or []}]:
+        args = run['args']
+        stage = 'matching warm-up' if args.get('stage') == 'matching' else 'joint'
+        label = f"{stage}, batch {args.get('batch_size', '?')}, lr {args.get('lr', '?')}"
+        if args.get('disp_supervision'):
+            label += f", disp_supervision {args['disp_supervision']}"
+        if run['log']:
+            phases.append((label, run['log']))
+    return phases
+
+
 def training_figure(checkpoint: Path, path: Path) -> bool:
-    """Loss terms and train PSNR against optimisation steps, from the log stored in an exported checkpoint."""
+    """Loss terms, train PSNR and (warm-up) matching EPE against optimisation steps, from the logs stored in an
+    exported checkpoint, one shaded span per run of its history."""
     _, stored = read_checkpoint(checkpoint)
-    rows = stored.get('log') or []
-    if not rows:
+    phases = training_phases(stored)
+    if not phases:
         print(f'{checkpoint} holds no training log (exported before train.py stored it): no training figure')
         return False
-    steps = np.cumsum([r.get('iterations', 0) for r in rows])
     plt = pyplot()
-    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in [k for k in rows[0] if k.startswith('loss_')]:
-        values = [r.get(key, np.nan) for r in rows]
-        if np.nanmax(values) > 0:
-            ax_loss.plot(steps, values, marker='.', label=key[5:], lw=2.5 if key == 'loss_total' else 1)
-    ax_loss.set(xlabel='optimisation step', ylabel='training loss (epoch mean)', yscale='log', title='loss terms')
-    ax_psnr.plot(steps, [r['psnr_left'] for r in rows], marker='.', label='train patches, left view')
-    ax_psnr.set(xlabel='optimisation step', ylabel='PSNR (dB)', title='PSNR of the final SR output')
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_epe = None
+    colours, offset = {}, 0
+    for k, (label, rows) in enumerate(phases):
+        steps = offset + np.cumsum([r.get('iterations', 0) for r in rows])
+        for ax in (ax_loss, ax_psnr):
+            ax.axvspan(offset, steps[-1], color=('tab:grey' if k % 2 else 'white'), alpha=0.12, lw=0)
+        ax_loss.text(offset, 1.01, f' {k + 1}: {label}', transform=ax_loss.get_xaxis_transform(), fontsize=6,
+                     rotation=12, va='bottom')
+        for key in [key for key in rows[0] if key.startswith('loss_')]:
+            values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+            if not np.nanmax(values) > 0:
+                continue
+            if key not in colours:
+                colours[key] = f'C{len(colours) % 10}'
+                name = key[5:]
+            else:
+                name = None
+            ax_loss.plot(steps, values, marker='.', color=colours[key], label=name,
+                         lw=2.5 if key == 'loss_total' else 1)
+        if 'psnr_left' in rows[0]:
+            ax_psnr.plot(steps, [r['psnr_left'] for r in rows], marker='.', color='tab:blue',
+                         label='train PSNR, left view' if k == 0 or ax_psnr.get_legend_handles_labels()[1] == []
+                         else None)
+        if 'epe' in rows[0]:
+            ax_epe = ax_epe or ax_psnr.twinx()
+            ax_epe.plot(steps, [r['epe'] for r in rows], marker='.', color='tab:red', label='warm-up EPE, left view')
+            ax_epe.set_ylabel('EPE of the LR matching (HR px)', color='tab:red')
+        offset = steps[-1]
+    ax_loss.set(xlabel='optimisation step', ylabel='training loss (epoch mean)', yscale='log')
+    ax_psnr.set(xlabel='optimisation step', ylabel='PSNR (dB)')
     for ax in (ax_loss, ax_psnr):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc='upper right' if ax is ax_loss else 'lower right')
+    if ax_epe is not None:
+        ax_epe.legend(fontsize=7, loc='upper right')
     args = stored.get('args', {})
     fig.suptitle(f"demo checkpoint: {args.get('model', '?')} x{args.get('scale_factor', '?')}, --trainset "
-                 f"{args.get('trainset', '?')}, batch {args.get('batch_size', '?')}, {int(steps[-1])} steps")
+                 f"{args.get('trainset', '?')}, {int(offset)} logged steps in {len(phases)} run(s)", y=0.99)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -3,6 +3,7 @@
     python train.py --scale_factor 4                          # SSRDE-FNet, paper recipe, ./data/train patches
     python train.py --model nafssr-s --scale_factor 4         # NAFSSR-S with its recipe (AdamW, cosine, MSE...)
     python train.py --model ipassr --scale_factor 4           # iPASSR with its recipe
+    python train.py --model dsdmsr --scale_factor 8           # DSDMSR: disparity maps (synthetic), not stereo pairs
     python train.py --scale_factor 4 --trainset sample --n_epochs 1 --batch_size 2 --checkpoint_dir runs/try
     python train.py --resume runs/try/last.pth --n_epochs 2   # continues exactly where it stopped
     torchrun --nproc_per_node 4 train.py --scale_factor 4     # DDP; --batch_size stays the global batch
@@ -11,7 +12,8 @@ Each network's recipe (models/<network>: its `Recipe`, loss and options) gives t
 flags; every flag overrides it. Every epoch (and on Ctrl-C, at the end of the running iteration)
 <checkpoint_dir>/last.pth is written atomically: {'state_dict', 'optimizer', 'scheduler', 'scaler', 'epoch' (epochs
 completed), 'iteration' (batches done in the next epoch), 'args', 'version', 'running'}. Beside it: args.json,
-log.csv / log.jsonl (one row per epoch) and curves.png (loss and PSNR, redrawn every epoch).
+log.csv / log.jsonl (one row per epoch) and curves.png (loss and PSNR, redrawn every epoch; disparity-map networks:
+RMSE of the fused map in HR pixels instead of PSNR, and the count of crops redrawn for having no valid pixel).
 """
 from __future__ import annotations
 
@@ -36,23 +38,26 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from data.disparity_maps import LR_PATCH, DisparityMapPatches
 from data.patches import (PatchFolder, PatchList, SceneCrops, StereoPatches, TeacherCache, read_teacher_meta,
                           sample_patches, write_teacher_cache)
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.outputs import NonFiniteError, Pair
+from models.stereo_losses import MatchingWarmupLoss
 from models import perceptual
 from models.registry import Recipe
 from utils import (STEREO_BOUNDARY, add_device_args, file_sha256, load_model, load_state_dict_checked,
-                   non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device, save_checkpoint, seed_everything,
-                   seed_worker, run_script, unwrap_model, worker_error_message)
+                   non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device, rmse, save_checkpoint,
+                   seed_everything, seed_worker, run_script, unwrap_model, worker_error_message)
 
 log = logging.getLogger('train')
 # Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.
 RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
-                  'disp_supervision', 'disp_supervision_parts', 'trainset', 'trainset_dir', 'synthetic_size', 'seed',
+                  'disp_supervision', 'disp_supervision_parts', 'stage', 'init', 'trainset', 'trainset_dir', 'synthetic_size', 'seed',
+                  'map_patch', 'map_pattern',
                   'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment',
                   *sorted({o.name for entry in REGISTRY.values() for o in entry.options}),
                   'perceptual', 'perceptual_weight', 'perceptual_layers', 'perceptual_distance', 'texture',
@@ -72,6 +77,10 @@ RUN_SETTINGS = {'n_epochs': None, 'num_workers': 4, 'save_every': 0, 'val_dir': 
 PATH_SETTINGS = ('val_dir', 'export', 'teacher_cache')
 DEFAULT_WORKERS = RUN_SETTINGS['num_workers']
 INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
+# What the log shows beside the loss, by ModelEntry.modality (`step_metrics`); the first one in the progress bar.
+TRAINING_METRICS = {'stereo': ('psnr_left', 'psnr_right'), 'disparity_map': ('rmse',), 'matching': ('epe',)}
+# The training data that is not a demo's (`export`), by modality: real stereo-SR patches, real disparity maps.
+REAL_TRAINSET = {'stereo': 'patches', 'disparity_map': 'disparity'}
 
 
 def recipe_help(field_name: str) -> str:
@@ -131,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                             + '; '.join(f'{n}: {e.criterion.DISPARITY_PARTS}' for n, e in REGISTRY.items()
                                         if e.criterion.DISPARITY_PARTS) + '; pam = LR parallax attention, hr = HR cost '
                             'volume, 1/2 = recursion)')
+    group.add_argument('--stage', choices=('joint', 'matching'), default='joint',
+                       help='joint (default): the network\'s whole objective. matching: a warm-up of the LR matching '
+                            'alone on ground-truth disparity (--trainset synthetic or disparity), before a joint run '
+                            'started from it with --init: only the modules the first LR disparity depends on run and '
+                            'learn (SSRDE-FNet: features, matching features, parallax attention; about a third of a '
+                            'joint step), with the supervised disparity loss of --disp_supervision (weight 1)')
     group.add_argument('--skip_nonfinite', type=int, default=None, metavar='N',
                        help='skip up to N batches whose loss or gradients are not finite (no update; each one logged) '
                             'before stopping the run (default 0: stop at the first, or the resumed run\'s)')
@@ -195,14 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help='let torchvision download a missing VGG file into the torch-hub cache (needs internet; '
                             'without this flag a missing file stops the run before training)')
     group = parser.add_argument_group('data')
-    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic', 'disparity'), default='patches',
-                       help='patches: PNG patches under --trainset_dir (data/prepare_train.py); sample: patches of '
+    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic', 'disparity'), default=None,
+                       help='patches (default for stereo networks): PNG patches under --trainset_dir '
+                            '(data/prepare_train.py); sample: patches of '
                             'scikit-image\'s Motorcycle pair, built in memory (no download); synthetic: stereo scenes '
                             'rendered from scikit-image\'s photographs with exact disparity, new every epoch '
                             '(data/synthetic.py; how the demo checkpoint was trained); disparity: random crops of the '
                             'scenes with ground-truth disparity (KITTI PNG, Middlebury/SceneFlow PFM) under '
-                            '--trainset_dir, in the test-set layout of data/prepare_test.py')
-    group.add_argument('--synthetic_size', type=int, default=4800, help='synthetic patches per epoch')
+                            '--trainset_dir, in the test-set layout of data/prepare_test.py. Disparity-map networks '
+                            '(dsdmsr) train on maps: synthetic (their default: the same scenes\' disparity, no '
+                            'images) or disparity (crops of every .pfm / KITTI .png map below --trainset_dir that '
+                            'matches --map_pattern)')
+    group.add_argument('--synthetic_size', type=int, default=4800,
+                       help='synthetic patches per epoch (disparity-map networks: also the crops per epoch of '
+                            '--trainset disparity)')
+    group.add_argument('--map_patch', type=int, default=LR_PATCH,
+                       help='disparity-map networks: LR side of the square training crops (HR side = this x scale)')
+    group.add_argument('--map_pattern', default='*',
+                       help='disparity-map networks, --trainset disparity: glob of the map files below '
+                            '--trainset_dir, e.g. "disp0GT.pfm" or "dispocc0.png" where images share the folders')
     group.add_argument('--trainset_dir', type=Path, default=Path('./data/train/Flickr1024_patches'),
                        help='patches: folder holding patches_x<s>/<id>/{hr0,hr1,lr0,lr1}.png; disparity: folder '
                             'holding <Dataset>/hr/<scene>/ and <Dataset>/lr_x<s>/<scene>/')
@@ -328,7 +354,9 @@ def jsonable(args: argparse.Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def build_dataset(args) -> StereoPatches:
+def build_dataset(args) -> StereoPatches | DisparityMapPatches:
+    if model_entry(args.model).modality == 'disparity_map':
+        return map_dataset(args)
     if args.trainset == 'sample':
         dataset = PatchList(sample_patches(args.scale_factor), args.scale_factor, args.augment, args.seed)
     elif args.trainset == 'synthetic':
@@ -339,6 +367,17 @@ def build_dataset(args) -> StereoPatches:
         dataset = PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
     dataset.channel_shuffle = args.channel_shuffle
     return dataset
+
+
+def map_dataset(args) -> DisparityMapPatches:
+    """Disparity-map networks (ModelEntry.modality 'disparity_map'): items (LR map, HR map, HR valid) cropped from
+    synthetic maps or from the maps under --trainset_dir. Never the stereo sets, and never Motorcycle (the sample)."""
+    if args.trainset not in ('synthetic', 'disparity'):
+        raise ValueError(f'--trainset {args.trainset} holds stereo pairs; {args.model} trains on disparity maps: '
+                         f'--trainset synthetic (its default) or --trainset disparity --trainset_dir DIR (.pfm / '
+                         f'KITTI .png maps)')
+    return DisparityMapPatches(args.scale_factor, args.trainset_dir if args.trainset == 'disparity' else None,
+                               args.synthetic_size, args.map_patch, args.augment, args.seed, args.map_pattern)
 
 
 def append_log(run_dir: Path, row: dict) -> None:
@@ -363,11 +402,18 @@ def plot_curves(run_dir: Path) -> None:
         if any(v > 0 for v in values):              # a log axis cannot show a term that is always 0
             ax_loss.plot(epochs, values, marker='.', label=key, lw=2.5 if key == 'total' else 1)
     ax_loss.set(xlabel='epoch', ylabel='training loss', yscale='log', title='loss')
-    ax_psnr.plot(epochs, [r['psnr_left'] for r in rows], marker='.', label='train, left (64 px cropped)')
+    if 'epe' in rows[0]:                            # --stage matching (TRAINING_METRICS)
+        ax_psnr.plot(epochs, [r['epe'] for r in rows], marker='.', label='train, left view, valid pixels')
+        ax_psnr.set(xlabel='epoch', ylabel='EPE (HR pixels)', title='end-point error of the LR matching')
+    elif 'rmse' in rows[0]:                         # disparity-map networks (TRAINING_METRICS)
+        ax_psnr.plot(epochs, [r['rmse'] for r in rows], marker='.', label='train, valid HR pixels')
+        ax_psnr.set(xlabel='epoch', ylabel='RMSE (HR pixels)', title='RMSE of the fused disparity map')
+    else:
+        ax_psnr.plot(epochs, [r['psnr_left'] for r in rows], marker='.', label='train, left (64 px cropped)')
+        ax_psnr.set(xlabel='epoch', ylabel='PSNR (dB)', title='PSNR of the final SR output')
     if any('val_psnr_avg' in r for r in rows):
         ax_psnr.plot([r['epoch'] for r in rows if 'val_psnr_avg' in r],
                      [r['val_psnr_avg'] for r in rows if 'val_psnr_avg' in r], marker='o', label='validation (L+R)/2')
-    ax_psnr.set(xlabel='epoch', ylabel='PSNR (dB)', title='PSNR of the final SR output')
     for ax in (ax_loss, ax_psnr):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -383,6 +429,9 @@ def check_validation_data(args) -> None:
         if args.val_every:
             raise ValueError(f'--val_every {args.val_every} needs --val_dir (a test-set root, test_sr.py layout)')
         return
+    if model_entry(args.model).modality != 'stereo':
+        raise ValueError(f'--val_dir validates stereo SR; score {args.model} checkpoints with test_disp.py --model '
+                         f'{args.model} --checkpoint <run>/last.pth')
     from data.testsets import DISPARITY_DATASETS, find_datasets, list_scenes
     names = [n for n in find_datasets(args.val_dir) if n not in DISPARITY_DATASETS]
     if not names:
@@ -409,17 +458,42 @@ def validate(model, args, device) -> dict:
 
 def export(model, args, run_dir: Path, epoch: int, teachers: list[dict] = ()) -> None:
     """Weights-only checkpoint for sharing: no optimiser state (a third of the size), labelled as a demo when the
-    weights were not trained on the real stereo-SR patches, with the run's per-epoch log (its training curve)."""
-    demo = args.trainset != 'patches'
+    weights were not trained on real data (REAL_TRAINSET: the stereo-SR patches, or real disparity maps), with the
+    run's per-epoch log (its training curve)."""
+    real = REAL_TRAINSET[model_entry(args.model).modality]
+    demo = args.trainset != real
     note = (f'demo checkpoint trained by this project on --trainset {args.trainset} (train.py, see args); '
-            f'NOT the weights of the {args.model} paper') if demo else 'trained by train.py on --trainset patches'
+            f'NOT the weights of the {args.model} paper') if demo else f'trained by train.py on --trainset {real}'
     log_file = run_dir / 'log.jsonl'
     rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() \
         else []
     if args.vgg_weights == perceptual.RANDOM and (args.perceptual or args.texture):
         note += '; its perceptual/texture terms used a RANDOM-INITIALISED VGG (--vgg_weights random), not ImageNet'
     save_checkpoint(args.export, model, epoch=epoch, args=jsonable(args), demo=demo, note=note, log=rows,
-                    teachers=list(teachers))
+                    teachers=list(teachers), lineage=lineage(args))
+
+
+def lineage(args: argparse.Namespace, limit: int = 20) -> list[dict]:
+    """The runs this one started from with --init, oldest first: each one's folder, args and per-epoch log, read
+    from the args.json and log.jsonl beside its checkpoint (a run whose folder is gone ends the chain). An exported
+    checkpoint carries them, so its whole training history (e.g. a joint run after a matching warm-up) can be drawn
+    and repeated."""
+    chain, init, seen = [], args.init, set()
+    while init is not None and len(chain) < limit:
+        folder = Path(init).parent
+        if folder.resolve() in seen or not (folder / 'args.json').is_file():
+            break
+        seen.add(folder.resolve())
+        try:
+            stored = json.loads((folder / 'args.json').read_text())
+            log_file = folder / 'log.jsonl'
+            rows = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] \
+                if log_file.is_file() else []
+        except (OSError, ValueError):
+            break
+        chain.append({'run': str(folder), 'checkpoint': str(init), 'args': stored, 'log': rows})
+        init = stored.get('init')
+    return chain[::-1]
 
 
 @dataclass
@@ -458,6 +532,16 @@ class Run:
     @property
     def main_process(self) -> bool:
         return self.rank == 0
+
+    @property
+    def metrics(self) -> str:
+        """The TRAINING_METRICS key: the modality, or 'matching' for --stage matching."""
+        return 'matching' if self.args.stage == 'matching' else self.modality
+
+    @property
+    def modality(self) -> str:
+        """'stereo' or 'disparity_map' (models/registry.py MODALITIES): what the batches and outputs are."""
+        return model_entry(self.args.model).modality
 
     def save(self, name: str, epoch: int, iteration: int, running=None) -> bool:
         """Write a checkpoint, unless a weight is NaN or Inf: then the file on disk (the last good state) stays and
@@ -516,6 +600,8 @@ def resolve_run_arguments(args: argparse.Namespace) -> dict | None:
         if getattr(args, key) is None and default is not None:
             setattr(args, key, default)
     args.model = args.model or 'ssrdefnet'
+    if args.trainset is None:   # stereo networks: the prepared patches; disparity-map networks: synthetic maps
+        args.trainset = 'synthetic' if model_entry(args.model).modality == 'disparity_map' else 'patches'
     recipe = model_entry(args.model).recipe
     for name in RECIPE_FLAGS:
         if getattr(args, name, None) is None:
@@ -546,7 +632,19 @@ def build_criterion(args, entry, dataset, teachers: perceptual.Teachers | None =
     cannot work (supervision of a network without disparity, or on data without ground truth). With the NTIRE 2023
     recipe's terms (--perceptual, --texture, --teacher) it is wrapped in a `perceptual.RecipeObjective` that adds them
     (online `teachers`, or None when their outputs come from the teacher cache)."""
+    if args.stage == 'matching':
+        if args.loss_weight or args.disp_supervision or args.disp_supervision_parts or args.perceptual \
+                or args.texture or args.teacher:
+            sys.exit('error: --stage matching trains with the supervised disparity loss alone: drop --loss_weight, '
+                     '--disp_supervision(_parts), --perceptual, --texture and --teacher')
+        if not dataset.has_disparity:
+            sys.exit(f'error: --stage matching needs training data with ground-truth disparity: --trainset '
+                     f'synthetic, or --trainset disparity --trainset_dir DIR (not --trainset {args.trainset})')
+        return MatchingWarmupLoss(args.scale_factor)
     cls = entry.criterion
+    if entry.modality != 'stereo' and (args.perceptual or args.texture or args.teacher):
+        sys.exit(f'error: --perceptual, --texture and --teacher compare SR images; {args.model} super-resolves '
+                 f'disparity maps')
     weights = named_values(args.loss_weight, cls.DEFAULT_WEIGHTS, '--loss_weight', f'{args.model}\'s terms')
     parts = named_values(args.disp_supervision_parts, cls.DISPARITY_PARTS, '--disp_supervision_parts',
                          f'{args.model}\'s disparity estimates')
@@ -712,6 +810,13 @@ def setup(args: argparse.Namespace) -> Run:
         sys.exit(f'error: --drop_path: {args.model} has no stochastic depth (networks with it: '
                  f'{", ".join(n for n, e in REGISTRY.items() if any(o.name == "drop_path" for o in e.options))})')
     model = build_model(args.model, args.scale_factor, **model_options(args)).to(device)
+    if args.stage == 'matching':
+        if not hasattr(model, 'matching'):
+            sys.exit(f'error: --stage matching: {args.model} has no separate LR matching stage (networks that do: '
+                     f'ssrdefnet)')
+        if world > 1:
+            sys.exit('error: --stage matching runs in one process (a short warm-up; DDP would synchronise '
+                     'the gradients of modules it does not run)')
     amp_dtype = getattr(torch, args.amp_dtype)
     use_amp = args.amp and device.type == 'cuda'
     if args.teacher_cache is not None and not args.teacher:
@@ -782,29 +887,60 @@ def check_gradients(model: torch.nn.Module) -> None:
     raise NonFiniteError(f'non-finite gradients in {len(bad)} parameter tensors (e.g. {bad[:3]})')
 
 
-def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
-    """One optimisation step on a batch (hr_left, hr_right, lr_left, lr_right), split into --grad_accum
-    micro-batches. Returns (term names, mean term values, PSNRs [left, right, ...]); raises NonFiniteError when a
+def batch_parts(run: Run, tensors: list[torch.Tensor]) -> tuple[tuple, tuple, dict]:
+    """One micro-batch as (the network's inputs, the criterion's arguments after the output, its keyword
+    supervision). Stereo patches (hr_left, hr_right, lr_left, lr_right[, disparity left, right][, cached teacher
+    outputs left, right]): the LR pair in, (lr_left, lr_right, hr_left, hr_right) to the criterion. Disparity-map
+    patches (lr_map, hr_map, hr_valid), data/disparity_maps.py: the LR map in, all three to the criterion."""
+    if run.modality == 'disparity_map':
+        return tuple(tensors[:1]), tuple(tensors), {}
+    hr_left, hr_right, lr_left, lr_right = tensors[:4]
+    disparity = tensors[4:6] if run.dataset.has_disparity else []
+    wanted = run.args.disp_supervision or run.args.stage == 'matching'
+    supervision = {'disparity': Pair(*disparity)} if disparity and wanted else {}
+    if isinstance(run.criterion, perceptual.RecipeObjective):
+        supervision['step'] = run.global_step
+        if run.dataset.extras is not None:    # cached teacher outputs (B, T, 3, sH, sW) per view, augmented
+            cached = tensors[-2:]
+            supervision['teacher'] = [Pair(cached[0][:, t], cached[1][:, t]) for t in range(cached[0].shape[1])]
+    return (lr_left, lr_right), (lr_left, lr_right, hr_left, hr_right), supervision
+
+
+def step_metrics(run: Run, out, tensors: list[torch.Tensor]) -> dict[str, float]:
+    """What the progress bar and the log show beside the loss (TRAINING_METRICS). Stereo: PSNR of the final SR views
+    clamped to [0, 1], the left without its STEREO_BOUNDARY first columns, the right without its last ones.
+    Disparity maps: RMSE in HR pixels of the fused map over the valid HR pixels of the micro-batch. --stage matching:
+    EPE in HR pixels of the left view's LR-matching disparity over its valid ground truth (0 if it has none)."""
+    if run.args.stage == 'matching':
+        columns = torch.arange(out.left.shape[-1], device=out.left.device, dtype=out.left.dtype)
+        estimate, truth = (columns - out.left).detach().float(), tensors[4].float()
+        valid = torch.isfinite(truth) & (truth >= 0) & (truth < 192)
+        return {'epe': (estimate - truth)[valid].abs().mean().item() if valid.any() else 0.0}
+    if run.modality == 'disparity_map':
+        _, hr_map, hr_valid = tensors
+        return {'rmse': rmse(out.fused.detach().float(), hr_map, hr_valid.bool())}
+    hr_left, hr_right = tensors[:2]
+    sr_left, sr_right = (x.detach().float().clamp(0, 1) for x in (out.sr_left, out.sr_right))
+    return {'psnr_left': psnr(sr_left, hr_left, crop_left=STEREO_BOUNDARY).mean().item(),
+            'psnr_right': psnr(sr_right[..., :-STEREO_BOUNDARY], hr_right[..., :-STEREO_BOUNDARY]).mean().item()}
+
+
+def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, dict[str, float]]:
+    """One optimisation step on a batch (stereo or disparity-map patches, `batch_parts`), split into --grad_accum
+    micro-batches. Returns (term names, mean term values, mean `step_metrics`); raises NonFiniteError when a
     loss term, or a value the network checks, is not finite."""
     args, world = run.args, run.world
     run.optimizer.zero_grad(set_to_none=True)
-    terms_sum, psnrs = None, []
+    terms_sum, metrics = None, []
     n_micro = min(args.grad_accum, batch[0].shape[0])  # a short last batch may have fewer micro-batches
     for k in range(n_micro):  # micro-batch k takes every grad_accum-th sample, like DDP rank k
         tensors = [x[k::args.grad_accum].to(run.device, non_blocking=True) for x in batch]
-        hr_left, hr_right, lr_left, lr_right = tensors[:4]
-        disparity = tensors[4:6] if run.dataset.has_disparity else []
-        supervision = {'disparity': Pair(*disparity)} if disparity and args.disp_supervision else {}
-        if isinstance(run.criterion, perceptual.RecipeObjective):
-            supervision['step'] = run.global_step
-            if run.dataset.extras is not None:    # cached teacher outputs (B, T, 3, sH, sW) per view, augmented
-                cached = tensors[-2:]
-                supervision['teacher'] = [Pair(cached[0][:, t], cached[1][:, t]) for t in range(cached[0].shape[1])]
+        inputs, targets, supervision = batch_parts(run, tensors)
         sync = contextlib.nullcontext() if world == 1 or k == n_micro - 1 else run.net.no_sync()
         with sync:
             with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
-                out = run.net(lr_left, lr_right)
-                terms = run.criterion(out, lr_left, lr_right, hr_left, hr_right, **supervision)
+                out = (run.model.matching if args.stage == 'matching' else run.net)(*inputs)
+                terms = run.criterion(out, *targets, **supervision)
             values = torch.stack([t.detach().float() for t in terms.values()])
             if world > 1:
                 dist.all_reduce(values)
@@ -816,10 +952,7 @@ def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
                 total = total + 0 * sum(p.sum() for p in run.model.parameters())
             run.scaler.scale(total).backward()
         terms_sum = values if terms_sum is None else terms_sum + values
-        sr = out.sr_left.detach().float().clamp(0, 1)
-        psnrs.append(psnr(sr, hr_left, crop_left=STEREO_BOUNDARY).mean().item())
-        sr = out.sr_right.detach().float().clamp(0, 1)
-        psnrs.append(psnr(sr[..., :-STEREO_BOUNDARY], hr_right[..., :-STEREO_BOUNDARY]).mean().item())
+        metrics.append(step_metrics(run, out, tensors))
     if not run.scaler.is_enabled():   # (a float16 gradient scaler skips steps with inf/NaN gradients itself)
         check_gradients(run.model)
     if args.grad_clip > 0:
@@ -829,7 +962,7 @@ def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, list[float]]:
     run.scaler.update()
     if args.schedule == 'cosine':
         run.scheduler.step()
-    return list(terms), terms_sum / n_micro, psnrs
+    return list(terms), terms_sum / n_micro, {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
 
 
 def train_epoch(run: Run, epoch: int) -> int | dict:
@@ -853,7 +986,7 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
             break
         run.global_step = epoch * run.iters_per_epoch + iteration
         try:
-            names, values, psnrs = train_step(run, batch)
+            names, values, metrics = train_step(run, batch)
         except NonFiniteError as err:
             step = epoch * run.iters_per_epoch + iteration + 1
             where = (f'at epoch {epoch + 1}, iteration {iteration + 1} (step {step}, lr '
@@ -872,10 +1005,12 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
         run.last_terms = names
         for name, value in zip(names, values.tolist()):
             sums[name] = sums.get(name, 0.0) + value
-        sums['psnr_left'] = sums.get('psnr_left', 0.0) + float(np.mean(psnrs[0::2]))
-        sums['psnr_right'] = sums.get('psnr_right', 0.0) + float(np.mean(psnrs[1::2]))
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + value
         sums['count'] += 1
-        bar.set_postfix(loss=f"{sums['total'] / sums['count']:.4f}", psnr=f"{sums['psnr_left'] / sums['count']:.2f}")
+        shown = TRAINING_METRICS[run.metrics][0]
+        bar.set_postfix(loss=f"{sums['total'] / sums['count']:.4f}",
+                        **{shown.split('_')[0]: f"{sums[shown] / sums['count']:.2f}"})
         bar.update()
         run.steps += 1
         if args.stop_after and run.steps >= args.stop_after:
@@ -905,9 +1040,11 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> bool:
     run.start_iteration = 0
     count = max(sums['count'], 1)
     row = {'epoch': epoch + 1, 'lr': lr, **{f'loss_{n}': sums.get(n, 0.0) / count for n in run.last_terms},
-           'psnr_left': sums.get('psnr_left', 0.0) / count, 'psnr_right': sums.get('psnr_right', 0.0) / count,
+           **{name: sums.get(name, 0.0) / count for name in TRAINING_METRICS[run.metrics]},
            'iterations': sums['count'], 'seconds': sums['seconds'],
            'iters_per_s': sums['count'] / max(sums['seconds'], 1e-9)}
+    if run.modality == 'disparity_map':   # crops redrawn for having no valid HR pixel, this epoch (DisparityMapPatches)
+        row['skipped_patches'] = run.dataset.skipped
     if not run.save('last.pth', epoch + 1, 0):      # first: an interrupted validation must not cost the epoch
         return False
     if args.save_every and (epoch + 1) % args.save_every == 0:
@@ -928,8 +1065,12 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> bool:
     if run.main_process:
         append_log(run.run_dir, row)
         plot_curves(run.run_dir)
-        log.info(f"epoch {epoch + 1}: loss {row['loss_total']:.4f}, train PSNR left {row['psnr_left']:.2f} dB, "
-                 f"{row['iters_per_s']:.3f} it/s"
+        log.info(f"epoch {epoch + 1}: loss {row['loss_total']:.4f}, "
+                 + (f"train PSNR left {row['psnr_left']:.2f} dB, " if 'psnr_left' in row else
+                    f"train EPE {row['epe']:.2f} px (LR matching, left), " if 'epe' in row else
+                    f"train RMSE {row['rmse']:.3f} px (fused map), {row['skipped_patches']} crops without a valid "
+                    f"pixel redrawn, ")
+                 + f"{row['iters_per_s']:.3f} it/s"
                  + (f", val (L+R)/2 {row['val_psnr_avg']:.2f} dB" if 'val_psnr_avg' in row else ''))
     return True
 

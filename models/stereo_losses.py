@@ -54,14 +54,37 @@ class Objective(nn.Module):
 def supervised_disparity(estimate: Pair, truth: Pair, max_disparity: float = 192.0) -> Tensor:
     """Smooth L1 (Huber, beta 1 pixel, as PSMNet and GwcNet) between estimated and ground-truth disparities of both
     views (B, 1, sH, sW, HR pixels), averaged over the valid pixels of both: finite ground truth in
-    [0, max_disparity). Zero (with a gradient path) when no pixel is valid. NaN marks unknown ground truth."""
+    [0, max_disparity) whose match lies inside the other view (left: x - d >= 0, right: x + d <= W - 1). A pixel
+    whose match is outside the other image (a crop's border band) cannot be matched by any network; parallax
+    attention, whose estimate is a column of the other view, would be pulled towards the border there.
+    Zero (with a gradient path) when no pixel is valid. NaN marks unknown ground truth."""
     total, count = estimate.left.new_zeros(()), 0
-    for est, gt in zip(estimate, truth):
-        valid = torch.isfinite(gt) & (gt >= 0) & (gt < max_disparity)
+    for est, gt, sign in ((estimate.left, truth.left, -1), (estimate.right, truth.right, 1)):
+        columns = torch.arange(gt.shape[-1], device=gt.device, dtype=gt.dtype)
+        match = columns + sign * gt
+        valid = (torch.isfinite(gt) & (gt >= 0) & (gt < max_disparity)
+                 & (match >= 0) & (match <= gt.shape[-1] - 1))
         error = F.smooth_l1_loss(est, torch.where(valid, gt, est.detach()), reduction='none', beta=1.0)
         total = total + (error * valid).sum()
         count = count + valid.sum()
     return total / torch.clamp(count, min=1)
+
+
+class MatchingWarmupLoss(Objective):
+    """train.py --stage matching: a warm-up of the LR matching alone on ground-truth disparity, before the joint
+    training. forward(coords, lr_left, lr_right, hr_left, hr_right, disparity) with `coords` the Pair of LR matching
+    coordinates upsampled to HR (B, 1, sH, sW) that a network's `matching(left, right)` returns (SSRDE-FNet's
+    recursion-1 PAM estimate, its `coords_lr[0]`) -> {'disp_sup', 'total'}: `supervised_disparity` of it."""
+
+    DEFAULT_WEIGHTS = {'disp_sup': 1.0}
+
+    def forward(self, coords: Pair, lr_left: Tensor, lr_right: Tensor, hr_left: Tensor, hr_right: Tensor,
+                disparity: Pair | None = None) -> dict[str, Tensor]:
+        if disparity is None:
+            raise ValueError('the matching warm-up needs ground-truth disparity (a Pair of HR maps)')
+        columns = torch.arange(coords.left.shape[-1], device=coords.left.device, dtype=coords.left.dtype)
+        estimate = Pair(columns - coords.left, coords.right - columns)     # positive disparities, not clamped
+        return self.weighted_total({'disp_sup': supervised_disparity(estimate, disparity)})
 
 
 def illumination_residuals(hr: Pair, lr: Pair, scale: int) -> tuple[Pair, Pair]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -17,23 +18,38 @@ from models.ssrdefnet.losses import DISPARITY_PARTS, SSRDEFNetLoss
 from models.stereo_losses import supervised_disparity
 
 
-def maps(*arrays):
-    return [torch.tensor(a, dtype=torch.float32).view(1, 1, 1, -1) for a in arrays]
+def maps(estimate, truth, width=100, at=45):
+    """1-row maps of `width` columns holding the values from column `at` on; elsewhere the estimate is 0 and the
+    ground truth NaN (unknown). Every match stays inside the other view for disparities below 45."""
+    out = []
+    for values, fill in ((estimate, 0.0), (truth, float('nan'))):
+        row = torch.full((1, 1, 1, width), fill)
+        row[..., at:at + len(values)] = torch.tensor(values, dtype=torch.float32)
+        out.append(row)
+    return out
+
+
+def in_view(shape, max_disparity):
+    """Random ground truth (left, right) whose matches all lie inside the other view."""
+    columns = torch.arange(shape[-1], dtype=torch.float32)
+    left = torch.rand(shape) * torch.clamp(columns, max=max_disparity)
+    right = torch.rand(shape) * torch.clamp(shape[-1] - 1 - columns, max=max_disparity)
+    return Pair(left, right)
 
 
 def test_loss_is_zero_when_perfect_and_grows_with_the_error():
-    gt = torch.rand(2, 1, 8, 12) * 40
-    truth = Pair(gt, gt.flip(-1))
-    assert supervised_disparity(Pair(gt, gt.flip(-1)), truth) == 0
-    values = [supervised_disparity(Pair(gt + e, gt.flip(-1) + e), truth).item() for e in (0.5, 1, 3, 10)]
+    truth = in_view((2, 1, 8, 64), 40)
+    assert supervised_disparity(truth, truth) == 0
+    values = [supervised_disparity(truth.map(lambda d: d + e), truth).item() for e in (0.5, 1, 3, 10)]
     assert values == pytest.approx([0.125, 0.5, 2.5, 9.5])      # Huber, beta 1: e^2/2 below 1 pixel, e - 1/2 above
-    assert supervised_disparity(Pair(gt - 3, gt.flip(-1) + 3), truth).item() == pytest.approx(2.5)
+    assert supervised_disparity(Pair(truth.left - 3, truth.right + 3), truth).item() == pytest.approx(2.5)
 
 
 def test_loss_ignores_unknown_and_out_of_range_pixels():
     est, gt = maps([1, 2, 3, 4], [10, 20, 30, 40])
     nan = float('nan')
     full = supervised_disparity(Pair(est, est), Pair(gt, gt))
+    assert full.item() == pytest.approx((8.5 + 17.5 + 26.5 + 35.5) / 4)
     # unknown (NaN, inf) and out-of-range (< 0, >= 192) ground truth: those pixels do not count, whatever is there
     est2, gt2 = maps([1, 2, 3, 4, 1e6, -7, 99, 5], [10, 20, 30, 40, nan, float('inf'), 500, -1])
     assert supervised_disparity(Pair(est2, est2), Pair(gt2, gt2)) == pytest.approx(full.item())
@@ -45,6 +61,25 @@ def test_loss_ignores_unknown_and_out_of_range_pixels():
     loss = supervised_disparity(Pair(est3, est3), Pair(empty, empty))
     loss.backward()
     assert loss.item() == 0 and torch.isfinite(est3.grad).all() and est3.grad.abs().sum() == 0
+
+
+def test_loss_ignores_pixels_whose_match_is_outside_the_other_view():
+    """Left pixel x matches right x - d, right pixel x matches left x + d: outside [0, W - 1] nothing can match."""
+    width = 10
+    gt = torch.full((1, 1, 1, width), 4.0)
+    est = torch.zeros_like(gt)                                   # error 4 everywhere: 3.5 per counted pixel
+    nan = torch.full_like(gt, float('nan'))
+    zero = torch.zeros_like(gt)
+    left_only = supervised_disparity(Pair(est, est), Pair(gt, nan))
+    right_only = supervised_disparity(Pair(est, est), Pair(nan, gt))
+    assert left_only.item() == right_only.item() == pytest.approx(3.5)
+    # which pixels count: left x >= 4 (x - 4 >= 0), right x <= 5 (x + 4 <= 9); x = d and x + d = W - 1 included
+    grad = est.clone().requires_grad_()
+    supervised_disparity(Pair(grad, zero), Pair(gt, nan)).backward()
+    assert (grad.grad[0, 0, 0] != 0).tolist() == [False] * 4 + [True] * 6
+    grad = est.clone().requires_grad_()
+    supervised_disparity(Pair(zero, grad), Pair(nan, gt)).backward()
+    assert (grad.grad[0, 0, 0] != 0).tolist() == [True] * 6 + [False] * 4
 
 
 def test_loss_is_the_same_after_the_left_right_swap():
@@ -157,3 +192,70 @@ def test_the_flag_trains_and_says_what_it_needs(tmp_path):
     with pytest.raises(SystemExit, match='no scene with disparity ground truth'):
         train.main(['--scale_factor', '2', '--trainset', 'disparity', '--trainset_dir', str(tmp_path / 'run'),
                     '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'w')])
+
+
+def test_matching_is_the_first_pam_estimate_of_the_full_forward():
+    torch.manual_seed(1)
+    model = build_model('ssrdefnet', 2).eval()
+    lr = [torch.rand(1, 3, 30, 40) for _ in range(2)]
+    with torch.no_grad():
+        coords = model.matching(*lr)
+        out = model(*lr)
+    assert torch.allclose(coords.left, out.coords_lr[0].left, atol=1e-5)
+    assert torch.allclose(coords.right, out.coords_lr[0].right, atol=1e-5)
+
+
+def test_matching_stage_trains_only_the_matching_path(tmp_path):
+    """--stage matching: the LR matching's modules learn, nothing else changes (weights or BatchNorm statistics),
+    the log carries the supervised term and the EPE, and the checkpoint starts a joint run (--init)."""
+    from models.stereo_losses import MatchingWarmupLoss
+    from utils import read_checkpoint
+    torch.manual_seed(2)
+    start = build_model('ssrdefnet', 2).state_dict()
+    init = tmp_path / 'init.pth'
+    torch.save(start, init)
+    run = tmp_path / 'warmup'
+    assert train.main(['--scale_factor', '2', '--trainset', 'synthetic', '--synthetic_size', '2', '--batch_size', '2',
+                       '--num_workers', '0', '--n_epochs', '1', '--stage', 'matching', '--init', str(init),
+                       '--checkpoint_dir', str(run)]) == 0
+    after = read_checkpoint(run / 'last.pth')[0]
+    matching = ('init_feature', 'deep_feature', 'transition', 'StereoFea', 'pam')
+    changed = {k.split('.')[0] for k in start if not torch.equal(start[k], after[k])}
+    assert changed == set(matching), changed
+    row = json.loads((run / 'log.jsonl').read_text().splitlines()[-1])
+    assert set(row) >= {'loss_disp_sup', 'loss_total', 'epe'} and 'psnr_left' not in row
+    assert row['loss_disp_sup'] > 0 and row['epe'] > 0
+    assert MatchingWarmupLoss.DEFAULT_WEIGHTS == {'disp_sup': 1.0}
+    with pytest.raises(SystemExit, match='--stage matching needs training data with ground-truth disparity'):
+        train.main(['--scale_factor', '2', '--trainset', 'sample', '--stage', 'matching', '--num_workers', '0',
+                    '--checkpoint_dir', str(tmp_path / 'a')])
+    with pytest.raises(SystemExit, match='--stage matching: nafssr-t has no separate LR matching stage'):
+        train.main(['--model', 'nafssr-t', '--trainset', 'synthetic', '--stage', 'matching', '--num_workers', '0',
+                    '--checkpoint_dir', str(tmp_path / 'b')])
+    with pytest.raises(SystemExit, match='supervised disparity loss alone: drop --loss_weight'):
+        train.main(['--scale_factor', '2', '--trainset', 'synthetic', '--stage', 'matching', '--disp_supervision',
+                    '1', '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'c')])
+
+
+def test_export_carries_the_runs_it_started_from(tmp_path):
+    """A joint run --init from a warm-up: the exported file holds the warm-up's args and log (its history)."""
+    from utils import read_checkpoint
+    common = ['--scale_factor', '2', '--trainset', 'synthetic', '--synthetic_size', '2', '--batch_size', '2',
+              '--num_workers', '0', '--n_epochs', '1']
+    assert train.main([*common, '--stage', 'matching', '--checkpoint_dir', str(tmp_path / 'warm')]) == 0
+    assert train.main([*common, '--init', str(tmp_path / 'warm' / 'last.pth'), '--disp_supervision', '0.01',
+                       '--checkpoint_dir', str(tmp_path / 'joint'), '--export', str(tmp_path / 'demo.pth')]) == 0
+    _, stored = read_checkpoint(tmp_path / 'demo.pth')
+    assert [r['args']['stage'] for r in stored['lineage']] == ['matching']
+    assert stored['lineage'][0]['run'] == str(tmp_path / 'warm') and len(stored['lineage'][0]['log']) == 1
+    assert 'epe' in stored['lineage'][0]['log'][0] and 'psnr_left' in stored['log'][0]
+    assert stored['args']['init'] == str(tmp_path / 'warm' / 'last.pth')
+    # a resumed run keeps where its weights came from: exporting it again still carries the warm-up
+    assert train.main(['--resume', str(tmp_path / 'joint' / 'last.pth'), '--export', str(tmp_path / 'again.pth')]) == 0
+    assert read_checkpoint(tmp_path / 'again.pth')[1]['lineage'] == stored['lineage']
+    import make_figs
+    phases = make_figs.training_phases(stored)
+    assert [label.split(',')[0] for label, _ in phases] == ['matching warm-up', 'joint']
+    assert phases[1][0].endswith('disp_supervision 0.01') and [len(rows) for _, rows in phases] == [1, 1]
+    assert make_figs.training_figure(tmp_path / 'demo.pth', tmp_path / 'curve.png')
+    assert iio.imread(tmp_path / 'curve.png').shape[:2] == (405, 1080)

@@ -158,6 +158,18 @@ class SSRDEFNet(nn.Module):
         self.recursion(features, upsampled, out)                                # recursion 2
         return out
 
+    def matching(self, left: Tensor, right: Tensor) -> Pair:
+        """Recursion 1's LR parallax-attention correspondence alone, as `forward` computes it (its `coords_lr[0]`):
+        a Pair of (B, 1, sH, sW) coordinates in HR pixels. Only the LR feature extractor, the matching features and
+        the PAM run (no SR or HR branch): what a matching warm-up on ground-truth disparity trains
+        (train.py --stage matching), about a third of a full step's time at x4."""
+        validate_inputs(left, right, self.scale)
+        lr = torch.cat([left, right]).contiguous(memory_format=activation_format(left, self))
+        features = self.deep_feature(self.init_feature(lr))
+        pam = self.pam(features, self.StereoFea(self.transition(features)))
+        return Pair.unfold(F.interpolate(pam.coords * self.scale, scale_factor=self.scale, mode='bilinear',
+                                         align_corners=False))
+
     def stage(self, fn, *args):
         """fn(*args), with activation recomputation when `grad_checkpoint` is on in training: only the stage's inputs
         and outputs are kept, its inside is recomputed in the backward pass (BatchNorm running statistics are
@@ -191,6 +203,7 @@ class SSRDEFNet(nn.Module):
         out.valid_hr.append(Pair.unfold(hr_valid_mask(coords_hr, pam.valid, s)))
         out.coords_lr.append(Pair.unfold(coords_lr))
         out.coords_hr.append(Pair.unfold(coords_hr))
+        out.coords_pam.append(Pair.unfold(pam.coords))
         return refined, coords_hr
 
     def lr_stage(self, features: Tensor) -> tuple[PAMOutput, Pair]:
