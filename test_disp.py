@@ -28,7 +28,6 @@ upsampling of the same LR map (evaluation.score_table).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -44,8 +43,8 @@ from evaluation import MAP_METRICS, score_table, upsample_bicubic
 from models import DISPARITY_MODELS, MAP_MODELS, add_model_args, model_entry
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from utils import (UsageError, add_device_args, bad_pixel_rate, checkpoint_model_name, colorize, d1_error,
-                   describe_checkpoint, epe, load_model, modcrop, read_checkpoint, resolve_device, rmse, run_script,
-                   save_figure)
+                   describe_checkpoint, epe, load_model, modcrop, print_report, read_checkpoint, resolve_device, rmse,
+                   run_script, save_figure)
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -289,11 +288,7 @@ def evaluate_maps(args, model: torch.nn.Module, weights: str, run_name: str, dev
     if not args.no_save:
         lines.append(f'Pictures: {args.results_dir / run_name}/maps/<dataset>/<map>_{{disp,error,bicubic_error,figure}}'
                      f'.png (+ _disp16.png: KITTI 16-bit)')
-    print('\n'.join(lines))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f'JSON: {args.json}')
+    print_report(lines, results, args.json)
     return results
 
 
@@ -402,11 +397,7 @@ def main(argv=None) -> dict:
                       f"{100 * r[f'bad3_noc_{k}']:.2f}% |" for k, label in labels.items()]
     if not args.no_save:
         lines.append(f'Pictures: {args.results_dir / run_name}/disparity/<dataset>/<scene>_{{disp,error,figure}}.png (+ _disp16.png: KITTI 16-bit)')
-    print('\n'.join(lines))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f'JSON: {args.json}')
+    print_report(lines, results, args.json)
     return results
 
 

@@ -37,7 +37,7 @@ from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_mat
 from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
 from utils import (STEREO_BOUNDARY, UsageError, add_device_args, describe_checkpoint, imresize, infer_scale_factor,
-                   load_model, positive_int, read_checkpoint, resolve_device, run_script)
+                   load_model, positive_int, print_report, read_checkpoint, resolve_device, run_script)
 
 log = logging.getLogger('test_sr')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')  # authors' x4 release (file name as shipped)
@@ -198,11 +198,7 @@ def main(argv=None) -> dict:
                   f"| {cell(r, 'sc_hr')} | {cell(r, 'track2')} |" for n, r in results.items()]
     if not args.no_save:
         lines.append(f'SR images: {args.results_dir / run_name}/<dataset>/<scene>_{{L,R}}.png')
-    print('\n'.join(lines))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f'JSON: {args.json}')
+    print_report(lines, results, args.json)
     return results
 
 

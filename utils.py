@@ -1,6 +1,7 @@
 """Shared helpers: seeding, checkpoint save/load, metrics (pure functions) and MATLAB-compatible resizing."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -508,6 +509,16 @@ def epe(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
     """End-point error: mean |pred - gt| in pixels over the pixels where `mask` is true."""
     error, _ = _masked_errors(pred, gt, mask)
     return error.mean().item()
+
+
+def print_report(lines: list[str], results: dict, json_path: Path | None) -> None:
+    """The evaluation scripts' ending: the markdown report on stdout, and `results` as JSON at `json_path` (its
+    folder made) when one is given, saying where."""
+    print('\n'.join(lines))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=2))
+        print(f'JSON: {json_path}')
 
 
 def rmse(pred: Tensor, gt: Tensor, mask: Tensor) -> float:

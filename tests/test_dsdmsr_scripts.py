@@ -23,7 +23,8 @@ from data.disparity_maps import DisparityMapPatches
 from data.readers import write_image, write_kitti_disparity, write_pfm
 from evaluation import upsample_bicubic, upsample_nearest
 from models import MAP_MODELS, STEREO_MODELS, build_model, model_entry
-from utils import run_script, save_checkpoint
+from test_cli_errors import outcome     # (exit status, stderr) of a script's main, as `python script.py` gives
+from utils import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py: small convolutions, shared cores
@@ -45,19 +46,6 @@ def trained(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp('dsdmsr_run')
     assert train.main(tiny_run(run)) == 0
     return run / 'last.pth'
-
-
-def outcome(main, argv, capsys) -> tuple[int, str]:
-    """(exit status, stderr) as `python script.py argv` would give them."""
-    try:
-        status = run_script(main, argv)
-    except SystemExit as exit_:
-        status = exit_.code if isinstance(exit_.code, int) else 1
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=__import__('sys').stderr)
-    err = capsys.readouterr().err
-    assert 'Traceback' not in err
-    return status, err
 
 
 # ---- the registry
