@@ -37,3 +37,20 @@ def transfer(attention: Tensor, values: Tensor) -> Tensor:
     b, c, h, w = values.shape
     out = torch.bmm(attention.to(values.dtype), values.permute(0, 2, 3, 1).reshape(b * h, w, c))  # (N, W, C)
     return out.view(b, h, -1, c).permute(0, 3, 1, 2)
+
+
+def coordinates_to_disparity(coords: Tensor, view: str, max_disparity: float | None) -> Tensor:
+    """Correspondence coordinates (B, 1, H, W) of the `view` ('left' or 'right') -> disparities in [0, max_disparity].
+
+    Left: d = x - coord; right: d = coord - x, x being the pixel's own column, clamped as the official test mode
+    does with max_disparity = 192 (values below 0 become 0, above it become it). max_disparity=None: not clamped (for
+    a supervised loss, whose gradient must not vanish where an estimate leaves the range).
+    """
+    columns = torch.arange(coords.shape[-1], device=coords.device, dtype=coords.dtype)
+    if view == 'left':
+        disparity = columns - coords
+    elif view == 'right':
+        disparity = coords - columns
+    else:
+        raise ValueError(f"view must be 'left' or 'right', got {view!r}")
+    return disparity if max_disparity is None else disparity.clamp(0.0, max_disparity)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.outputs import Pair
-from models.parallax import transfer
+from models.parallax import coordinates_to_disparity, transfer
 
 
 class Objective(nn.Module):
@@ -82,8 +82,8 @@ class MatchingWarmupLoss(Objective):
                 disparity: Pair | None = None) -> dict[str, Tensor]:
         if disparity is None:
             raise ValueError('the matching warm-up needs ground-truth disparity (a Pair of HR maps)')
-        columns = torch.arange(coords.left.shape[-1], device=coords.left.device, dtype=coords.left.dtype)
-        estimate = Pair(columns - coords.left, coords.right - columns)     # positive disparities, not clamped
+        estimate = Pair(coordinates_to_disparity(coords.left, 'left', None),    # not clamped
+                        coordinates_to_disparity(coords.right, 'right', None))
         return self.weighted_total({'disp_sup': supervised_disparity(estimate, disparity)})
 
 

@@ -170,10 +170,11 @@ def test_warp_samples_where_the_official_normalisation_says():
 def test_coordinates_to_disparity_signs_and_clamp():
     coords = torch.tensor([[[[-5.0, 0.5, 2.0, 300.0]]]])
     # left: d = x - coord; right: d = coord - x; both clamped to [0, 192]
-    assert coordinates_to_disparity(coords, 'left').flatten().tolist() == [5.0, 0.5, 0.0, 0.0]
-    assert coordinates_to_disparity(coords, 'right').flatten().tolist() == [0.0, 0.0, 0.0, 192.0]
+    assert coordinates_to_disparity(coords, 'left', 192).flatten().tolist() == [5.0, 0.5, 0.0, 0.0]
+    assert coordinates_to_disparity(coords, 'right', 192).flatten().tolist() == [0.0, 0.0, 0.0, 192.0]
+    assert coordinates_to_disparity(coords, 'right', None).flatten().tolist() == [-5.0, -0.5, 0.0, 297.0]
     with pytest.raises(ValueError, match="'left' or 'right'"):
-        coordinates_to_disparity(coords, 'top')
+        coordinates_to_disparity(coords, 'top', None)
 
 
 @pytest.mark.parametrize('fix', [False, True])

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from models import kernels
 from models.kernels import memory_format
 from models.layers import ViewwiseBatchNorm2d
+from models.parallax import coordinates_to_disparity  # noqa: F401 (re-exported: SSRDE-FNet's outputs)
 from models.ssrdefnet.blocks import ConvBN, conv_bn
 from models.ssrdefnet.kernels import correlation
 
@@ -72,23 +73,6 @@ def warp(source: Tensor, coords: Tensor) -> Tensor:
     channels-last network would otherwise mix layouts, and mixed-layout element-wise ops run ~2.5x slower).
     """
     return sample_columns(source, coords).squeeze(2).contiguous(memory_format=memory_format(source))
-
-
-def coordinates_to_disparity(coords: Tensor, view: str, max_disparity: float | None = MAX_DISPARITY) -> Tensor:
-    """Correspondence coordinates (B, 1, H, W) of the `view` ('left' or 'right') -> disparities in [0, max_disparity].
-
-    Left: d = x - coord; right: d = coord - x, x being the pixel's own column, clamped as the official test mode
-    does (values below 0 become 0, above 192 become 192). max_disparity=None: not clamped (for a supervised loss,
-    whose gradient must not vanish where an estimate leaves the range).
-    """
-    columns = torch.arange(coords.shape[-1], device=coords.device, dtype=coords.dtype)
-    if view == 'left':
-        disparity = columns - coords
-    elif view == 'right':
-        disparity = coords - columns
-    else:
-        raise ValueError(f"view must be 'left' or 'right', got {view!r}")
-    return disparity if max_disparity is None else disparity.clamp(0.0, max_disparity)
 
 
 class CostVolume(nn.Module):

@@ -76,9 +76,9 @@ class SSRDEFNetOutput(StereoOutput):
     @property
     def disp_left(self) -> Tensor:
         """Final left disparity (B, 1, sH, sW): HR cost volume of recursion 2, as the official evaluation gives it."""
-        return coordinates_to_disparity(self.coords_hr[-1].left, 'left')
+        return coordinates_to_disparity(self.coords_hr[-1].left, 'left', MAX_DISPARITY)
 
     @property
     def disp_right(self) -> Tensor:
         """Final right disparity (B, 1, sH, sW), positive, clamped to [0, 192]."""
-        return coordinates_to_disparity(self.coords_hr[-1].right, 'right')
+        return coordinates_to_disparity(self.coords_hr[-1].right, 'right', MAX_DISPARITY)
