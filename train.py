@@ -39,11 +39,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from data.disparity_maps import LR_PATCH, DisparityMapPatches
-from data.patches import (PatchFolder, PatchList, SceneCrops, StereoPatches, TeacherCache, read_teacher_meta,
-                          sample_patches, write_teacher_cache)
+from data.patches import (PATCH_HEIGHT, PATCH_WIDTH, PatchFolder, PatchList, SceneCrops, StereoPatches, TeacherCache,
+                          read_teacher_meta, sample_patches, write_teacher_cache)
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.outputs import NonFiniteError, Pair
+from models.parallax import coordinates_to_disparity
 from models.stereo_losses import MatchingWarmupLoss
 from models import perceptual
 from models.registry import Recipe
@@ -57,7 +58,7 @@ RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
                   'disp_supervision', 'disp_supervision_parts', 'stage', 'init', 'trainset', 'trainset_dir', 'synthetic_size', 'seed',
-                  'map_patch', 'map_pattern',
+                  'map_patch', 'map_pattern', 'lr_crop',
                   'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment',
                   *sorted({o.name for entry in REGISTRY.values() for o in entry.options}),
                   'perceptual', 'perceptual_weight', 'perceptual_layers', 'perceptual_distance', 'texture',
@@ -234,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
                             'holding <Dataset>/hr/<scene>/ and <Dataset>/lr_x<s>/<scene>/')
     group.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
                        help='iPASSR augmentation: horizontal flip with view swap, vertical flip (all three networks)')
+    group.add_argument('--lr_crop', type=crop_size, default=None, metavar='HxW',
+                       help='train on a random HxW crop (LR pixels) of each 30x90 LR patch and the co-located HR crop, '
+                            'e.g. 16x16: cheaper steps for the single-image networks on a CPU (ISRResCNet runs its '
+                            'denoiser ten times at HR). Not in any paper\'s recipe; stereo networks need the whole '
+                            'width for their disparity range (default: the whole patch)')
     group.add_argument('--num_workers', type=int, default=None,
                        help=f'DataLoader worker processes (default {DEFAULT_WORKERS}, or the resumed run\'s)')
     group = parser.add_argument_group('checkpoints, logging, validation')
@@ -366,12 +372,27 @@ def build_dataset(args) -> StereoPatches | DisparityMapPatches:
     else:
         dataset = PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
     dataset.channel_shuffle = args.channel_shuffle
+    if args.lr_crop:
+        h, w = dataset.crop = tuple(int(n) for n in args.lr_crop.split('x'))
+        if h > PATCH_HEIGHT or w > PATCH_WIDTH:
+            raise ValueError(f'--lr_crop {args.lr_crop} is larger than the {PATCH_HEIGHT}x{PATCH_WIDTH} LR training '
+                             f'patches')
     return dataset
+
+
+def crop_size(text: str) -> str:
+    """--lr_crop: 'HxW' with positive integers, kept as text (it is stored in args.json)."""
+    parts = text.lower().split('x')
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f'expected HxW in LR pixels, e.g. 16x16, got {text!r}')
+    return 'x'.join(str(int(p)) for p in parts)
 
 
 def map_dataset(args) -> DisparityMapPatches:
     """Disparity-map networks (ModelEntry.modality 'disparity_map'): items (LR map, HR map, HR valid) cropped from
     synthetic maps or from the maps under --trainset_dir. Never the stereo sets, and never Motorcycle (the sample)."""
+    if args.lr_crop:
+        raise ValueError(f'--lr_crop crops stereo patches; {args.model} crops its maps with --map_patch')
     if args.trainset not in ('synthetic', 'disparity'):
         raise ValueError(f'--trainset {args.trainset} holds stereo pairs; {args.model} trains on disparity maps: '
                          f'--trainset synthetic (its default) or --trainset disparity --trainset_dir DIR (.pfm / '
@@ -908,12 +929,13 @@ def batch_parts(run: Run, tensors: list[torch.Tensor]) -> tuple[tuple, tuple, di
 
 def step_metrics(run: Run, out, tensors: list[torch.Tensor]) -> dict[str, float]:
     """What the progress bar and the log show beside the loss (TRAINING_METRICS). Stereo: PSNR of the final SR views
-    clamped to [0, 1], the left without its STEREO_BOUNDARY first columns, the right without its last ones.
+    clamped to [0, 1], the left without its STEREO_BOUNDARY first columns, the right without its last ones (whole
+    views for --lr_crop patches not wider than twice the boundary).
     Disparity maps: RMSE in HR pixels of the fused map over the valid HR pixels of the micro-batch. --stage matching:
     EPE in HR pixels of the left view's LR-matching disparity over its valid ground truth (0 if it has none)."""
     if run.args.stage == 'matching':
-        columns = torch.arange(out.left.shape[-1], device=out.left.device, dtype=out.left.dtype)
-        estimate, truth = (columns - out.left).detach().float(), tensors[4].float()
+        estimate = coordinates_to_disparity(out.left.detach().float(), 'left', None)
+        truth = tensors[4].float()
         valid = torch.isfinite(truth) & (truth >= 0) & (truth < 192)
         return {'epe': (estimate - truth)[valid].abs().mean().item() if valid.any() else 0.0}
     if run.modality == 'disparity_map':
@@ -921,8 +943,12 @@ def step_metrics(run: Run, out, tensors: list[torch.Tensor]) -> dict[str, float]
         return {'rmse': rmse(out.fused.detach().float(), hr_map, hr_valid.bool())}
     hr_left, hr_right = tensors[:2]
     sr_left, sr_right = (x.detach().float().clamp(0, 1) for x in (out.sr_left, out.sr_right))
-    return {'psnr_left': psnr(sr_left, hr_left, crop_left=STEREO_BOUNDARY).mean().item(),
-            'psnr_right': psnr(sr_right[..., :-STEREO_BOUNDARY], hr_right[..., :-STEREO_BOUNDARY]).mean().item()}
+    # the stereo boundary (columns without a match in the other view) is left out, unless a --lr_crop patch is
+    # too narrow to keep any column: then whole views
+    boundary = STEREO_BOUNDARY if hr_left.shape[-1] > 2 * STEREO_BOUNDARY else 0
+    width = hr_right.shape[-1] - boundary
+    return {'psnr_left': psnr(sr_left, hr_left, crop_left=boundary).mean().item(),
+            'psnr_right': psnr(sr_right[..., :width], hr_right[..., :width]).mean().item()}
 
 
 def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, dict[str, float]]:

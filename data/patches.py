@@ -85,9 +85,14 @@ class StereoPatches(Dataset):
     `extras`: an optional source of per-index HR-sized targets, `extras(index)` -> [(left, right), ...] HxWx3 float
     arrays (the teacher cache: one pair per teacher). They are augmented exactly like the HR views, and items then
     end with (extras_left, extras_right), each (T, 3, H, W) float32 with T = the number of pairs.
+
+    `crop`: (h, w) LR pixels, or None: each item is a random h x w crop of the LR patch and the co-located crop of
+    every HR array (views, disparity, extras), drawn from its own stream of (seed, epoch, index) before the flips
+    (train.py --lr_crop: small patches for the single-image networks whose steps are costly on a CPU).
     """
 
     channel_shuffle = False
+    crop: tuple[int, int] | None = None
     has_disparity = False          # True: items carry (disparity_left, disparity_right) after the four views
     extras = None                  # Callable[[int], list[tuple[np.ndarray, np.ndarray]]] | None
 
@@ -106,6 +111,8 @@ class StereoPatches(Dataset):
     def __getitem__(self, index: int):
         views = self.load(index)
         extras = self.extras(index) if self.extras is not None else ()
+        if self.crop is not None:
+            views, extras = self.random_crop(index, views, extras)
         channels = None
         if self.channel_shuffle:
             channels = np.random.default_rng([self.seed, self.epoch, index, 1]).permutation(3)
@@ -125,6 +132,18 @@ class StereoPatches(Dataset):
         return images + maps + tuple(
             torch.from_numpy(np.ascontiguousarray(np.stack(targets[side::2]).transpose(0, 3, 1, 2), dtype=np.float32))
             for side in (0, 1))
+
+    def random_crop(self, index: int, views, extras):
+        (h, w), s = self.crop, self.scale
+        height, width = views[2].shape[:2]
+        if h > height or w > width:
+            raise ValueError(f'--lr_crop {h}x{w} is larger than the {height}x{width} LR training patches')
+        rng = np.random.default_rng([self.seed, self.epoch, index, 2])
+        top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+        lr = np.s_[top:top + h, left:left + w]
+        hr = np.s_[top * s:(top + h) * s, left * s:(left + w) * s]
+        views = tuple(v[lr] if i in (2, 3) else v[hr] for i, v in enumerate(views))
+        return views, [tuple(t[hr] for t in pair) for pair in extras]
 
 
 class PatchFolder(StereoPatches):

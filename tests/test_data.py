@@ -107,3 +107,58 @@ def test_mismatched_patch_names_the_folder(tmp_path):
     iio.imwrite(tmp_path / 'patches_x4' / '000001' / 'lr1.png', np.zeros((30, 91, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match='000001: left and right differ in size'):
         PatchFolder(tmp_path, 4)[0]
+
+
+def coordinate_patch(scale: int, view: int) -> tuple[np.ndarray, ...]:
+    """A 30x90 LR patch whose pixels are (row, column, view) and its HR patch holding the LR pixel each HR pixel lies
+    in: any co-located crop has hr[::s, ::s] == lr."""
+    rows, cols = np.mgrid[:30, :90]
+    lr = [np.stack([rows, cols, np.full_like(rows, v)], -1).astype(np.uint8) for v in (view, view + 1)]
+    hr = [x.repeat(scale, 0).repeat(scale, 1) for x in lr]
+    return (*hr, *lr)
+
+
+def test_lr_crop_keeps_hr_and_lr_co_located_and_is_drawn_per_epoch():
+    scale = 3
+    patches = [coordinate_patch(scale, 2 * i) for i in range(6)]
+    data = PatchList(patches, scale, seed=5)
+    data.crop = (7, 11)
+    data.set_epoch(2)
+    origins = []
+    for i in range(6):
+        hr_l, hr_r, lr_l, lr_r = (np.rint(x.numpy() * 255).astype(int) for x in data[i])
+        assert lr_l.shape == (3, 7, 11) and hr_l.shape == (3, 21, 33)
+        np.testing.assert_array_equal(hr_l[:, ::scale, ::scale], lr_l)
+        np.testing.assert_array_equal(hr_r[:, ::scale, ::scale], lr_r)
+        assert sorted({lr_l[2, 0, 0], lr_r[2, 0, 0]}) == [2 * i, 2 * i + 1]     # both views of patch i
+        # the flips mirror the crop; its origin is the smallest row and column it holds
+        origins.append((lr_l[0].min(), lr_l[1].min()))
+        assert lr_l[0].max() - lr_l[0].min() == 6 and lr_l[1].max() - lr_l[1].min() == 10
+    assert len(set(origins)) > 1                                       # random positions
+    again = PatchList(patches, scale, seed=5)
+    again.crop = (7, 11)
+    again.set_epoch(2)
+    assert all(torch.equal(x, y) for i in range(6) for x, y in zip(data[i], again[i]))
+    again.set_epoch(3)
+    assert not all(torch.equal(x, y) for i in range(6) for x, y in zip(data[i], again[i]))
+
+
+def test_lr_crop_follows_disparity_and_teacher_outputs():
+    scale = 2
+    hr_l, hr_r, lr_l, lr_r = coordinate_patch(scale, 0)
+    disparity = hr_l[..., 1].astype(np.float32)                    # disparity = LR column, to see where it was cut
+
+    class WithDisparity(PatchList):
+        has_disparity = True
+
+        def load(self, index):
+            return (*super().load(index), disparity, disparity + 100)
+
+    data = WithDisparity([(hr_l, hr_r, lr_l, lr_r)], scale, augment=False)
+    data.extras = lambda index: [(hr_l.astype(np.float32), hr_r.astype(np.float32))]
+    data.crop = (5, 9)
+    hr_left, _, lr_left, _, d_left, d_right, teacher_left, _ = data[0]
+    np.testing.assert_array_equal(d_left[0], hr_left[1] * 255)
+    np.testing.assert_array_equal(d_right[0], hr_left[1] * 255 + 100)
+    np.testing.assert_array_equal(teacher_left[0], hr_left * 255)
+    assert lr_left.shape == (3, 5, 9) and teacher_left.shape == (1, 3, 10, 18)

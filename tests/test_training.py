@@ -312,3 +312,18 @@ def test_validation_data_is_checked_at_start_up_and_validation_never_costs_the_e
     with pytest.raises(KeyboardInterrupt):
         train.main(argv + ['--val_dir', str(tmp_path / 'val'), '--val_every', '1'])
     assert load(run / 'last.pth')['epoch'] == 1    # the epoch was saved before validating
+
+
+def test_lr_crop_trains_on_small_patches_with_a_training_psnr(tmp_path):
+    """--lr_crop 8x8 at x2: 16-pixel-wide HR crops, narrower than the stereo boundary, so the training PSNR is over
+    whole views (finite, not the NaN of an empty crop); the crop is part of the run and survives a resume."""
+    argv = ['--model', 'isrrescnet', '--scale_factor', '2', '--trainset', 'sample', '--lr_crop', '8x8',
+            '--batch_size', '1', '--max_iters_per_epoch', '2', '--num_workers', '0', '--device', 'cpu',
+            '--checkpoint_dir', str(tmp_path / 'run')]
+    assert train.main(argv + ['--n_epochs', '1']) == 0
+    assert train.main(['--resume', str(tmp_path / 'run' / 'last.pth'), '--n_epochs', '2', '--device', 'cpu',
+                       '--num_workers', '0']) == 0
+    rows = [json.loads(line) for line in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
+    assert len(rows) == 2
+    assert all(10 < row['psnr_left'] < 60 and 10 < row['psnr_right'] < 60 for row in rows)
+    assert load(tmp_path / 'run' / 'last.pth')['args']['lr_crop'] == '8x8'
