@@ -5,14 +5,17 @@ implementation.
     python bench.py --model nafssr-s --cases infer --sizes 94x311 --scales 4
     python bench.py --device cuda --json bench.json   # GPU, with mixed precision / torch.compile variants
     SSRDEF_OFFICIAL_DIR=/path/to/SSRDEFNet-PyTorch python bench.py   # adds the official code, same weights/inputs
+    ISRRESCNET_OFFICIAL_DIR=/path/to/ISRResCNet python bench.py --model isrrescnet --cases infer --sizes 94x311 \
+        --scales 4 --rounds 1 --no-flops                 # minutes per run on a CPU: once each, ours_lowmem included
     NAFNET_OFFICIAL_DIR=/path/to/NAFNet python bench.py --model nafssr-s           # (IPASSR_OFFICIAL_DIR: iPASSR)
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
 Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
-more runs while they add up to less than --min-seconds. With the official code, each case runs --rounds rounds of one
-process per variant, the official first; speed-up = median over the rounds of official time / variant time, so that a
-machine whose speed drifts, as shared machines do, cannot bias it. (Never both in one process: on CPU whichever runs
+more runs while they add up to less than --min-seconds; a warm-up of 30 s or more is itself the one timed run. With the
+official code, each case runs --rounds rounds of one process per variant, the official first; speed-up = median over
+the rounds of official time / variant time, so that a machine whose speed drifts, as shared machines do, cannot bias
+it. (Never both in one process: on CPU whichever runs
 second inherits the heap the other grew and page-faults less, which made our training step look 15 % faster than it is.)
 GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not
 counted), so GFLOP/s is a lower bound of the work done.
@@ -41,6 +44,9 @@ INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
 # Most timed runs per process when --min-seconds asks for more than --repeats.
 MAX_RUNS = 50
+# A warm-up run that takes at least this long is the measurement (its one-time costs are small beside it), so that a
+# case of minutes (ISRResCNet on a KITTI pair on a CPU) runs once, not 1 + --repeats times.
+LONG_RUN_SECONDS = 30.0
 
 # glibc malloc settings for --glibc-heap: blocks of any size come from the heap and freed memory stays there. By
 # default glibc maps every block above 32 MB afresh and the kernel zero-fills each of its pages on first touch: on the
@@ -57,13 +63,18 @@ def parse_args(argv=None):
     parser.add_argument('--model', default='ssrdefnet', help='network of the zoo (models/__init__.py MODEL_NAMES)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cases', default='infer,train', help='comma-separated: infer, train')
-    parser.add_argument('--sizes', default=None, help='only these LR sizes, e.g. 30x90,94x311')
+    parser.add_argument('--sizes', default=None,
+                        help='only these LR sizes, e.g. 30x90,94x311; a size of no default case is added (batch 1 '
+                             'inference, the default training batches), e.g. 64x64 for the official SRNet, which '
+                             'takes square images only')
     parser.add_argument('--scales', default='4,2', help='comma-separated scales')
     parser.add_argument('--batches', default=None, help='only these training batch sizes, e.g. 2')
     parser.add_argument('--variants', default=None,
                         help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint, networks '
-                             'that have it), ours_amp (bf16 autocast, CUDA), ours_compile (torch.compile, CUDA), '
-                             'official. Default: everything that applies')
+                             'that have it), ours_lowmem (inference with the network\'s memory options, same '
+                             'results: ModelEntry.memory_options, e.g. ISRResCNet --isrrescnet_band), ours_amp (bf16 '
+                             'autocast, CUDA), ours_compile (torch.compile, CUDA), official. Default: everything that '
+                             'applies')
     parser.add_argument('--repeats', type=positive_int, default=3, help='timed runs per process (median reported)')
     parser.add_argument('--min-seconds', type=non_negative_float, default=10.0,
                         help=f'more timed runs (at most {MAX_RUNS}) until they add up to this many seconds: short '
@@ -75,6 +86,8 @@ def parse_args(argv=None):
                         help='CPU: run every variant (the official included) with glibc keeping freed memory in its '
                              'heap (%s), so large tensors do not page-fault afresh at every allocation'
                              % ' '.join(f'{k}={v}' for k, v in GLIBC_HEAP.items()))
+    parser.add_argument('--flops', action=argparse.BooleanOptionalAction, default=True,
+                        help='count GFLOP (one more untimed run of ours and official per case)')
     parser.add_argument('--json', type=Path, default=None, help='also write the results here')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
     return parser.parse_args(argv)
@@ -104,7 +117,8 @@ def build_step(spec: dict, variant: str):
     from models import build_model, model_entry
     entry = model_entry(spec['model'])
     torch.manual_seed(0)
-    ours = build_model(spec['model'], scale, **({'grad_checkpoint': True} if variant == 'ours_ckpt' else {}))
+    options = {'ours_ckpt': {'grad_checkpoint': True}, 'ours_lowmem': entry.memory_options}.get(variant, {})
+    ours = build_model(spec['model'], scale, **options)
     runner = official_module_of(spec['model']).official_runner(spec['model'], scale, ours) \
         if variant == 'official' else None
     model = (runner.model if runner else ours).to(device)
@@ -149,11 +163,10 @@ def run_case(spec: dict) -> dict:
     """Time (median), peak memory and GFLOP of one variant, alone in this process."""
     device = torch.device(spec['device'])
     step = build_step(spec, spec['variant'])
-    step()  # warm-up (and compilation)
+    warm_up = timed(step, device)  # (and compilation)
     if device.type == 'cuda':
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = [timed(step, device) for _ in range(spec['repeats'])]
+    times = [warm_up] if warm_up >= LONG_RUN_SECONDS else [timed(step, device) for _ in range(spec['repeats'])]
     while sum(times) < spec.get('min_seconds', 0) and len(times) < MAX_RUNS:   # short cases: a steadier median
         times.append(timed(step, device))
     result = {'seconds': statistics.median(times), 'all_seconds': times}
@@ -161,7 +174,7 @@ def run_case(spec: dict) -> dict:
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
         result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
-    if spec['variant'] in ('ours', 'official'):
+    if spec['variant'] in ('ours', 'official') and spec.get('flops', True):
         from torch.utils.flop_counter import FlopCounterMode
         counter = FlopCounterMode(display=False)
         with counter:
@@ -213,6 +226,14 @@ def device_peak(device: str) -> tuple[str, float | None]:
     return f'CPU, {torch.get_num_threads()} threads', None
 
 
+def lr_size(text: str) -> tuple[int, int]:
+    """'94x311' -> (94, 311); ValueError unless two positive integers."""
+    h, w = (int(v) for v in text.split('x', 1))
+    if h < 1 or w < 1:
+        raise ValueError(text)
+    return h, w
+
+
 def comma_list(text: str, flag: str, kind, what: str) -> list:
     """'a,b,c' -> [kind(a), ...]; a UsageError naming the flag when an item is not `what`."""
     try:
@@ -222,6 +243,31 @@ def comma_list(text: str, flag: str, kind, what: str) -> list:
     if not values:
         raise UsageError(f'{flag} {text!r} is empty')
     return values
+
+
+def select_cases(args) -> list[tuple[str, int, int, int, int]]:
+    """The (kind, scale, batch, LR height, LR width) cases that --cases, --scales, --sizes and --batches ask for."""
+    kinds = comma_list(args.cases, '--cases', str, 'infer or train')
+    if set(kinds) - {'infer', 'train'}:
+        raise UsageError(f'--cases {args.cases!r}: each item is infer or train')
+    cases = [c for kind in kinds for c in (INFERENCE if kind == 'infer' else TRAINING)]
+    scales = set(comma_list(args.scales, '--scales', int, 'an integer scale, e.g. 4,2'))
+    cases = [c for c in cases if c[1] in scales]
+    if args.sizes:
+        sizes = comma_list(args.sizes, '--sizes', lr_size, 'an LR size HxW, e.g. 30x90,94x311')
+        new = [size for size in dict.fromkeys(sizes) if size not in {(c[3], c[4]) for c in cases}]
+        cases = [c for c in cases if (c[3], c[4]) in sizes] + [     # a new size: batch 1, and the training batches
+            (kind, scale, batch, h, w) for h, w in new for kind in kinds for scale in sorted(scales, reverse=True)
+            for batch in ((1,) if kind == 'infer' else sorted({c[2] for c in TRAINING}))]
+    if args.batches:
+        batches = set(comma_list(args.batches, '--batches', int, 'an integer batch size, e.g. 2'))
+        cases = [c for c in cases if c[0] == 'infer' or c[2] in batches]
+    if not cases:
+        raise UsageError(f'no case matches --cases {args.cases} --scales {args.scales}'
+                         + (f' --sizes {args.sizes}' if args.sizes else '')
+                         + (f' --batches {args.batches}' if args.batches else '')
+                         + '; cases: ' + ', '.join(f'{k} x{s} b{b} {h}x{w}' for k, s, b, h, w in INFERENCE + TRAINING))
+    return cases
 
 
 def main(argv=None) -> list[dict]:
@@ -240,40 +286,30 @@ def main(argv=None) -> list[dict]:
     official = bool(official_code and os.environ.get(official_code.OFFICIAL_ENV))
     cuda = args.device.startswith('cuda')
     recomputes = any(o.name == 'grad_checkpoint' for o in model_entry(args.model).options)
+    low_memory = bool(model_entry(args.model).memory_options)
     variants = args.variants.split(',') if args.variants else \
-        ['ours'] + (['ours_ckpt'] if recomputes else []) + (['ours_amp', 'ours_compile'] if cuda else []) \
-        + (['official'] if official else [])
+        ['ours'] + (['ours_ckpt'] if recomputes else []) + (['ours_lowmem'] if low_memory else []) \
+        + (['ours_amp', 'ours_compile'] if cuda else []) + (['official'] if official else [])
+    unknown = set(variants) - {'ours', 'ours_ckpt', 'ours_lowmem', 'ours_amp', 'ours_compile', 'official'}
+    if unknown or ('ours_lowmem' in variants and not low_memory):
+        raise UsageError(f'--variants {args.variants}: ' + (f'unknown {", ".join(sorted(unknown))}' if unknown else
+                         f'{args.model} has no memory options (ModelEntry.memory_options) for ours_lowmem'))
     if 'official' in variants and not official:
         sys.exit(f'error: the official variant of {args.model} needs '
                  + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
                     'a tests/official_*.py module for it'))
-    kinds = comma_list(args.cases, '--cases', str, 'infer or train')
-    if set(kinds) - {'infer', 'train'}:
-        raise UsageError(f'--cases {args.cases!r}: each item is infer or train')
-    cases = [c for kind in kinds for c in (INFERENCE if kind == 'infer' else TRAINING)]
-    scales = set(comma_list(args.scales, '--scales', int, 'an integer scale, e.g. 4,2'))
-    cases = [c for c in cases if c[1] in scales]
-    if args.sizes:
-        sizes = set(comma_list(args.sizes, '--sizes', lambda t: tuple(int(v) for v in t.split('x', 1)),
-                               'an LR size HxW, e.g. 30x90,94x311'))
-        cases = [c for c in cases if (c[3], c[4]) in sizes]
-    if args.batches:
-        batches = set(comma_list(args.batches, '--batches', int, 'an integer batch size, e.g. 2'))
-        cases = [c for c in cases if c[0] == 'infer' or c[2] in batches]
-    if not cases:
-        raise UsageError(f'no case matches --cases {args.cases} --scales {args.scales}'
-                         + (f' --sizes {args.sizes}' if args.sizes else '')
-                         + (f' --batches {args.batches}' if args.batches else '')
-                         + '; cases: ' + ', '.join(f'{k} x{s} b{b} {h}x{w}' for k, s, b, h, w in INFERENCE + TRAINING))
+    cases = select_cases(args)
     name, peak = device_peak(args.device)
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'
           + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
           (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
     rows = []
     for kind, scale, batch, h, w in cases:
-        case_variants = [v for v in variants if v != 'ours_ckpt' or kind == 'train']  # recomputation needs autograd
+        case_variants = [v for v in variants if (v != 'ours_ckpt' or kind == 'train')     # recomputation: autograd
+                         and (v != 'ours_lowmem' or kind == 'infer')]                   # banded evaluation
         base = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds)
+                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds,
+                    flops=args.flops)
         runs = {v: [] for v in case_variants}
         for _ in range(args.rounds if 'official' in case_variants else 1):
             for variant in sorted(case_variants, key=lambda v: v != 'official'):

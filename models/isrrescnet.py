@@ -16,6 +16,10 @@ correction, a model option off by default):
 * The initialisation is grid_sample bilinear on linspace(-1, 1) coordinates with align_corners=False and zero
   padding, which darkens the outermost HR rows and columns (corner x0.25, edge x0.5; spec §2.4).   `fix_init_border`
 * The "feedback" block is fed its own output as both halves of its concatenation (spec §4.3).   `fix_feedback`
+* Not a bug of their code but of its fit to ours: H = decimation at phase (0, 0) pins x[::s, ::s] to LR pixels that,
+  under the MATLAB-bicubic degradation of every stereo-SR benchmark (and of this harness's data), lie at HR position
+  s i + (s - 1) / 2. `bicubic_degradation` makes H that degradation (utils.imresize by 1/s, antialiased) and U the
+  MATLAB-bicubic upscaling: the data step is then Irani-Peleg back-projection, z = v - U(H v) + U(y).
 * WMAD: DB7 high-pass along both axes (decimated by 2), median |HH| / 0.6745 per channel (torch's lower median),
   averaged over channels; on y / 255. Weight normalisation on every convolution (weight_g / weight_v; the
   transposed decoder's g is per *input* channel). These are not bugs and have no switch. The official `zeromean()`
@@ -76,6 +80,7 @@ class ISRResCNetConfig:
     fix_bicubic_axes: bool = False    # correction: U interpolates each axis with its own fraction
     fix_init_border: bool = False     # correction: bilinear initialisation with align_corners=True (no dark border)
     fix_feedback: bool = False        # correction: the feedback block sees the encoder features and its last output
+    bicubic_degradation: bool = False  # H = MATLAB bicubic downscaling, U = MATLAB bicubic upscaling (our data's H)
     band: int = 0                     # evaluation: run the denoiser on bands of this many HR rows (0: whole image)
     grad_checkpoint: bool = False     # training: recompute each denoiser call in the backward pass
     truncation: int = TRUNCATION      # training: detach the state every `truncation` iterations (0: never)
@@ -95,6 +100,24 @@ def decimate(x: Tensor, scale: int) -> Tensor:
     """The official 'bicubic' downscaling by an integer factor: its sample positions fall on pixels, so it is
     decimation at phase (0, 0). (B, C, sH, sW) -> (B, C, H, W)."""
     return x[..., ::scale, ::scale]
+
+
+def resize_matrix(in_length: int, out_length: int, scale: float, like: Tensor) -> Tensor:
+    """(out_length, in_length) matrix of MATLAB's imresize (bicubic, antialiased when shrinking) along one axis:
+    utils.resize_contributions as a dense matrix, with its mirrored border taps."""
+    import numpy as np
+    from utils import resize_contributions
+    weights, indices = resize_contributions(in_length, out_length, scale)
+    matrix = np.zeros((out_length, in_length))
+    np.add.at(matrix, (np.arange(out_length)[:, None].repeat(indices.shape[1], 1), indices), weights)
+    return torch.from_numpy(matrix).to(like)
+
+
+def matlab_resize(x: Tensor, size: tuple[int, int], scale: float) -> Tensor:
+    """MATLAB imresize(x, scale, 'bicubic') of (B, C, H, W) to `size`, differentiable (float, no rounding)."""
+    rows = resize_matrix(x.shape[-2], size[0], scale, x)
+    cols = resize_matrix(x.shape[-1], size[1], scale, x)
+    return rows @ x @ cols.T
 
 
 def cubic_weights(t: Tensor) -> Tensor:
@@ -351,7 +374,13 @@ class ISRResCNet(nn.Module):
         elif sigma.shape != (2 * b,):
             raise ValueError(f'sigma must have shape (2B,) = ({2 * b},) for [left; right], got {tuple(sigma.shape)}')
         sigma = sigma.to(y)
-        back_projected_y = cubic_upsample(y, s, swap_axes=not cfg.fix_bicubic_axes)
+        if cfg.bicubic_degradation:      # H and U of the data: MATLAB bicubic down- and upscaling
+            lr_size, hr_size = (h, w), (s * h, s * w)
+            down, up = (lambda v: matlab_resize(v, lr_size, 1 / s)), (lambda v: matlab_resize(v, hr_size, s))
+        else:                            # official: decimation at phase (0, 0), the (swapped-axis) cubic U
+            down = lambda v: decimate(v, s)                                              # noqa: E731
+            up = lambda v: cubic_upsample(v, s, swap_axes=not cfg.fix_bicubic_axes)     # noqa: E731
+        back_projected_y = up(y)
         x = bilinear_initialisation(y, s, align_corners=cfg.fix_init_border)
         previous, intermediate = x, []
         for k in range(cfg.iterations):
@@ -359,8 +388,8 @@ class ISRResCNet(nn.Module):
                 x, previous = x.detach(), previous.detach()                 # TBPTT window boundary
             v = x if k == 0 else x + torch.exp(self.w[k]) * (x - previous)   # extrapolation
             previous = x
-            # gradient step of size 1 = back-projection: z[::s, ::s] = y
-            z = v - (cubic_upsample(decimate(v, s), s, swap_axes=not cfg.fix_bicubic_axes) - back_projected_y)
+            # gradient step of size 1 = back-projection (official H: z[::s, ::s] = y)
+            z = v - (up(down(v)) - back_projected_y)
             x = (z - self.denoise(z, sigma, self.alpha[k])).clamp(0, RGB_RANGE)
             if cfg.truncation and (k + 1) % cfg.truncation == 0 and k + 1 < cfg.iterations:
                 intermediate.append(Pair.unfold(x / RGB_RANGE))
@@ -385,11 +414,13 @@ class ISRResCNetLoss(Objective):
 
 
 def build(scale_factor: int = 4, isrrescnet_fix_bicubic_axes: bool = False, isrrescnet_fix_init_border: bool = False,
-          isrrescnet_fix_feedback: bool = False, isrrescnet_band: int = 0, grad_checkpoint: bool = False,
+          isrrescnet_fix_feedback: bool = False, isrrescnet_bicubic_degradation: bool = False,
+          isrrescnet_band: int = 0, grad_checkpoint: bool = False,
           **config) -> ISRResCNet:
     return ISRResCNet(ISRResCNetConfig(scale_factor=scale_factor, fix_bicubic_axes=isrrescnet_fix_bicubic_axes,
                                        fix_init_border=isrrescnet_fix_init_border,
-                                       fix_feedback=isrrescnet_fix_feedback, band=isrrescnet_band or 0,
+                                       fix_feedback=isrrescnet_fix_feedback,
+                                       bicubic_degradation=isrrescnet_bicubic_degradation, band=isrrescnet_band or 0,
                                        grad_checkpoint=grad_checkpoint, **config))
 
 
@@ -420,6 +451,13 @@ register_model(ModelEntry(
             help='ISRResCNet: feed the encoder features and the last output to the feedback block (the official '
                  'one concatenates its last output with itself; kept by default)'),
             of_weights=True),
+        Option('isrrescnet_bicubic_degradation', dict(
+            action='store_true',
+            help="ISRResCNet: the data term's H is the MATLAB bicubic downscaling that made the LR images (every "
+                 'stereo-SR benchmark and this harness) and U the MATLAB bicubic upscaling, instead of the official '
+                 'decimation at phase (0, 0), which pins every s-th HR pixel to an LR pixel that lies (s - 1) / 2 HR '
+                 'pixels away under that degradation'),
+            of_weights=True),
         Option('isrrescnet_band', dict(
             type=int, default=0,
             help='ISRResCNet evaluation: run the denoiser on bands of this many HR rows (with a halo of its '
@@ -428,6 +466,7 @@ register_model(ModelEntry(
             action='store_true',
             help='training: recompute activations in the backward pass instead of storing them')),
     ),
+    memory_options={'isrrescnet_band': 256},
     description='unrolled proximal-gradient SR with a shared residual feedback denoiser, per view',
     title='ISRResCNet',
     paper='Umer, Foresti, Micheloni, Deep Iterative Residual Convolutional Network for Single Image '
@@ -435,4 +474,4 @@ register_model(ModelEntry(
 ))
 
 __all__ = ['ISRResCNet', 'ISRResCNetConfig', 'ISRResCNetLoss', 'ISRResCNetOutput', 'bilinear_initialisation',
-           'cubic_upsample', 'decimate', 'l2_projection', 'wmad_sigma']
+           'cubic_upsample', 'decimate', 'l2_projection', 'matlab_resize', 'wmad_sigma']

@@ -76,6 +76,9 @@ class ModelEntry:
     paper: str = ''
     title: str = ''                             # how reports write the name (e.g. 'SSRDE-FNet'); default: name
     modality: str = 'stereo'                    # MODALITIES: what it takes and returns
+    # Evaluation options that lower peak memory and give the same results (bench.py variant ours_lowmem), e.g.
+    # {'isrrescnet_band': 200}
+    memory_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.title:

@@ -51,7 +51,9 @@ def test_every_script_ends_in_the_handler():
     (test_disp.main, ['--checkpoint', str(ROOT / 'checkpoints' / 'ssrdefnet_demo_x4.pth'), '--testset_dir',
                       'nowhere'], 1, 'error: test-set folder not found: nowhere'),
     (bench.main, ['--sizes', '30x'], 2, "error: --sizes '30x': each comma-separated item must be an LR size"),
-    (bench.main, ['--cases', 'infer', '--sizes', '7x7'], 2, 'error: no case matches'),
+    (bench.main, ['--cases', 'train', '--batches', '5'], 2, 'error: no case matches'),
+    (bench.main, ['--sizes', '0x8'], 2, "error: --sizes '0x8': each comma-separated item must be an LR size"),
+    (bench.main, ['--model', 'srnet', '--variants', 'ours_lowmem'], 2, 'srnet has no memory options'),
     (bench.main, ['--repeats', '0'], 2, "argument --repeats: '0' is not an integer >= 1"),
     (bench.main, ['--model', 'nope'], 2, "error: --model 'nope' is not in the zoo"),
     (make_figs.main, ['--bench', 'missing.json', '--checkpoint', 'nothing.pth'], 1, 'error: checkpoint nothing.pth'),
@@ -123,3 +125,15 @@ def test_worker_errors_lose_the_workers_traceback():
                         'patch /data/000001: /data/000001/hr0.png: cannot decode image\n')
     assert worker_error_message(pasted) == 'bad training patch /data/000001: /data/000001/hr0.png: cannot decode image'
     assert worker_error_message(ValueError('plain message')) == 'plain message'
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--model', 'srnet', '--trainset', 'sample', '--lr_crop', '31x16'],
+     'error: --lr_crop 31x16 is larger than the 30x90 LR training patches'),
+    (['--model', 'srnet', '--trainset', 'sample', '--lr_crop', '16'], "argument --lr_crop: expected HxW"),
+    (['--model', 'dsdmsr', '--lr_crop', '16x16'], 'error: --lr_crop crops stereo patches; dsdmsr crops its maps'),
+])
+def test_bad_lr_crop_is_refused(argv, message, tmp_path, capsys):
+    code, err = outcome(train.main, [*argv, '--checkpoint_dir', str(tmp_path / 'run'), '--device', 'cpu'], capsys)
+    assert code in (1, 2) and message in err, err
+    assert not (tmp_path / 'run' / 'last.pth').exists()

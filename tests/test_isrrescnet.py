@@ -13,7 +13,7 @@ from data.patches import sample_patches
 from models import build_model, model_entry
 from models.inference import global_inputs, predict_tiled
 from models.isrrescnet import (ISRResCNet, ISRResCNetConfig, bilinear_initialisation, cubic_upsample, cubic_weights,
-                               decimate, l2_projection, wmad_sigma)
+                               decimate, l2_projection, matlab_resize, wmad_sigma)
 from tests.conftest import random_pair
 from tests.official_isrrescnet import official_isrrescnet, official_modules, official_super_resolve, requires_official
 from utils import load_model
@@ -72,6 +72,29 @@ def test_gradient_step_is_a_back_projection():
     y, v = torch.rand(2, 3, 7, 9, generator=g) * 255, torch.rand(2, 3, 28, 36, generator=g) * 255
     z = v - (cubic_upsample(decimate(v, 4), 4) - cubic_upsample(y, 4))
     assert (decimate(z, 4) - y).abs().max() < 1e-3
+
+
+def test_bicubic_degradation_is_matlab_imresize_and_keeps_consistent_estimates():
+    """--isrrescnet_bicubic_degradation: H and U equal utils.imresize (MATLAB bicubic) on floats, and the data step
+    leaves an estimate consistent with the LR image (H v = y) unchanged, so the HR image itself is a fixed point."""
+    from utils import imresize
+    g = torch.Generator().manual_seed(2)
+    hr = torch.rand(2, 3, 24, 36, generator=g, dtype=torch.float64) * 255
+    y = matlab_resize(hr, (8, 12), 1 / 3)
+    expected = np.stack([imresize(img.permute(1, 2, 0).numpy(), 1 / 3) for img in hr]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(y.numpy(), expected, atol=1e-9)
+    up = matlab_resize(y, (24, 36), 3)
+    expected = np.stack([imresize(img.permute(1, 2, 0).numpy(), 3) for img in y]).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(up.numpy(), expected, atol=1e-9)
+    z = hr - (matlab_resize(matlab_resize(hr, (8, 12), 1 / 3), (24, 36), 3) - up)
+    assert (z - hr).abs().max() < 1e-9
+    model = build_model('isrrescnet', 2, isrrescnet_bicubic_degradation=True, iterations=2, depth=1)
+    official = build_model('isrrescnet', 2, iterations=2, depth=1)
+    official.load_state_dict(model.state_dict())
+    left, right = torch.rand(2, 1, 3, 10, 12, generator=g)
+    with torch.no_grad():
+        ours, theirs = model(left, right), official(left, right)
+    assert ours.sr_left.shape == (1, 3, 20, 24) and not torch.allclose(ours.sr_left, theirs.sr_left, atol=1e-2)
 
 
 def test_bilinear_initialisation_darkens_the_border_unless_corrected():
