@@ -5,7 +5,7 @@ implementation.
     python bench.py --model nafssr-s --cases infer --sizes 94x311 --scales 4
     python bench.py --device cuda --json bench.json   # GPU, with mixed precision / torch.compile variants
     SSRDEF_OFFICIAL_DIR=/path/to/SSRDEFNet-PyTorch python bench.py   # adds the official code, same weights/inputs
-    ISRRESCNET_OFFICIAL_DIR=/path/to/ISRResCNet python bench.py --model isrrescnet --cases infer --sizes 94x311 \
+    ISRRESCNET_OFFICIAL_DIR=/path/to/ISRResCNet python bench.py --model isrrescnet --cases infer --sizes 94x311 \\
         --scales 4 --rounds 1 --no-flops                 # minutes per run on a CPU: once each, ours_lowmem included
     NAFNET_OFFICIAL_DIR=/path/to/NAFNet python bench.py --model nafssr-s           # (IPASSR_OFFICIAL_DIR: iPASSR)
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
