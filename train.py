@@ -413,6 +413,17 @@ def append_log(run_dir: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def training_psnr_label(run_dir: Path) -> str:
+    """What the training PSNR of `step_metrics` covers, from the run's args.json: whole views for --lr_crop patches
+    not wider than twice the stereo boundary, else the left view without its boundary columns."""
+    path = run_dir / 'args.json'
+    args = json.loads(path.read_text()) if path.exists() else {}
+    crop, scale = args.get('lr_crop'), args.get('scale_factor', 4)
+    if crop and int(crop.split('x')[1]) * scale <= 2 * STEREO_BOUNDARY:
+        return 'train, left (whole view)'
+    return f'train, left ({STEREO_BOUNDARY} px cropped)'
+
+
 def plot_curves(run_dir: Path) -> None:
     rows = [json.loads(line) for line in (run_dir / 'log.jsonl').read_text().splitlines() if line.strip()]
     epochs = np.array([r['epoch'] for r in rows], dtype=np.float64)
@@ -430,7 +441,7 @@ def plot_curves(run_dir: Path) -> None:
         ax_psnr.plot(epochs, [r['rmse'] for r in rows], marker='.', label='train, valid HR pixels')
         ax_psnr.set(xlabel='epoch', ylabel='RMSE (HR pixels)', title='RMSE of the fused disparity map')
     else:
-        ax_psnr.plot(epochs, [r['psnr_left'] for r in rows], marker='.', label='train, left (64 px cropped)')
+        ax_psnr.plot(epochs, [r['psnr_left'] for r in rows], marker='.', label=training_psnr_label(run_dir))
         ax_psnr.set(xlabel='epoch', ylabel='PSNR (dB)', title='PSNR of the final SR output')
     if any('val_psnr_avg' in r for r in rows):
         ax_psnr.plot([r['epoch'] for r in rows if 'val_psnr_avg' in r],

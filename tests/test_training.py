@@ -327,3 +327,5 @@ def test_lr_crop_trains_on_small_patches_with_a_training_psnr(tmp_path):
     assert len(rows) == 2
     assert all(10 < row['psnr_left'] < 60 and 10 < row['psnr_right'] < 60 for row in rows)
     assert load(tmp_path / 'run' / 'last.pth')['args']['lr_crop'] == '8x8'
+    assert train.training_psnr_label(tmp_path / 'run') == 'train, left (whole view)'     # the curves' legend
+    assert train.training_psnr_label(tmp_path) == 'train, left (64 px cropped)'          # no args.json: full patches
