@@ -373,7 +373,7 @@ def build_dataset(args) -> StereoPatches | DisparityMapPatches:
         dataset = PatchFolder(args.trainset_dir, args.scale_factor, args.augment, args.seed)
     dataset.channel_shuffle = args.channel_shuffle
     if args.lr_crop:
-        h, w = dataset.crop = tuple(int(n) for n in args.lr_crop.split('x'))
+        h, w = dataset.crop = crop_shape(args.lr_crop)
         if h > PATCH_HEIGHT or w > PATCH_WIDTH:
             raise ValueError(f'--lr_crop {args.lr_crop} is larger than the {PATCH_HEIGHT}x{PATCH_WIDTH} LR training '
                              f'patches')
@@ -386,6 +386,18 @@ def crop_size(text: str) -> str:
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f'expected HxW in LR pixels, e.g. 16x16, got {text!r}')
     return 'x'.join(str(int(p)) for p in parts)
+
+
+def crop_shape(text: str) -> tuple[int, int]:
+    """(h, w) of a --lr_crop value as `crop_size` stores it."""
+    h, w = (int(n) for n in text.split('x'))
+    return h, w
+
+
+def training_boundary(hr_width: int) -> int:
+    """HR columns the training PSNR leaves out at the stereo boundary (`step_metrics`): STEREO_BOUNDARY, or 0 (whole
+    views) for --lr_crop patches not wider than twice it, which would keep nothing."""
+    return STEREO_BOUNDARY if hr_width > 2 * STEREO_BOUNDARY else 0
 
 
 def map_dataset(args) -> DisparityMapPatches:
@@ -414,12 +426,11 @@ def append_log(run_dir: Path, row: dict) -> None:
 
 
 def training_psnr_label(run_dir: Path) -> str:
-    """What the training PSNR of `step_metrics` covers, from the run's args.json: whole views for --lr_crop patches
-    not wider than twice the stereo boundary, else the left view without its boundary columns."""
+    """What the training PSNR of `step_metrics` covers (`training_boundary`), from the run's args.json."""
     path = run_dir / 'args.json'
     args = json.loads(path.read_text()) if path.exists() else {}
-    crop, scale = args.get('lr_crop'), args.get('scale_factor', 4)
-    if crop and int(crop.split('x')[1]) * scale <= 2 * STEREO_BOUNDARY:
+    crop = args.get('lr_crop')
+    if crop and not training_boundary(crop_shape(crop)[1] * args['scale_factor']):
         return 'train, left (whole view)'
     return f'train, left ({STEREO_BOUNDARY} px cropped)'
 
@@ -954,9 +965,7 @@ def step_metrics(run: Run, out, tensors: list[torch.Tensor]) -> dict[str, float]
         return {'rmse': rmse(out.fused.detach().float(), hr_map, hr_valid.bool())}
     hr_left, hr_right = tensors[:2]
     sr_left, sr_right = (x.detach().float().clamp(0, 1) for x in (out.sr_left, out.sr_right))
-    # the stereo boundary (columns without a match in the other view) is left out, unless a --lr_crop patch is
-    # too narrow to keep any column: then whole views
-    boundary = STEREO_BOUNDARY if hr_left.shape[-1] > 2 * STEREO_BOUNDARY else 0
+    boundary = training_boundary(hr_left.shape[-1])     # the stereo boundary: columns without a match in the other view
     width = hr_right.shape[-1] - boundary
     return {'psnr_left': psnr(sr_left, hr_left, crop_left=boundary).mean().item(),
             'psnr_right': psnr(sr_right[..., :width], hr_right[..., :width]).mean().item()}
