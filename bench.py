@@ -81,7 +81,8 @@ def parse_args(argv=None):
                              'cases get a median of many runs, which page faults and a drifting machine disturb less')
     parser.add_argument('--rounds', type=positive_int, default=3,
                         help='with the official code: processes per variant, run in turns (official first)')
-    parser.add_argument('--timeout', type=positive_int, default=900, help='seconds per case before it is reported as such')
+    parser.add_argument('--timeout', type=positive_int, default=900,
+                        help='seconds per case before it is reported as such')
     parser.add_argument('--glibc-heap', action='store_true',
                         help='CPU: run every variant (the official included) with glibc keeping freed memory in its '
                              'heap (%s), so large tensors do not page-fault afresh at every allocation'

@@ -401,7 +401,8 @@ def upsample_bicubic(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(maps)[:, None]).to(lr_map)
 
 
-def score_table(out, lr_map: torch.Tensor, hr_map: torch.Tensor, hr_valid: torch.Tensor, scale: int) -> dict[str, dict | None]:
+def score_table(out, lr_map: torch.Tensor, hr_map: torch.Tensor, hr_valid: torch.Tensor,
+                scale: int) -> dict[str, dict | None]:
     """Rows for one map (batch of 1): 'nearest', 'bicubic' and 'fused' at HR on the valid HR pixels; 'stage{k}'
     at that stage's own resolution against the mask-aware downsampled ground truth (stage_targets), in pixels of
     that resolution (the last stage is at HR). out: DisparitySROutput; lr_map (1, 1, h, w) dense LR pixels;

@@ -396,7 +396,8 @@ def main(argv=None) -> dict:
                       f"{r[f'rmse_all_{k}']:.4f} | {r[f'rmse_noc_{k}']:.4f} | {100 * r[f'bad3_all_{k}']:.2f}% | "
                       f"{100 * r[f'bad3_noc_{k}']:.2f}% |" for k, label in labels.items()]
     if not args.no_save:
-        lines.append(f'Pictures: {args.results_dir / run_name}/disparity/<dataset>/<scene>_{{disp,error,figure}}.png (+ _disp16.png: KITTI 16-bit)')
+        lines.append(f'Pictures: {args.results_dir / run_name}/disparity/<dataset>/'
+                     '<scene>_{disp,error,figure}.png (+ _disp16.png: KITTI 16-bit)')
     print_report(lines, results, args.json)
     return results
 

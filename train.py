@@ -57,8 +57,8 @@ log = logging.getLogger('train')
 RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
-                  'disp_supervision', 'disp_supervision_parts', 'stage', 'init', 'trainset', 'trainset_dir', 'synthetic_size', 'seed',
-                  'map_patch', 'map_pattern', 'lr_crop',
+                  'disp_supervision', 'disp_supervision_parts', 'stage', 'init',
+                  'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'map_patch', 'map_pattern', 'lr_crop',
                   'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment',
                   *sorted({o.name for entry in REGISTRY.values() for o in entry.options}),
                   'perceptual', 'perceptual_weight', 'perceptual_layers', 'perceptual_distance', 'texture',

@@ -23,7 +23,8 @@ PathLike = str | os.PathLike
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # Pillow modes that no conversion here would read correctly: refused by name.
-REFUSED_MODES = {'LAB': 'CIE L*a*b* colour', 'HSV': 'HSV colour', 'F': '32-bit float'}   # ('I' = 16-bit grey PNGs in some Pillows)
+# Mode 'I' (how some Pillows open 16-bit grey PNGs) is read, not refused.
+REFUSED_MODES = {'LAB': 'CIE L*a*b* colour', 'HSV': 'HSV colour', 'F': '32-bit float'}
 
 
 def _read_raw(path: PathLike) -> np.ndarray:

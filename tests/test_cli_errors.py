@@ -36,9 +36,9 @@ def outcome(main, argv, capsys) -> tuple[int, str]:
 
 
 def test_every_script_ends_in_the_handler():
+    handler = r"if __name__ == '__main__':\n    sys\.exit\(run_script\(main\)\)"
     for script in SCRIPTS:
-        assert re.search(r"if __name__ == '__main__':\n    sys\.exit\(run_script\(main\)\)", (ROOT / script).read_text()), \
-            script
+        assert re.search(handler, (ROOT / script).read_text()), script
 
 
 @pytest.mark.parametrize('main,argv,status,message', [
