@@ -1,6 +1,11 @@
 """Training data: patch geometry of GenerateTrainingPatches.m, prepare_train.py, augmentation, determinism."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -9,6 +14,8 @@ import torch
 from data import prepare_train
 from data.patches import PatchFolder, PatchList, augment, patch_origins
 from utils import imresize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def matlab_origins(h_lr: int, w_lr: int) -> list[tuple[int, int]]:
@@ -34,7 +41,11 @@ def test_prepare_train_matches_generate_training_patches(tmp_path):
                 img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
                 images[(folder, i, view)] = img
                 iio.imwrite(src / folder / f'{i:04d}_{view}.png', img)
-    count = prepare_train.main(['--src', str(src), '--scale_factor', '2', '--out', str(tmp_path / 'out')])
+    # as a user runs it (exit status 0, not the patch count: `prepare_train.py ... && train.py ...` must go on)
+    done = subprocess.run([sys.executable, str(ROOT / 'data' / 'prepare_train.py'), '--src', str(src),
+                           '--scale_factor', '2', '--out', str(tmp_path / 'out')], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    count = int(re.search(r'wrote (\d+) patches', done.stderr).group(1))
 
     expected = []
     for folder, sizes in shapes.items():
