@@ -1,5 +1,5 @@
 """High-resolution disparity: hypotheses around the upsampled PAM estimate, a local 2D cost volume, aggregation and
-soft-argmax regression (paper Sec. 3.3; official model.py:104-139, with `get_disp_range_samples` model.py:337-352,
+soft-argmax regression (paper Sec. 3.3; official model.py:104-139, with `get_disp_range_samples` model.py:337-351,
 `hourglass` model.py:391-433 and `GetCostVolume` model.py:518-559).
 
 Inside the network a "disparity" is stored as a correspondence *coordinate*: for a left pixel at column x the

@@ -1,5 +1,5 @@
 """HR disparity information feedback (HRDIF): carry what the HR stage learned back to the LR features before the
-second recursion (paper Sec. 3.5; official model.py:172-209, `FeedbackBlock` model.py:465-480).
+second recursion (paper Sec. 3.5; official model.py:172-207, `FeedbackBlock` model.py:465-480).
 
 Two paths, fused by the 1x1 `compress_in`:
 * the *feedback* path projects the refined HR features down to LR (`down`) and boosts them with a high-pass
