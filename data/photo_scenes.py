@@ -21,7 +21,6 @@ data/synthetic.py's scene-wide brightness, contrast or gamma change, which would
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from data.patches import StereoPatches
 from data.readers import image_size, read_image_uint8
 from data.synthetic import (FAR_DISPARITY, MAX_DISPARITY_LR, MAX_OBJECTS, NEARER_BY, Surface, random_geometry,
                             random_shape, render_view, synthetic_patch)
+from utils import file_sha256
 
 # Photographs shipped inside installed packages (colour first): name -> (package, file below the package's folder).
 # Left out on purpose: scikit-image's drawings and renderings (logo, horse, color, phantom, chessboards), its
@@ -103,10 +103,6 @@ def motorcycle_fingerprints() -> frozenset[tuple[int, str]]:
     """(size in bytes, SHA-256) of scikit-image's Motorcycle files."""
     paths = [package_file('skimage', name) for name in MOTORCYCLE_FILES]
     return frozenset((p.stat().st_size, file_sha256(p)) for p in paths if p.is_file())
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_allowed(path: Path, folder: Path | None = None) -> None:

@@ -19,7 +19,7 @@ from data.photo_scenes import (CropTexture, PhotoStereo, ResampledTexture, defau
                                is_fronto_parallel, random_photo_scene, render_photo_pair)
 from data.synthetic import render_view
 from tests.test_synthetic import sample_right, visible_in_both
-from utils import imresize
+from utils import file_sha256, imresize
 
 HEIGHT, WIDTH = 152, 392      # an x4 training render: (30 + 2 x 4) x (90 + 2 x 4) LR pixels
 
@@ -59,7 +59,7 @@ def test_motorcycle_is_never_chosen(photographs, tmp_path):
     motorcycle = photo_scenes.package_file('skimage', 'data/motorcycle_left.png')
     assert motorcycle.is_file() and len(photo_scenes.motorcycle_fingerprints()) == 3
     assert not any('motorcycle' in str(p).lower() for p in photographs)
-    assert all(photo_scenes.file_sha256(p) != photo_scenes.file_sha256(motorcycle) for p in photographs)
+    assert all(file_sha256(p) != file_sha256(motorcycle) for p in photographs)
     allowed = tmp_path / 'photos'
     allowed.mkdir()
     shutil.copy(photographs[1], allowed / 'cat.png')
