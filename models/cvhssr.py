@@ -7,7 +7,7 @@ finish the network.
 
 Quirks of the official code (AlexZou14/CVHSSR @252cd38, basicsr/models/archs/CVHSSR_arch.py) kept here, as the
 authors' weights need them: every block has a CVIM, the last included (fusion_from=-1, fusion_to=1000, 667-677);
-CHIMB adds its two attentions, x * SCA(x) + LKA(x), and SCA has no sigmoid (586); every residual scale starts at
+CHIMB adds its two attentions, x * SCA(x) + LKA(x), and SCA has no sigmoid (579); every residual scale starts at
 zero; drop-path skips the whole stereo block on one coin per call (611-626); at test time the channel attention
 pools a local 45x135 window (TLC, 99-104), for x2 as for x4; the skip is bilinear (655); the released weights expect
 BGR views (`channel_order`, as NAFSSR). The yml's drop_out_rate never reaches CHIMB (641-644), so there is none.
