@@ -57,7 +57,9 @@ class CVHSSRConfig:
     tlc: bool = True
     # LR training patch (H, W) that fixes the TLC window (official train_size=(1, 6, 30, 90) in every yml).
     train_size: tuple[int, int] = TRAIN_LR_SIZE
-    # Colour order the weights expect: the authors' pipeline feeds BGR (zoo2.md 1.2); forward always takes RGB.
+    # Colour order the weights expect: the authors' pipeline feeds BGR (official basicsr/utils/img_util.py:29 swaps
+    # only 3-channel arrays, and paired_image_SR_LR_dataset.py 322-324 passes the 6-channel stereo stack); forward
+    # always takes RGB.
     channel_order: str = 'rgb'
 
     @classmethod

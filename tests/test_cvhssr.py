@@ -18,7 +18,7 @@ from models.outputs import StereoSROutput
 from tests.conftest import random_pair
 from utils import imresize, load_model, modcrop, psnr, quantize
 
-# Parameter counts measured on the official code (zoo2.md §0): (variant, scale) -> count.
+# Parameter counts of the official CVHSSR built with its test ymls' arguments: (variant, scale) -> count.
 OFFICIAL_PARAMS = {('t', 2): 662_412, ('t', 4): 678_000, ('s', 2): 2_216_460, ('s', 4): 2_237_232}
 WEIGHTS_DIR = Path(__file__).resolve().parents[1].parent / 'shared' / 'weights'
 MOTORCYCLE = 'middlebury2014Q_motorcycle'     # in ../shared/data/stereo_samples (README there)
