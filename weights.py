@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from models.releases import RELEASES, Release, markdown_table
+from utils import run_script
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / 'checkpoints'
@@ -188,11 +189,16 @@ def resolve_weights(name_or_path: str | os.PathLike, download: bool = False, fol
     folders = default_folders() if folders is None else tuple(Path(f) for f in folders)
     release = find_release(name_or_path, releases)
     if release is None:
+        text = os.fspath(name_or_path)
+        if os.sep in text or '/' in text or path.suffix:      # meant as a path
+            named = find_release(path.name, releases)
+            hint = f' (it is the authors\' {named.name}: pass its release name to look for it)' if named else ''
+            raise FileNotFoundError(f'checkpoint {text} not found{hint}')
         names = list(RELEASES if releases is None else releases)
-        close = difflib.get_close_matches(os.fspath(name_or_path), names, n=3)
-        suggestion = f'did you mean {", ".join(close)}? ' if close else ''
-        raise FileNotFoundError(f'{os.fspath(name_or_path)} is neither a file nor a release name; {suggestion}'
-                                f'releases: {", ".join(names)} (python weights.py lists them)')
+        close = difflib.get_close_matches(text, names, n=3)
+        known = f'did you mean {", ".join(close)}?' if close else f'releases: {", ".join(names)}'
+        raise FileNotFoundError(f'checkpoint {text} not found: no such file, nor a release of that name; {known} '
+                                f'(python weights.py lists the releases)')
     for folder in folders:
         candidate = folder / release.file
         if candidate.is_file():
@@ -261,5 +267,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    from utils import run_script
     sys.exit(run_script(main))

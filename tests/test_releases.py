@@ -104,8 +104,15 @@ def test_existing_path_is_returned_as_it_is(tmp_path):
 
 
 def test_unknown_name_is_a_file_not_found_with_suggestions(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r'nafssr-s_x4'):
+    with pytest.raises(FileNotFoundError, match=r'checkpoint nafsr-s_x4 not found: .*did you mean nafssr-s_x4'):
         resolve_weights('nafsr-s_x4', folders=[tmp_path])
+
+
+def test_a_missing_path_is_named_and_an_authors_file_name_points_at_its_release(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'^checkpoint runs/x/last\.pth not found$'):
+        resolve_weights('runs/x/last.pth', folders=[tmp_path])
+    with pytest.raises(FileNotFoundError, match=r"not found \(it is the authors' ssrdefnet_x4"):
+        resolve_weights('checkpoints/SSRDEF_4xSR_epoch80.pth.tar', folders=[tmp_path])
 
 
 def test_cache_folder_from_the_environment(monkeypatch, tmp_path):
