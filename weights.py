@@ -6,6 +6,7 @@ cache folder: `$SR_WEIGHTS_DIR` when set, else `~/.cache/stereo-sr/weights`. A f
 digests the table knows (SHA-256, or the Git blob id of the authors' repository); a mismatch is refused. Nothing is
 downloaded unless asked (`download=True`, the scripts' `--download_weights`); downloads go to the cache folder through
 a temporary file that is renamed only after its digest checks, and every connect and read times out.
+Scripts call `resolve_checkpoint` for their `--checkpoint`: a release name also gives the network and the scale.
 
     python weights.py                       # every release: where it is found, or where to get it
     python weights.py cvhssr-t_x4 --download_weights
@@ -22,10 +23,10 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from models.releases import RELEASES, Release, markdown_table
-from utils import run_script
+from utils import UsageError, run_script
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / 'checkpoints'
@@ -221,6 +222,36 @@ def resolve_all_weights(names: Iterable[str | os.PathLike], download: bool = Fal
     if problems:
         raise WeightsNotFoundError('\n'.join(problems))
     return paths
+
+
+class Checkpoint(NamedTuple):
+    """What a script's --checkpoint resolves to: the file, and the network and scale its release implies."""
+
+    path: Path
+    model: str | None           # the release's network, else the --model given (None: the script's default)
+    scale: int | None           # the release's scale, else the --scale_factor given
+    release: Release | None     # None for a path
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, model: str | None = None, scale: int | None = None,
+                       download: bool = False, folders: Iterable[Path] | None = None, **kwargs) -> Checkpoint:
+    """A script's `--checkpoint NAME|PATH [--model M] [--scale_factor S] [--download_weights]`, resolved.
+
+    A release name (or the authors' file name) supplies the network and the scale, since an authors' file does not
+    record them; a --model or --scale_factor that contradicts it is a UsageError. A path passes through with the
+    given model and scale. Errors as `resolve_weights` (one line each).
+    """
+    path = resolve_weights(name_or_path, download=download, folders=folders, **kwargs)
+    release = find_release(name_or_path, kwargs.get('releases'))
+    if release is None or Path(name_or_path).is_file():     # a path: nothing implied
+        return Checkpoint(path, model, scale, None)
+    if model is not None and model != release.model:
+        raise UsageError(f'--checkpoint {release.name} holds {release.model} weights, not {model}; drop --model or '
+                         f'use --model {release.model}')
+    if scale is not None and scale != release.scale:
+        raise UsageError(f'--checkpoint {release.name} holds x{release.scale} weights; use --scale_factor '
+                         f'{release.scale}')
+    return Checkpoint(path, release.model, release.scale, release)
 
 
 def write_docs(path: Path = DOC) -> bool:

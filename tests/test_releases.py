@@ -21,9 +21,9 @@ from models import STEREO_MODELS
 from models.registry import REGISTRY
 from models.releases import RELEASES, UNRELEASED, Release, markdown_table, releases_of
 from tests.conftest import SHARED
-from utils import WEIGHT_KEYS, read_checkpoint
+from utils import WEIGHT_KEYS, UsageError, read_checkpoint
 from weights import (WeightsDigestError, WeightsDownloadError, WeightsNotFoundError, documented_table,
-                     file_digests, resolve_all_weights, resolve_weights)
+                     file_digests, resolve_all_weights, resolve_checkpoint, resolve_weights)
 
 SHARED_WEIGHTS = SHARED / 'weights'
 # The four reachable files: ../shared/weights/README.md.
@@ -174,6 +174,21 @@ def test_several_missing_files_are_reported_together(tmp_path):
         resolve_all_weights(names, folders=[tmp_path])
     lines = str(err.value).splitlines()
     assert len(lines) == 3 and all(RELEASES[n].file in line for n, line in zip(names, lines))
+
+
+def test_a_release_name_implies_network_and_scale_for_the_scripts(tmp_path):
+    payload = b'toy weights'
+    table = toy_release('http://127.0.0.1:9/toy.pth', payload)
+    (tmp_path / 'toy.pth').write_bytes(payload)
+    resolved = resolve_checkpoint('toy_x4', folders=[tmp_path], releases=table)
+    assert (resolved.path, resolved.model, resolved.scale) == (tmp_path / 'toy.pth', 'toy', 4)
+    assert resolve_checkpoint('toy_x4', 'toy', 4, folders=[tmp_path], releases=table).release is table['toy_x4']
+    with pytest.raises(UsageError, match='holds toy weights, not nafssr-s'):
+        resolve_checkpoint('toy_x4', 'nafssr-s', folders=[tmp_path], releases=table)
+    with pytest.raises(UsageError, match='use --scale_factor 4'):
+        resolve_checkpoint('toy_x4', None, 2, folders=[tmp_path], releases=table)
+    path = resolve_checkpoint(tmp_path / 'toy.pth', 'nafssr-s', 2, releases=table)     # a path implies nothing
+    assert path == (tmp_path / 'toy.pth', 'nafssr-s', 2, None)
 
 
 # ---- downloads from servers on 127.0.0.1
