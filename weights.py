@@ -204,8 +204,8 @@ def resolve_weights(name_or_path: str | os.PathLike, download: bool = False, fol
         candidate = folder / release.file
         if candidate.is_file():
             return check_file(candidate, release)
-    if not download:
-        raise WeightsNotFoundError(missing_message(release, folders))
+    if not download or not release.direct_url:
+        raise WeightsNotFoundError(missing_message(release, folders, download))
     return download_release(release, folders[-1], timeout=timeout, progress=progress)
 
 
@@ -241,16 +241,17 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, model: str | None = None
     record them; a --model or --scale_factor that contradicts it is a UsageError. A path passes through with the
     given model and scale. Errors as `resolve_weights` (one line each).
     """
-    path = resolve_weights(name_or_path, download=download, folders=folders, **kwargs)
-    release = find_release(name_or_path, kwargs.get('releases'))
-    if release is None or Path(name_or_path).is_file():     # a path: nothing implied
-        return Checkpoint(path, model, scale, None)
+    release = None if Path(name_or_path).is_file() else find_release(name_or_path, kwargs.get('releases'))
+    if release is None:     # a path (or an unknown name: resolve_weights says so)
+        return Checkpoint(resolve_weights(name_or_path, download=download, folders=folders, **kwargs), model, scale,
+                          None)
     if model is not None and model != release.model:
         raise UsageError(f'--checkpoint {release.name} holds {release.model} weights, not {model}; drop --model or '
                          f'use --model {release.model}')
     if scale is not None and scale != release.scale:
         raise UsageError(f'--checkpoint {release.name} holds x{release.scale} weights; use --scale_factor '
                          f'{release.scale}')
+    path = resolve_weights(name_or_path, download=download, folders=folders, **kwargs)
     return Checkpoint(path, release.model, release.scale, release)
 
 

@@ -161,6 +161,9 @@ def test_a_release_without_direct_url_refuses_download_with_its_page(tmp_path):
         message = str(err.value)
         assert '\n' not in message and r.pages[0] in message and f'{tmp_path}/' in message
         assert ('cannot fetch' in message) == download
+    with pytest.raises(WeightsNotFoundError) as err:    # every folder looked in is named, download or not
+        resolve_weights(r.name, download=True, folders=[tmp_path / 'a', tmp_path / 'b'])
+    assert f"{tmp_path / 'a'}/ or {tmp_path / 'b'}/" in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -187,6 +190,8 @@ def test_a_release_name_implies_network_and_scale_for_the_scripts(tmp_path):
         resolve_checkpoint('toy_x4', 'nafssr-s', folders=[tmp_path], releases=table)
     with pytest.raises(UsageError, match='use --scale_factor 4'):
         resolve_checkpoint('toy_x4', None, 2, folders=[tmp_path], releases=table)
+    with pytest.raises(UsageError):     # before looking for the file: the command line is wrong either way
+        resolve_checkpoint('toy_x4', 'other', folders=[tmp_path / 'empty'], releases=table)
     path = resolve_checkpoint(tmp_path / 'toy.pth', 'nafssr-s', 2, releases=table)     # a path implies nothing
     assert path == (tmp_path / 'toy.pth', 'nafssr-s', 2, None)
 
