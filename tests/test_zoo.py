@@ -36,6 +36,8 @@ LAYOUTS = {
     # CVHSSR: cvhssr_{t,s}_x{2,4}_state_dict.json (x2: up.0 at 3 * 2^2 channels)
     ('cvhssr-t', 2): ('383b45563cab4d88', 836), ('cvhssr-t', 4): ('c28cc428fa4514b5', 836),
     ('cvhssr-s', 2): ('5365dea56cfb90f9', 1668), ('cvhssr-s', 4): ('595446216f6df6e0', 1668),
+    # SCGLANet: x4 only (the authors configure no other scale) = scglanet_x4_state_dict.json
+    ('scglanet', 4): ('3bca5e1e46b39807', 4128),
 }
 
 
