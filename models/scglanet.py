@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.inference import stereo_flips
-from models.nafssr import SCAM, NAFBlock
+from models.nafssr import SCAM, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, NAFBlock
 from models.outputs import Pair, StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -54,9 +54,6 @@ N_HASHES = 4
 MATCH_REDUCTION = 4
 MAX_BUCKETS = 128
 KEY_NORM_EPS = 5e-5                 # F.normalize eps of the keys (arch.py:318)
-# TLC as in NAFSSR: LR training patch 30x90 (train_size), local windows 1.5x that (45x135).
-TRAIN_LR_SIZE = (30, 90)
-TLC_WINDOW_RATIO = 1.5
 # The self-ensemble's colour passes (stereo_sr_model.py:256-257): RGB -> BGR and RGB -> GBR, for both views.
 ENSEMBLE_COLOUR_ORDERS = ((2, 1, 0), (1, 2, 0))
 
@@ -77,6 +74,7 @@ class SCGLANetConfig:
     n_hashes: int = N_HASHES
     # Test-time local converter in the channel attention (models/nafssr.py TLCPool); False pools globally.
     tlc: bool = True
+    # LR training patch that fixes the TLC window, 1.5x it = 45x135 (arch.py:544-555, train_size (1, 6, 30, 90)).
     train_size: tuple[int, int] = TRAIN_LR_SIZE
     # Eval mode: mean of the test config's 6 passes (flips with view swap, two colour orders). Training: one pass.
     self_ensemble: bool = True

@@ -17,7 +17,7 @@ from models.scglanet import (KEY_NORM_EPS, SCGLA, SCGLANet, SCGLANetConfig, SCGL
 from tests.conftest import random_pair
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-OFFICIAL_PARAMS = 25_317_040          # zoo2.md §0, measured on the official code with the test yml
+OFFICIAL_PARAMS = 25_317_040          # the official SCGLANet built with the test yml's network_g (measured)
 TINY = dict(width=8, num_blocks=(1, 1, 1, 1, 1), drop_path=0.0)
 
 
