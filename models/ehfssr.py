@@ -26,7 +26,6 @@ tests/test_ehfssr_parity.py checks equality with the official code.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
@@ -193,7 +192,6 @@ class CrossViewAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (2B, c, H, W), [left; right] -> the same, each view plus what it gathered from the other."""
-        left, right = x.chunk(2)
         shifted_left, shifted_right = shift_channels(x).chunk(2)
         context_left, context_right = (self.transition(x) + x).chunk(2)
         heads = self.HEADS
