@@ -41,6 +41,7 @@ from tqdm import tqdm
 from data.disparity_maps import LR_PATCH, DisparityMapPatches
 from data.patches import (PATCH_HEIGHT, PATCH_WIDTH, PatchFolder, PatchList, SceneCrops, StereoPatches, TeacherCache,
                           read_teacher_meta, sample_patches, write_teacher_cache)
+from data.photo_scenes import PhotoStereo
 from data.synthetic import SyntheticStereo
 from models import REGISTRY, add_model_args, build_model, model_entry, model_options
 from models.outputs import NonFiniteError, Pair
@@ -58,8 +59,8 @@ RECIPE_FLAGS = tuple(f.name for f in fields(Recipe) if f.name != 'source')
 # Arguments that define a run; on --resume the checkpoint's values win over the command line.
 RUN_DEFINITION = ('model', 'scale_factor', *(f for f in RECIPE_FLAGS if f != 'n_epochs'), 'grad_accum', 'loss_weight',
                   'disp_supervision', 'disp_supervision_parts', 'stage', 'init',
-                  'trainset', 'trainset_dir', 'synthetic_size', 'seed', 'map_patch', 'map_pattern', 'lr_crop',
-                  'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment',
+                  'trainset', 'trainset_dir', 'texture_dir', 'synthetic_size', 'seed', 'map_patch', 'map_pattern',
+                  'lr_crop', 'max_iters_per_epoch', 'amp', 'amp_dtype', 'augment',
                   *sorted({o.name for entry in REGISTRY.values() for o in entry.options}),
                   'perceptual', 'perceptual_weight', 'perceptual_layers', 'perceptual_distance', 'texture',
                   'texture_weight', 'texture_layers', 'texture_distance', 'texture_start', 'texture_input_norm',
@@ -211,12 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help='let torchvision download a missing VGG file into the torch-hub cache (needs internet; '
                             'without this flag a missing file stops the run before training)')
     group = parser.add_argument_group('data')
-    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic', 'disparity'), default=None,
+    group.add_argument('--trainset', choices=('patches', 'sample', 'synthetic', 'photo', 'disparity'), default=None,
                        help='patches (default for stereo networks): PNG patches under --trainset_dir '
                             '(data/prepare_train.py); sample: patches of '
                             'scikit-image\'s Motorcycle pair, built in memory (no download); synthetic: stereo scenes '
                             'rendered from scikit-image\'s photographs with exact disparity, new every epoch '
-                            '(data/synthetic.py; how the demo checkpoint was trained); disparity: random crops of the '
+                            '(data/synthetic.py; how the demo checkpoint was trained); photo: the same scenes with '
+                            'every surface cut from a photograph (--texture_dir, or the packages\' sample photographs; '
+                            'data/photo_scenes.py); disparity: random crops of the '
                             'scenes with ground-truth disparity (KITTI PNG, Middlebury/SceneFlow PFM) under '
                             '--trainset_dir, in the test-set layout of data/prepare_test.py. Disparity-map networks '
                             '(dsdmsr) train on maps: synthetic (their default: the same scenes\' disparity, no '
@@ -225,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--synthetic_size', type=int, default=4800,
                        help='synthetic patches per epoch (disparity-map networks: also the crops per epoch of '
                             '--trainset disparity)')
+    group.add_argument('--texture_dir', type=Path, default=None,
+                       help='--trainset photo: folder of photographs (any depth) to texture the scenes with (default: '
+                            'the photographs scikit-image and matplotlib ship; docs/data/photographs.md)')
     group.add_argument('--map_patch', type=int, default=LR_PATCH,
                        help='disparity-map networks: LR side of the square training crops (HR side = this x scale)')
     group.add_argument('--map_pattern', default='*',
@@ -367,6 +373,8 @@ def build_dataset(args) -> StereoPatches | DisparityMapPatches:
         dataset = PatchList(sample_patches(args.scale_factor), args.scale_factor, args.augment, args.seed)
     elif args.trainset == 'synthetic':
         dataset = SyntheticStereo(args.scale_factor, args.synthetic_size, args.augment, args.seed)
+    elif args.trainset == 'photo':
+        dataset = PhotoStereo(args.scale_factor, args.synthetic_size, args.augment, args.seed, args.texture_dir)
     elif args.trainset == 'disparity':
         dataset = SceneCrops(args.trainset_dir, args.scale_factor, args.augment, args.seed)
     else:
@@ -778,7 +786,7 @@ def attach_teacher_cache(args, run_dataset, networks: list[torch.nn.Module], rec
                          world: int, use_amp: bool, amp_dtype) -> None:
     """--teacher_cache DIR: reuse DIR when its meta.json matches these teachers and data, else compute the teachers'
     outputs once (main process; the others wait), then read them as the dataset's extras."""
-    if args.trainset in ('synthetic', 'disparity'):
+    if args.trainset in ('synthetic', 'photo', 'disparity'):
         sys.exit(f'error: --teacher_cache cannot be used with --trainset {args.trainset}: its patches are new every '
                  f'epoch (random scenes or crops), so there is nothing to compute once; drop --teacher_cache (the '
                  f'teachers then run online) or train on fixed patches (--trainset patches or sample)')

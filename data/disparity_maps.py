@@ -9,10 +9,10 @@ Holes, honestly:
 * Middlebury PFM: inf (any non-finite value) = unknown; SceneFlow PFM: dense (the same rule finds nothing);
   KITTI 16-bit PNG: 0 = no ground truth. `read_disparity_map` returns (map, valid) with the map set to 0 where
   invalid, so no inf/NaN travels further; `valid` says which zeros are real.
-* Mask-aware downsampling by s (`downsample_disparity`): an LR pixel is the mean of the *valid* HR pixels of its
-  s x s block, divided by s; it is valid when at least one HR pixel of the block is (the rule the spec suggests,
-  "average only valid pixels"). An invalid value never enters a mean. Blocks straddling a depth edge average the
-  two surfaces (as any area downsampling does).
+* Mask-aware downsampling by s (`downsample_disparity`): an LR pixel is the mean of the *valid* HR pixels of its s x s
+  block, divided by s; it is valid when at least one HR pixel of the block is (our choice: the readable part of the
+  paper gives no rule, and the third-party code has no masks). An invalid value never enters a mean. Blocks straddling a
+  depth edge average the two surfaces (as any area downsampling does).
 * The network needs a dense input: LR holes (blocks with no valid HR pixel) are filled with the nearest valid LR
   pixel (`fill_holes`, Euclidean distance, ties as scipy's distance transform breaks them). The LR valid mask is
   kept alongside for anyone who wants it; losses and metrics only ever use the HR (or per-stage) valid masks.

@@ -131,16 +131,18 @@ class Surface:
         return np.ones(np.broadcast_shapes(x.shape, y.shape), dtype=bool) if self.shape is None else self.shape(x, y)
 
 
-def random_geometry(rng: np.random.Generator, d_ref: float, width: int, height: int, scale: int) -> dict:
-    """Disparity coefficients of a surface whose disparity at the frame centre is d_ref (HR pixels): fronto-parallel,
-    slanted or curved, slopes below MAX_SLOPE, and within [0.25, MAX_DISPARITY_LR] LR pixels over the whole frame
-    (the slant shrunk, then the surface moved, where it would leave that range)."""
+def random_geometry(rng: np.random.Generator, d_ref: float, width: int, height: int, scale: int,
+                    fronto_parallel: float = 0.3, curved: float = 0.3) -> dict:
+    """Disparity coefficients of a surface whose disparity at the frame centre is d_ref (HR pixels): fronto-parallel
+    (probability `fronto_parallel`), slanted or curved (probability `curved`), slopes below MAX_SLOPE, and within
+    [0.25, MAX_DISPARITY_LR] LR pixels over the whole frame (the slant shrunk, then the surface moved, where it would
+    leave that range)."""
     kind = rng.random()
     b = c = qx = qy = 0.0
     x0, y0 = width / 2, height / 2
-    if kind >= 0.3:                              # slanted: a plane
+    if kind >= fronto_parallel:                  # slanted: a plane
         b, c = rng.uniform(-1, 1, size=2) * MAX_SLOPE * 0.6
-    if kind >= 0.7:                              # curved: a quadric bump or bowl, centred somewhere in the frame
+    if kind >= 1 - curved:                       # curved: a quadric bump or bowl, centred somewhere in the frame
         x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
         # the slope of q (x - x0)^2 over the frame is at most 2 |q| W: keep it below 0.4 MAX_SLOPE
         qx = rng.uniform(-1, 1) * 0.4 * MAX_SLOPE / (2 * width)
@@ -261,11 +263,12 @@ def render_disparity(rng: np.random.Generator, height: int, width: int, scale: i
     return render_view(surfaces, height, width, view)[1].astype(np.float32)
 
 
-def synthetic_patch(rng: np.random.Generator, scale: int):
+def synthetic_patch(rng: np.random.Generator, scale: int, render: Callable = render_pair):
     """(hr_left, hr_right, lr_left, lr_right, disparity_left, disparity_right): an iPASSR-sized patch (LR 30x90)
-    cut from a rendered pair with a margin, the LR made by MATLAB bicubic of the whole rendered HR image."""
+    cut from a pair rendered with a margin by `render(rng, height, width, scale)` (the scenes of `render_pair` or
+    another generator's, e.g. data/photo_scenes.py), the LR made by MATLAB bicubic of the whole rendered HR image."""
     height, width = (PATCH_HEIGHT + 2 * MARGIN) * scale, (PATCH_WIDTH + 2 * MARGIN) * scale
-    left, right, disparity_left, disparity_right = render_pair(rng, height, width, scale)
+    left, right, disparity_left, disparity_right = render(rng, height, width, scale)
     lr = np.s_[MARGIN:MARGIN + PATCH_HEIGHT, MARGIN:MARGIN + PATCH_WIDTH]
     hr = np.s_[MARGIN * scale:(MARGIN + PATCH_HEIGHT) * scale, MARGIN * scale:(MARGIN + PATCH_WIDTH) * scale]
     return (left[hr], right[hr], imresize(left, 1 / scale)[lr], imresize(right, 1 / scale)[lr],

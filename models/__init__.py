@@ -16,6 +16,7 @@ from models import ipassr  # noqa: F401  ipassr
 from models import isrrescnet  # noqa: F401  isrrescnet
 from models import srnet  # noqa: F401  srnet
 from models import dsdmsr  # noqa: F401  dsdmsr (disparity maps, not stereo pairs: ModelEntry.modality)
+from models import cvhssr  # noqa: F401  cvhssr-t, cvhssr-s
 from models import ehfssr  # noqa: F401  ehfssr-s, ehfssr
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput

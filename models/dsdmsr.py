@@ -1,5 +1,7 @@
 """DSDMSR: "Deeply Supervised Depth Map Super-Resolution as Novel View Synthesis" (Song, Dai, Qin; IEEE TCSVT 2019,
-arXiv 1808.08688), for disparity maps. Spec: ../shared/reference/dsdmsr.md.
+arXiv 1808.08688), for disparity maps. Sources: the paper's abstract and architecture figure (its method section
+could not be read; no official code exists) and the third-party `asrimanth/DSDMSR-PyTorch` @69c5fe0 (model.py,
+dcnn_srcnn.py, dcnn_vdsr.py, train_dtu.py), read for facts only; docs/models/dsdmsr.md lists our own choices.
 
 A x2 stage has four DCNN units, (1,1), (1,2), (2,1), (2,2), that all read the stage input (h x w) and each predict
 one h x w "novel view": the 2x2 polyphase component of the x2 map seen from a camera shifted by half an LR pixel.

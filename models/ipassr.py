@@ -7,7 +7,8 @@ valid masks; a fusion block and a second residual dense group reconstruct the re
 The views are folded into one batch as [left; right] wherever that is exactly what the official two calls compute;
 the PAM BatchNorm keeps per-view statistics (`PAMBatchNorm`).
 
-Attribute names and their registration order are those of the official `Net` (`YingqianWang/iPASSR` model.py),
+Attribute names and their registration order are those of the official `Net` (`YingqianWang/iPASSR` @e1ffe06 model.py;
+the test.py:N and train.py:N cited below are lines of that commit),
 so the state_dict matches `ipassr_x{2,4}_state_dict.json` and the authors' checkpoints load strictly. Equivalence
 with the official code: tests/test_ipassr_parity.py.
 """
@@ -49,7 +50,8 @@ class IPASSRConfig:
 
     scale_factor: int = 4
     # The official test.py never calls eval(), so the PAM BatchNorm normalises each call (one view, batch 1) with
-    # its own statistics at test time (spec §0.5). True reproduces that in eval mode; the authors' numbers need it.
+    # its own statistics at test time (official test.py:19-21). True reproduces that in eval mode; the authors'
+    # numbers need it.
     bn_batch_stats: bool = False
 
 
@@ -63,10 +65,10 @@ def validate_inputs(left: Tensor, right: Tensor, batch_statistics: bool) -> None
 
 
 class PAMBatchNorm(ViewwiseBatchNorm2d):
-    """The PAM's BatchNorm2d on [left; right] folded views: per-view batch statistics in training mode (as the
-    official two calls), running statistics in eval mode, or, with `batch_stats_in_eval`, the statistics of each
-    image of each view in eval mode, without touching the running buffers: what the official test.py computes (spec
-    §0.5), which runs one pair per call, so that a batch of pairs gives each pair the authors' numbers."""
+    """The PAM's BatchNorm2d on [left; right] folded views: per-view batch statistics in training mode (as the official
+    two calls), running statistics in eval mode, or, with `batch_stats_in_eval`, the statistics of each image of each
+    view in eval mode, without touching the running buffers: what the official test.py computes (test.py:19-21 never
+    calls eval()), which runs one pair per call, so that a batch of pairs gives each pair the authors' numbers."""
 
     def __init__(self, num_features: int, batch_stats_in_eval: bool = False):
         super().__init__(num_features)

@@ -8,14 +8,17 @@ term, then the subtraction of a residual CNN "denoiser" (ERD, official `ResFBNet
 L2 ball of radius exp(alpha[k]) sigma sqrt(N - 1), sigma being the noise level estimated once per image from the LR
 input (WMAD). One denoiser serves all K iterations. Images run in 0-255 units inside, as the official code.
 
-Quirks of the official code, kept by default (spec /work/shared/reference/isrrescnet.md; each *bug* has an opt-in
-correction, a model option off by default):
+Quirks of the official code, kept by default (`RaoUmer/ISRResCNet` @8175bb9, isrrescnet_code_demo/: the file:line
+citations below are of that folder; each *bug* has an opt-in correction, a model option off by default):
 * H is decimation `x[::s, ::s]` (its bicubic routine sampled at integer positions), and the "gradient" is the
   back-projection U(D x) - U(y), with U a corner-aligned Catmull-Rom interpolation whose two axes' fractions are
-  swapped (spec §2.3): phase (a, b) of the output is interpolated as if it were (b, a).   `fix_bicubic_axes`
+  swapped (modules/problems.py:142-146): phase (a, b) of the output is interpolated as if it were (b, a).
+  `fix_bicubic_axes`
 * The initialisation is grid_sample bilinear on linspace(-1, 1) coordinates with align_corners=False and zero
-  padding, which darkens the outermost HR rows and columns (corner x0.25, edge x0.5; spec §2.4).   `fix_init_border`
-* The "feedback" block is fed its own output as both halves of its concatenation (spec §4.3).   `fix_feedback`
+  padding, which darkens the outermost HR rows and columns (corner x0.25, edge x0.5; problems.py:15-25).
+  `fix_init_border`
+* The "feedback" block is fed its own output as both halves of its concatenation (models/ISRResCNet.py:84-96,
+  160-161).   `fix_feedback`
 * Not a bug of their code but of its fit to ours: H = decimation at phase (0, 0) pins x[::s, ::s] to LR pixels that,
   under the MATLAB-bicubic degradation of every stereo-SR benchmark (and of this harness's data), lie at HR position
   s i + (s - 1) / 2. `bicubic_degradation` makes H that degradation (utils.imresize by 1/s, antialiased) and U the
@@ -139,7 +142,7 @@ def cubic_upsample(y: Tensor, scale: int, swap_axes: bool = True) -> Tensor:
     """U: the official `bicubic_interp_nd` upscaling by an integer factor, (B, C, H, W) -> (B, C, sH, sW).
 
     Output (i, j) samples the input at (i / s, j / s) (corner-aligned) with the Catmull-Rom kernel over the 4 x 4
-    neighbours (clamped at the borders). With `swap_axes` (official, spec §2.3) the taps along the columns are
+    neighbours (clamped at the borders). With `swap_axes` (official, problems.py:142-146) the taps along the columns are
     weighted by the *row* fraction of i and the four row sums by the *column* fraction of j; U(y)[::s, ::s] = y
     either way. Sixteen gathers of the HR size: cheap next to the denoiser.
     """
@@ -280,10 +283,10 @@ class Denoiser(nn.Module):
         self.conv_out = WeightNormConv2d(c, 3, 5, padding=2, transposed=True)  # decoder
 
     def residual(self, z: Tensor) -> Tensor:
-        """The decoder output before the projection; local (receptive radius `ISRResCNetConfig.receptive_radius`).
-        On the CPU the feature maps run channels-last (the same numbers within float rounding): oneDNN's 3x3
-        convolutions, ~80 % of the time, run faster that way: the whole network 1.22-1.31x at 24x72 LR x4, A/B in one
-        process, one thread (bench.py's fresh single-run processes did not resolve it: README, Speed and memory)."""
+        """The decoder output before the projection; local (receptive radius `ISRResCNetConfig.receptive_radius`). On
+        the CPU the feature maps run channels-last (the same numbers within float rounding): oneDNN's 3x3 convolutions,
+        ~80 % of the time, run faster that way: the whole network 1.22-1.31x at 24x72 LR x4, A/B in one process, one
+        thread (bench.py's fresh single-run processes did not resolve it: reports/2026-12-02-zoo-speed.md)."""
         if z.device.type == 'cpu':
             z = z.contiguous(memory_format=torch.channels_last)
         features = self.conv(F.pad(z, (2, 2, 2, 2), mode='reflect'))

@@ -146,11 +146,12 @@ class GroupResBlock(nn.Module):
 class ViewwiseBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d for a batch that holds `num_views` views stacked on dim 0 ([left; right]).
 
-    The official network runs the left and the right view through every shared module in separate calls, so in
-    training mode each BatchNorm normalises a view with that view's own batch statistics and updates its running
-    statistics twice, left first (spec §7.2). We fold both views into one batch for speed; this layer splits the
-    batch again in training mode so statistics, running averages and `num_batches_tracked` stay exactly those of
-    the official two-call behaviour. In eval mode it is a plain BatchNorm2d. State-dict keys are unchanged.
+    The official network runs the left and the right view through every shared module in separate calls, so in training
+    mode each BatchNorm normalises a view with that view's own batch statistics and updates its running statistics
+    twice, left first (official SSRDE-FNet model.py:71-333, e.g. lines 104-105). We fold both views into one batch for
+    speed; this layer splits the batch again in training mode so statistics, running averages and `num_batches_tracked`
+    stay exactly those of the official two-call behaviour. In eval mode it is a plain BatchNorm2d. State-dict keys are
+    unchanged.
     """
 
     num_views: int = 2

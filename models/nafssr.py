@@ -1,14 +1,15 @@
 """NAFSSR (Chu, Chen, Yu, "NAFSSR: Stereo Image Super-Resolution Using NAFNet", CVPRW 2022): NAFNet blocks applied to
-each view with shared weights, a stereo cross-attention module (SCAM) after every block, a PixelShuffle upsampler and
-a bilinear global skip. Quirks of the official code kept here (spec /work/shared/reference/nafssr.md): every block
-has a SCAM, including the last; SCAM's values take no LayerNorm and one score matrix serves both directions
-(transposed), scaled by c^-0.5; the simplified channel attention has no sigmoid; every residual scale starts at zero;
-drop-path skips the whole stereo block (both views, whole batch) on one coin per call and rescales kept blocks by
-1/(1-p); at test time the channel attention pools a local 45x135 window (TLC, the authors' test-time local converter)
-instead of the whole map; the skip is bilinear, not bicubic; the authors' weights expect BGR views (`channel_order`).
-Both views run folded into the batch, [left; right], so each stage is written once. Names and registration order
-equal the official modules', so the state_dict matches nafssr_{t,s,b,l}_x4_state_dict.json and the authors'
-checkpoints load strictly; tests/test_nafssr_parity.py checks equality with the official code.
+each view with shared weights, a stereo cross-attention module (SCAM) after every block, a PixelShuffle upsampler and a
+bilinear global skip. Quirks of the official code kept here (megvii-research/NAFNet @2b4af71,
+basicsr/models/archs/NAFSSR_arch.py, NAFNet_arch.py and local_arch.py): every block has a SCAM, including the last;
+SCAM's values take no LayerNorm and one score matrix serves both directions (transposed), scaled by c^-0.5; the
+simplified channel attention has no sigmoid; every residual scale starts at zero; drop-path skips the whole stereo block
+(both views, whole batch) on one coin per call and rescales kept blocks by 1/(1-p); at test time the channel attention
+pools a local 45x135 window (TLC, the authors' test-time local converter) instead of the whole map; the skip is
+bilinear, not bicubic; the authors' weights expect BGR views (`channel_order`). Both views run folded into the batch,
+[left; right], so each stage is written once. Names and registration order equal the official modules', so the
+state_dict matches nafssr_{t,s,b,l}_x4_state_dict.json and the authors' checkpoints load strictly;
+tests/test_nafssr_parity.py checks equality with the official code.
 """
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class NAFSSRConfig:
     tlc: bool = True
     # LR training patch (H, W) that fixes the TLC window (official train_size=(1, 6, 30, 90)).
     train_size: tuple[int, int] = TRAIN_LR_SIZE
-    # Colour order the weights expect: the authors' pipeline feeds BGR (spec §0.2); forward always takes RGB.
+    # Colour order the weights expect: the authors' pipeline feeds BGR (official
+    # basicsr/utils/img_util.py:29 swaps only 3-channel arrays, and paired_image_SR_LR_dataset.py:286 passes the
+    # 6-channel stereo stack); forward always takes RGB.
     channel_order: str = 'rgb'
 
     @classmethod

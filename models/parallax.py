@@ -23,7 +23,8 @@ def relax_rows(attention: Tensor, pixels: int = RELAX_PIXELS) -> Tensor:
 
 
 def cycle_valid_mask(forward_attention: Tensor, backward_attention: Tensor) -> Tensor:
-    """Soft valid mask from the cycle a->b->a (spec §2.9 step 4-5), detached.
+    """Soft valid mask from the cycle a->b->a (official SSRDE-FNet model.py:661-671 and `M_Relax`
+    model.py:721-734; iPASSR model.py:159-160), detached.
 
     forward_attention: (N, W_a, W_b), e.g. M_right_to_left for the left view; backward_attention: (N, W_b, W_a).
     Returns tanh(5 * V) with V[n, i] = sum_{|d|<=2} sum_j forward[n, i-d, j] * backward[n, j, i], shape (N, W_a).

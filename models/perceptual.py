@@ -2,8 +2,10 @@
 AlexNet) read from local files, the perceptual, texture (Gram) and distillation terms, the LPIPS v0.1 metric, and
 `RecipeObjective`, which adds those terms to a network's own objective.
 
-Facts and sources: ../shared/reference/perceptual_losses.md (BasicSR `VGGFeatureExtractor`/`PerceptualLoss`, the seed
-team's NTIRE-SSR-DVision code, the lpips 0.1.4 package). What is decided here:
+Sources: BasicSR `VGGFeatureExtractor` / `PerceptualLoss` (basicsr/archs/vgg_arch.py, basicsr/losses/basic_loss.py),
+the seed team's code `i-sahajmistry/NTIRE-SSR-DVision` (basicsr/models/losses/losses.py,
+options/train/NTIRE/NTIRE-23.yml, basicsr/models/knowledge_distillation_model.py), the lpips 0.1.4 package
+(lpips/pretrained_networks.py, lpips/lpips.py). What is decided here:
 * Perceptual: sum over VGG-16 layers of weight x L1 (mean) between the features of SR and HR, ImageNet-normalised
   RGB input, per view (the two views are one batch, so the mean is the mean of the two views' means).
 * Texture: sum over VGG-19 layers of weight x MSE between Gram matrices G = F F^T / (c h w) (BasicSR `_gram_mat`,
@@ -11,7 +13,8 @@ team's NTIRE-SSR-DVision code, the lpips 0.1.4 package). What is decided here:
   ImageNet normalisation (the seed code fed raw [0, 1] images: `input_norm=False`).
 * Distillation: lambda x sum_t w_t x d(student, teacher_t), d the mean of the two views' L1 (or MSE) distances,
   teachers frozen, run under no_grad on the student's own (augmented) input. The seed code's KD term compared two
-  scalar losses; this is the usual soft-label form (spec section 3).
+  scalar losses (knowledge_distillation_model.py); this is the usual soft-label form, a project choice: the
+  write-up gives no lambda, distance or rule for combining teachers.
 The feature networks are frozen (no parameter takes a gradient, always in eval mode) but differentiable with
 respect to their input, and they run under whatever autocast the training step uses; only the Gram products are
 taken in float32, as float16 sums over h x w pixels can overflow.
@@ -46,13 +49,13 @@ DEFAULT_WEIGHTS_DIR = Path('checkpoints/pretrained')
 RANDOM = 'random'          # weights value: a seeded random network (tests, smoke runs; numbers mean nothing)
 RANDOM_SEED = 0            # the same random network in every process and after a resume
 
-# Defaults of the recipe's terms (spec section 1.3: the seed team's NTIRE-SSR-DVision losses.py and NTIRE-23.yml).
+# Defaults of the recipe's terms (the seed team's NTIRE-SSR-DVision basicsr/models/losses/losses.py and NTIRE-23.yml).
 PERCEPTUAL_LAYERS = ('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3')  # VGGPerceptualLoss blocks features[0:23]
 PERCEPTUAL_WEIGHT = 1e-4                                          # NTIRE-23.yml perceptual loss_weight
 TEXTURE_LAYERS = ('relu2_2', 'relu3_4', 'relu4_4', 'relu5_4')     # TextureLossVGG19, features indices 8/17/26/35
 TEXTURE_WEIGHT = 10.0      # NTIRE-23.yml loss_weight 5 on the *sum* of both views = 10 on their mean (ours)
 TEXTURE_START = 50_000     # the seed training loop adds the texture loss from iteration 50,000 on
-DISTILL_WEIGHT = 1.0       # spec section 3, project recommendation (the write-up gives no lambda)
+DISTILL_WEIGHT = 1.0       # project choice (the write-up gives no lambda)
 # LPIPS v0.1 input scaling (lpips ScalingLayer): (x - shift) / scale on RGB in [-1, 1].
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -237,7 +240,7 @@ def texture_loss(sr_features: dict[str, Tensor], hr_features: dict[str, Tensor],
 
 def distillation_loss(student: Pair, teachers: list[Pair], weights: list[float], distance: str = 'l1') -> Tensor:
     """sum_t w_t (d(S_L, T_t,L) + d(S_R, T_t,R)) / 2: the student's SR views against each teacher's (soft labels,
-    no gradient to the teachers), d = mean L1 (spec section 3) or MSE."""
+    no gradient to the teachers), d = mean L1 (project default) or MSE (the seed KD ymls)."""
     d = DISTANCES[distance]
     return sum(w * (d(student.left, t.left.detach().to(student.left.dtype))
                     + d(student.right, t.right.detach().to(student.right.dtype))) / 2

@@ -7,7 +7,8 @@ Two EDSR-style branches of 16 residual blocks with channel attention + MPR-SA: t
 branch super-resolves the view, fusing the RAT features twice. Images run in 0-255 units with the DIV2K mean shift,
 as the official code (`rgb_range` 255).
 
-Quirks of the official code, kept by default (spec /work/shared/reference/srnet_zoom.md §7):
+Quirks of the official code, kept by default (`selous123/SRNet-zoom-pytorch` @08b647e, src/model/ssl.py:217-297, the
+forward at 268-297, and src/model/common.py):
 * the RAT deep features are *subtracted* from the main head features (the paper figure draws a sum), and the long
   skip adds the fused, attended features, not the head output;                  `srnet_add_rat_features`: +
 * a ReLU follows every PixelShuffle of both upsamplers (EDSR has none);        `srnet_no_upsampler_relu`
@@ -327,7 +328,8 @@ def diff_labels(lr: Tensor, hr: Tensor, resample: str = 'nearest') -> Tensor:
     """The Diff label of generate_s_label.py: DETAIL(EDGE_ENHANCE_MORE(|HR - resize(LR, HR size)|)) with Pillow's
     filters, on 8-bit images. lr (N, 3, h, w), hr (N, 3, H, W) in [0, 1] (rounded to 8 bit first, as the PNGs the
     script read) -> (N, 3, H, W) in [0, 1]. `resample`: the upsampling of `Image.resize` without a resample argument,
-    nearest for the Pillow of the logged 2019 runs (default), bicubic for Pillow >= 7 (spec §2)."""
+    nearest for the Pillow of the logged 2019 runs (default), bicubic for Pillow >= 7 (official generate_s_label.py:49
+    calls `img_lr.resize(img.size)`)."""
     lr8, hr8 = (torch.floor(x.detach().float().clamp(0, 1) * 255 + 0.5) for x in (lr, hr))
     difference = (hr8 - pil_upsample(lr8, hr8.shape[-2:], resample)).abs()          # ImageChops.difference
     label = pil_filter3x3(pil_filter3x3(difference, *EDGE_ENHANCE_MORE), *DETAIL)

@@ -111,7 +111,8 @@ class Correspondence(NamedTuple):
 
 
 def masked_l1(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
-    """mean |a*mask - b*mask| over all elements (official L1Loss on masked maps, spec Q13)."""
+    """mean |a*mask - b*mask| over all elements (official `nn.L1Loss` on masked maps: SSRDE-FNet train.py:174,
+    iPASSR train.py:69)."""
     return (a * mask - b * mask).abs().mean()
 
 

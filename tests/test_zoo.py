@@ -33,6 +33,9 @@ LAYOUTS = {
     # DSDMSR (disparity maps): no authors' weights; our names (stages.{k}.units.{i}, fusion), 78 entries at x8 as the
     # third-party DSDMSR_x8 (spec 2.2), mapped onto theirs by models.dsdmsr.third_party_key
     ('dsdmsr', 4): ('dab530759bd48db2', 54), ('dsdmsr', 8): ('44e29418da1d0cc6', 78),
+    # CVHSSR: cvhssr_{t,s}_x{2,4}_state_dict.json (x2: up.0 at 3 * 2^2 channels)
+    ('cvhssr-t', 2): ('383b45563cab4d88', 836), ('cvhssr-t', 4): ('c28cc428fa4514b5', 836),
+    ('cvhssr-s', 2): ('5365dea56cfb90f9', 1668), ('cvhssr-s', 4): ('595446216f6df6e0', 1668),
     # EHFSSR-S / EHFSSR: ehfssr{_s,}_x{2,4}_state_dict.json
     ('ehfssr-s', 2): ('cc074e5ed06340ba', 865), ('ehfssr-s', 4): ('01e7b2a25c452404', 865),
     ('ehfssr', 2): ('4551c3e54382d84e', 845), ('ehfssr', 4): ('3bbefce97a04eedf', 845),

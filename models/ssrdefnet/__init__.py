@@ -4,6 +4,9 @@ One file per concept of the paper: `features.py` (matching features), `parallax_
 `cost_volume.py` (HR disparity), `interaction.py` (HR feature interaction), `feedback.py` (HRDIF), `network.py`
 (the two recursions wired together), `losses.py` (the training objective); `blocks.py` its own small blocks,
 `kernels.py` its fast forms behind the seam of models/kernels.py.
+
+"official model.py:N", "train.py:N" and "loss.py:N" in these files are lines of the authors' code,
+MIVRC/SSRDEFNet-PyTorch at commit 4d95c17.
 """
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.ssrdefnet.losses import SSRDEFNetLoss

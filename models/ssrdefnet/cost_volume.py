@@ -1,5 +1,6 @@
 """High-resolution disparity: hypotheses around the upsampled PAM estimate, a local 2D cost volume, aggregation and
-soft-argmax regression (paper Sec. 3.3; spec §2.10-2.13, §4.2).
+soft-argmax regression (paper Sec. 3.3; official model.py:104-139, with `get_disp_range_samples` model.py:337-351,
+`hourglass` model.py:391-433 and `GetCostVolume` model.py:518-559).
 
 Inside the network a "disparity" is stored as a correspondence *coordinate*: for a left pixel at column x the
 left map holds the matching column in the right image (x - d); for a right pixel it holds the matching column in
@@ -42,8 +43,9 @@ def sampling_grid(coords: Tensor) -> Tensor:
     """grid_sample grid for sampling every row of a (N, C, H, W) map at columns `coords` (N, D, H, W).
 
     Coordinates are normalised the (size - 1)/2 way while grid_sample runs with align_corners=False, exactly as the
-    official code on PyTorch >= 1.3 (spec Q3): column u is read at u * W/(W-1) - 0.5 and row y at y * H/(H-1) - 0.5,
-    so even an identity warp blends neighbours and halves the first and last rows and columns.
+    official code on PyTorch >= 1.3 (model.py:490-495 and 541-548 pass no `align_corners`): column u is read at
+    u * W/(W-1) - 0.5 and row y at y * H/(H-1) - 0.5, so even an identity warp blends neighbours and halves the
+    first and last rows and columns.
     Returns (N, D*H, W, 2).
     """
     n, d, h, w = coords.shape
@@ -101,7 +103,8 @@ class CostVolume(nn.Module):
 class Hourglass(nn.Module):
     """2D encoder-decoder over the hypothesis channels (official `hourglass(24)`, `dres2`).
 
-    Needs even H and W whose halves are even too; at x2 that means even LR sizes (spec §2.12).
+    Needs even H and W whose halves are even too; at x2 that means even LR sizes (the residual
+    add of official model.py:429 fails otherwise).
     The single `prelu` is shared by both of its uses, as in the official code.
     """
 

@@ -15,7 +15,7 @@ from models.ssrdefnet import kernels as ssrdefnet_kernels
 from models.ssrdefnet.blocks import conv_bn
 
 # Pool windows of the LR matching features (official `Stereo_feature`). The largest window, 30, is why the network's
-# smallest LR input is 30x30 (spec §5).
+# smallest LR input is 30x30 (official model.py:358).
 LR_POOLS = {'branch1': 30, 'branch2': 10, 'branch3': 5}
 # Pool windows of the HR matching features (official `hStereo_feature`).
 HR_POOLS = {'branch2': 16, 'branch3': 8}

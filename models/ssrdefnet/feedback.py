@@ -1,5 +1,5 @@
 """HR disparity information feedback (HRDIF): carry what the HR stage learned back to the LR features before the
-second recursion (paper Sec. 3.5; spec §2.14, §4.4).
+second recursion (paper Sec. 3.5; official model.py:172-207, `FeedbackBlock` model.py:465-480).
 
 Two paths, fused by the 1x1 `compress_in`:
 * the *feedback* path projects the refined HR features down to LR (`down`) and boosts them with a high-pass
@@ -27,7 +27,7 @@ class FeedbackBlock(nn.Module):
     """Positive high-pass of x: relu(x - blur(x)), blur = learned x4 deconvolution of a 4x4 average pool.
 
     The official constructor takes kernel/stride/padding arguments but ignores them: the pool is 4 and the deconv
-    8/4/2 at every scale (spec Q6). (B, 64, H, W) -> same.
+    8/4/2 at every scale (official model.py:466-470). (B, 64, H, W) -> same.
     """
 
     def __init__(self, channels: int = 64):
@@ -53,8 +53,8 @@ def subpixel_draft(features: Tensor, other: Tensor, coords_hr: Tensor, scale: in
 
     features: (N, C, H, W) recursion-1 LR deep features of one view, `other` those of the other view;
     coords_hr: (N, 1, sH, sW) HR coordinates of this view. For phase (u, v) the LR coordinate map is
-    coords_hr[..., u::s, v::s] / s (no phase offset, spec Q4); it warps `other`, a correlation gate between
-    `query(features)` and `key(warp)` mixes the warp with the own features, and `fuse` (an RDB) refines the
+    coords_hr[..., u::s, v::s] / s (no phase offset, official model.py:188-189); it warps `other`, a correlation
+    gate between `query(features)` and `key(warp)` mixes the warp with the own features, and `fuse` (an RDB) refines the
     difference. All phases run as one batch: pixel-unshuffle puts phase u*s+v on the channel axis, which
     `sample_columns` treats as hypotheses. Returns (N, C, H, W) in the memory format of `features` (the sum over
     phases would give NCHW, and the fusion `compress_in` would then run the whole second LR stage in NCHW).

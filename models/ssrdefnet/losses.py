@@ -1,4 +1,4 @@
-"""The training objective of SSRDE-FNet, every term in one place (official train.py + loss.py; spec §8).
+"""The training objective of SSRDE-FNet, every term in one place (official train.py:145-253 + loss.py).
 
 total = sr + 0.1 cons + 0.1 (photo + smooth + cycle) + 0.001 disp_smooth + 0.01 disp_unsup [+ W disp_sup, an option]
 
@@ -39,7 +39,7 @@ def warp_correspondence(coords: Pair) -> Correspondence:
 
 def edge_aware_smoothness(coords: Tensor, image: Tensor) -> Tensor:
     """sum(|grad d| * exp(-|grad I|)) / sum(exp(-|grad I|)) over x and y forward differences (official
-    loss_disp_smoothness). Applied to correspondence coordinates, as the official code does (spec Q9)."""
+    loss_disp_smoothness). Applied to correspondence coordinates, as the official code does (train.py:148-149)."""
     weight_x = torch.exp(-(image[..., :-1] - image[..., 1:]).abs().mean(1, keepdim=True))
     weight_y = torch.exp(-(image[..., :-1, :] - image[..., 1:, :]).abs().mean(1, keepdim=True))
     grad_x = (coords[..., :-1] - coords[..., 1:]).abs()

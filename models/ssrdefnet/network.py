@@ -34,7 +34,7 @@ from models.ssrdefnet.parallax_attention import PAMOutput, ParallaxAttention
 # Feature width of the whole network and growth rate of its dense blocks (official G0 = 64, G = 24).
 CHANNELS = 64
 GROWTH = 24
-# Smallest LR height and width: the 30x30 average pool of the LR matching features (spec §5).
+# Smallest LR height and width: the 30x30 average pool of the LR matching features (official model.py:358).
 MIN_LR_SIZE = 30
 # Down-projection of HRDIF (official `down`): (kernel, stride, padding) per scale; maps sH x sW exactly to H x W.
 DOWN_PROJECTION = {2: (6, 2, 2), 4: (8, 4, 2)}
@@ -45,7 +45,8 @@ class SSRDEFNetConfig:
     """Hyperparameters of SSRDE-FNet; defaults are the paper's and the official code's."""
 
     scale_factor: int = 4
-    # Official quirk (spec Q1): the right-view cost volume samples at the *left* view's hypotheses. The released
+    # Official quirk (model.py:552-554 sets the x coordinates to the right view's hypotheses but never normalises
+    # them again): the right-view cost volume samples at the *left* view's hypotheses. The released
     # weights were trained with it, so it stays on by default; True samples at the right view's own hypotheses.
     fix_right_cost_volume: bool = False
     # Activation recomputation in training: keep only the inputs of each stage and recompute the rest during the

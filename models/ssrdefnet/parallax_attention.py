@@ -2,7 +2,8 @@
 
 Along each image row, every left pixel attends over all right pixels of the same row and vice versa. The attention
 gives (a) a cross-view feature transfer, blended with the view's own features by a cycle-consistency valid mask, and
-(b) the LR correspondence: the expected column in the other view (paper Sec. 3.2; spec §2.9).
+(b) the LR correspondence: the expected column in the other view (paper Sec. 3.2; official model.py:638-720, `PAM`
+and `PAB`).
 
 Shapes below use N = B*H (one attention problem per image row) and views folded in the batch as [left; right].
 """
