@@ -18,6 +18,7 @@ from models import srnet  # noqa: F401  srnet
 from models import dsdmsr  # noqa: F401  dsdmsr (disparity maps, not stereo pairs: ModelEntry.modality)
 from models import cvhssr  # noqa: F401  cvhssr-t, cvhssr-s
 from models import scglanet  # noqa: F401  scglanet (x4)
+from models import ehfssr  # noqa: F401  ehfssr-s, ehfssr
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput
 from models.registry import REGISTRY, ModelEntry, model_entry, option_values

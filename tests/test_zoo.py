@@ -38,6 +38,9 @@ LAYOUTS = {
     ('cvhssr-s', 2): ('5365dea56cfb90f9', 1668), ('cvhssr-s', 4): ('595446216f6df6e0', 1668),
     # SCGLANet: x4 only (the authors configure no other scale) = scglanet_x4_state_dict.json
     ('scglanet', 4): ('3bca5e1e46b39807', 4128),
+    # EHFSSR-S / EHFSSR: ehfssr{_s,}_x{2,4}_state_dict.json
+    ('ehfssr-s', 2): ('cc074e5ed06340ba', 865), ('ehfssr-s', 4): ('01e7b2a25c452404', 865),
+    ('ehfssr', 2): ('4551c3e54382d84e', 845), ('ehfssr', 4): ('3bbefce97a04eedf', 845),
 }
 
 
