@@ -16,6 +16,7 @@ from models import ipassr  # noqa: F401  ipassr
 from models import isrrescnet  # noqa: F401  isrrescnet
 from models import srnet  # noqa: F401  srnet
 from models import dsdmsr  # noqa: F401  dsdmsr (disparity maps, not stereo pairs: ModelEntry.modality)
+from models import swinfirssr  # noqa: F401  swinfirssr
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput
 from models.registry import REGISTRY, ModelEntry, model_entry, option_values

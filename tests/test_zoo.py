@@ -33,6 +33,8 @@ LAYOUTS = {
     # DSDMSR (disparity maps): no authors' weights; our names (stages.{k}.units.{i}, fusion), 78 entries at x8 as the
     # third-party DSDMSR_x8 (spec 2.2), mapped onto theirs by models.dsdmsr.third_party_key
     ('dsdmsr', 4): ('dab530759bd48db2', 54), ('dsdmsr', 8): ('44e29418da1d0cc6', 78),
+    # SwinFIRSSR: swinfirssr_x{2,4}_state_dict.json, with the two int64 relative-position index buffers
+    ('swinfirssr', 2): ('1381386689ec0265', 994), ('swinfirssr', 4): ('c66472acfc9f2c51', 996),
 }
 
 
