@@ -94,24 +94,30 @@ def official_forward(model: nn.Module, left: torch.Tensor, right: torch.Tensor) 
     return out[:, :3], out[:, 3:]
 
 
-def official_test(model: nn.Module, left: torch.Tensor, right: torch.Tensor, scale: int,
-                  window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the authors' SwinFIRSSRModel.test does (swinfir/models/swinfirssr_model.py 24-46), in its own words:
-    pad the stack at the bottom and right with its mirror image to the next multiple of the window strictly above
-    the size (1 to `window` pixels), run the network, crop. The caller sets the mode and the grad mode."""
-    x = torch.cat([left, right], dim=1)
+def mirror_pad(x: torch.Tensor, window: int, always: bool = True) -> torch.Tensor:
+    """The authors' test-time padding of a (B, C, H, W) stack (swinfirssr_model.py 28-32), in its own words: extend
+    the bottom and right with the mirror image (x.flip concatenated, edge repeated) up to the next multiple of the
+    window strictly above the size (1 to `window` pixels). always=False: only up to the next multiple (0 to
+    window - 1 pixels), what our training mode does with sizes the authors never train on."""
     h, w = x.shape[-2:]
-    pad_h, pad_w = (h // window + 1) * window - h, (w // window + 1) * window - w
+    pad_h, pad_w = ((n // window + 1) * window - n if always else -n % window for n in (h, w))
     x = torch.cat([x, x.flip(2)], 2)[:, :, :h + pad_h]
-    x = torch.cat([x, x.flip(3)], 3)[:, :, :, :w + pad_w]
-    out = model(x)[..., :h * scale, :w * scale]
+    return torch.cat([x, x.flip(3)], 3)[:, :, :, :w + pad_w]
+
+
+def official_test(model: nn.Module, left: torch.Tensor, right: torch.Tensor, scale: int, window: int,
+                  always: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the authors' SwinFIRSSRModel.test does (swinfirssr_model.py 24-46): `mirror_pad` the stack, run the
+    network, crop to s*H x s*W. The caller sets the mode and the grad mode."""
+    h, w = left.shape[-2:]
+    out = model(mirror_pad(torch.cat([left, right], dim=1), window, always))[..., :h * scale, :w * scale]
     return out[:, :3], out[:, 3:]
 
 
 def official_runner(name: str, scale: int, ours: nn.Module):
     """bench.py's handle (tests/official_code.OfficialRunner) on the official model with `ours`' weights: the
-    authors' test (padding, eval) for inference; training: the network on the (window-multiple) stack with the
-    colour Charbonnier loss of their train yml."""
+    authors' test (padding, eval) for inference; training: the network on the stack (mirrored to the next multiple
+    of the window where it is not one, as ours) with the colour Charbonnier loss of their train yml."""
     from official_code import OfficialRunner
     model = official_swinfirssr(ours.config)
     model.load_state_dict(ours.state_dict())
@@ -122,7 +128,7 @@ def official_runner(name: str, scale: int, ours: nn.Module):
 
     def train_loss(left, right, hr_left, hr_right):
         model.train()
-        sr_left, sr_right = official_forward(model, left, right)
+        sr_left, sr_right = official_test(model, left, right, scale, ours.config.window_size, always=False)
         error = torch.cat([sr_left - hr_left, sr_right - hr_right], 1)
         return torch.sqrt(error.square().mean(1, keepdim=True) + 1e-6).mean()
     return OfficialRunner(model, infer, train_loss)
