@@ -18,8 +18,9 @@ CHECKPOINT_VERSION = 1
 # Prefixes that wrappers add to state_dict keys: DataParallel/DDP ('module.') and torch.compile ('_orig_mod.').
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 # Where checkpoint dicts keep their weights: ours and the SSRDE-FNet/iPASSR releases ('state_dict'), BasicSR/NAFSSR
-# releases ('params').
-WEIGHT_KEYS = ('state_dict', 'params', 'model_state_dict')   # ..., ISRResCNet's release {'model_state_dict'}
+# releases ('params'). BasicSR files of EMA-trained networks hold 'params_ema' beside 'params'; the authors' test
+# ymls load the EMA weights (SwinFIRSSR: param_key_g 'params_ema'), so it is taken first.
+WEIGHT_KEYS = ('state_dict', 'params_ema', 'params', 'model_state_dict')   # ..., ISRResCNet's {'model_state_dict'}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from models import isrrescnet  # noqa: F401  isrrescnet
 from models import srnet  # noqa: F401  srnet
 from models import dsdmsr  # noqa: F401  dsdmsr (disparity maps, not stereo pairs: ModelEntry.modality)
 from models import cvhssr  # noqa: F401  cvhssr-t, cvhssr-s
-from models import scglanet  # noqa: F401  scglanet (x4)
 from models import ehfssr  # noqa: F401  ehfssr-s, ehfssr
+from models import scglanet  # noqa: F401  scglanet (x4)
+from models import swinfirssr  # noqa: F401  swinfirssr
 # ----
 from models.outputs import Pair, StereoOutput, StereoSROutput
 from models.registry import REGISTRY, ModelEntry, model_entry, option_values

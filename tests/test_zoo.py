@@ -41,6 +41,8 @@ LAYOUTS = {
     # EHFSSR-S / EHFSSR: ehfssr{_s,}_x{2,4}_state_dict.json
     ('ehfssr-s', 2): ('cc074e5ed06340ba', 865), ('ehfssr-s', 4): ('01e7b2a25c452404', 865),
     ('ehfssr', 2): ('4551c3e54382d84e', 845), ('ehfssr', 4): ('3bbefce97a04eedf', 845),
+    # SwinFIRSSR: swinfirssr_x{2,4}_state_dict.json, with the two int64 relative-position index buffers
+    ('swinfirssr', 2): ('1381386689ec0265', 994), ('swinfirssr', 4): ('c66472acfc9f2c51', 996),
 }
 
 
