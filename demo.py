@@ -33,9 +33,12 @@ from models import model_entry
 from models.registry import modality_error
 from models.inference import predict, predict_tiled
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (UsageError, add_device_args, bad_pixel_rate, checkpoint_model_name, colorize, d1_error,
-                   describe_checkpoint, epe, imresize, infer_scale_factor, load_model, modcrop, non_negative_int,
-                   read_checkpoint, resolve_device, run_script, save_figure)
+from figures import colorize, save_figure
+from metrics import bad_pixel_rate, d1_error, epe
+from models.checkpoint import (checkpoint_model_name, describe_checkpoint, infer_scale_factor, load_model,
+                               read_checkpoint)
+from models.imresize import imresize, modcrop
+from utils import UsageError, add_device_args, non_negative_int, resolve_device, run_script
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'

@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.disparity_maps import stage_targets
 from data.readers import image_size, read_image_uint8, write_image
-from data.testsets import Scene, list_scenes, load_pair
+from data.testsets import Scene, list_scenes, load_ground_truth, load_pair
+from metrics import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, psnr, quantize, rmse, ssim
+from models.dsdmsr import stage_targets
+from models.imresize import imresize, modcrop
 from models.inference import super_resolve
-from utils import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, imresize, modcrop, psnr, quantize, rmse, ssim
 
 PROTOCOLS = ('ipassr', 'nafssr', 'srnet', 'single')
 # Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
@@ -333,8 +334,6 @@ def consistency_scorer(estimator: Callable | None) -> Callable:
     """Scorer: 'sc_sr', 'sc_hr' (ground-truth warp error of the SR and HR pairs, non-occluded) on scenes with
     ground truth, and, with a disparity `estimator` (left, right) (1, 3, H, W) -> (1, 1, H', W'), the NTIRE term
     'disp_s' on every scene."""
-    from data.testsets import load_ground_truth
-
     def score(scene, sr_left, sr_right, hr_left, hr_right) -> dict:
         values = {}
         if scene.has_disparity:
@@ -395,7 +394,7 @@ def upsample_nearest(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def upsample_bicubic(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, 1, h, w) LR pixels -> (B, 1, sh, sw) HR pixels: MATLAB bicubic (utils.imresize, the project's bicubic),
+    """(B, 1, h, w) LR pixels -> (B, 1, sh, sw) HR pixels: MATLAB bicubic (imresize.imresize, the project's bicubic),
     multiplied by s. The map must be dense (fill holes first)."""
     maps = [imresize(m[0].detach().cpu().double().numpy(), scale) * scale for m in lr_map]
     return torch.from_numpy(np.stack(maps)[:, None]).to(lr_map)

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 import demo
-from utils import pyplot, read_checkpoint, run_script
+from figures import pyplot
+from models.checkpoint import read_checkpoint
+from utils import run_script
 
 FIGS = Path(__file__).resolve().parent / 'figs'
 

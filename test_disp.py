@@ -42,9 +42,11 @@ from data.testsets import find_datasets, ground_truth_files, list_scenes, load_g
 from evaluation import MAP_METRICS, score_table, upsample_bicubic
 from models import DISPARITY_MODELS, MAP_MODELS, add_model_args, model_entry
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (UsageError, add_device_args, bad_pixel_rate, checkpoint_model_name, colorize, d1_error,
-                   describe_checkpoint, epe, load_model, modcrop, print_report, read_checkpoint, resolve_device, rmse,
-                   run_script, save_figure)
+from figures import colorize, save_figure
+from metrics import bad_pixel_rate, d1_error, epe, rmse
+from models.checkpoint import checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint
+from models.imresize import modcrop
+from utils import UsageError, add_device_args, print_report, resolve_device, run_script
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')

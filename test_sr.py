@@ -36,8 +36,10 @@ from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_mat
                         network_single_sr, network_sr)
 from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
-from utils import (STEREO_BOUNDARY, UsageError, add_device_args, describe_checkpoint, imresize, infer_scale_factor,
-                   load_model, positive_int, print_report, read_checkpoint, resolve_device, run_script)
+from metrics import STEREO_BOUNDARY
+from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint
+from models.imresize import imresize
+from utils import UsageError, add_device_args, positive_int, print_report, resolve_device, run_script
 
 log = logging.getLogger('test_sr')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')  # authors' x4 release (file name as shipped)

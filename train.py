@@ -48,9 +48,11 @@ from models.parallax import coordinates_to_disparity
 from models.stereo_losses import MatchingWarmupLoss
 from models import perceptual
 from models.registry import Recipe
-from utils import (STEREO_BOUNDARY, add_device_args, file_sha256, load_model, load_state_dict_checked,
-                   non_finite_tensors, psnr, pyplot, read_checkpoint, resolve_device, rmse, save_checkpoint,
-                   seed_everything, seed_worker, run_script, unwrap_model, worker_error_message)
+from figures import pyplot
+from metrics import STEREO_BOUNDARY, psnr, rmse
+from models.checkpoint import (file_sha256, load_model, load_state_dict_checked, non_finite_tensors, read_checkpoint,
+                               save_checkpoint, unwrap_model)
+from utils import add_device_args, resolve_device, run_script, seed_everything, seed_worker, worker_error_message
 
 log = logging.getLogger('train')
 # Flags whose default is the network's recipe (models/registry.py `Recipe`), when not given on the command line.

@@ -3,7 +3,7 @@
     python data/prepare_test.py --preset kitti2012 --src /datasets/KITTI2012/training --scale_factor 4 --out ./data/test
 
 For every stereo pair: [Middlebury only: halve with MATLAB bicubic] -> modcrop to a multiple of the scale = HR ->
-MATLAB-bicubic downscale (utils.imresize, uint8 rounded as MATLAB does) = LR. Written as
+MATLAB-bicubic downscale (imresize.imresize, uint8 rounded as MATLAB does) = LR. Written as
 <out>/<Dataset>/hr/<scene>/{hr0,hr1}.png and <out>/<Dataset>/lr_x<s>/<scene>/{lr0,lr1}.png (see data/testsets.py).
 
 Presets and the raw layouts they read:
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from data.readers import (read_disparity, read_image_uint8, write_image, write_kitti_disparity,  # noqa: E402
                           write_pfm)
 from data.testsets import KITTI_GT, PFM_GT  # noqa: E402
-from utils import imresize, modcrop, run_script  # noqa: E402
+from models.imresize import imresize, modcrop  # noqa: E402
+from utils import run_script  # noqa: E402
 
 log = logging.getLogger('prepare_test')
 

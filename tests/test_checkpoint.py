@@ -1,4 +1,5 @@
-"""utils.load_checkpoint / save_checkpoint: official and project formats, and clear errors on files that don't fit."""
+"""models/checkpoint.py load_checkpoint / save_checkpoint: official and project formats, and clear errors on files
+that don't fit."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import torch
 
 from conftest import random_pair, randomise_batchnorm
 from models import build_model
-from utils import CHECKPOINT_VERSION, infer_scale_factor, load_checkpoint, read_checkpoint, save_checkpoint
+from models.checkpoint import CHECKPOINT_VERSION, infer_scale_factor, load_checkpoint, read_checkpoint, save_checkpoint
 
 
 def trained_looking(scale: int, seed: int = 0):

@@ -11,7 +11,7 @@ import torch
 import demo
 from models import build_model
 from models.inference import band_starts, band_weights, pad_to_valid, predict, predict_tiled
-from utils import save_checkpoint
+from models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +26,7 @@ def random_checkpoint(tmp_path_factory):
 def small_pair(tmp_path_factory):
     """A small real LR pair (scikit-image Motorcycle, downscaled) as 8-bit PNGs."""
     from skimage import data as skdata
-    from utils import imresize
+    from models.imresize import imresize
     left, right, _ = skdata.stereo_motorcycle()
     folder = tmp_path_factory.mktemp('pair')
     views = [imresize(v[100:236, 200:600], 0.25) for v in (left, right)]     # LR 34x100
@@ -135,7 +135,9 @@ def test_tiled_equals_untiled_within_tolerance():
     """Bands see less context (channel attention and pyramid pooling average over the band), so the result is close
     to, not equal to, a whole-image pass: with the demo weights the SR images agree to within 35 dB PSNR."""
     from skimage import data as skdata
-    from utils import imresize, load_model, psnr
+    from metrics import psnr
+    from models.checkpoint import load_model
+    from models.imresize import imresize
     model, _ = load_model(demo.DEMO_CHECKPOINT, 4)
     left, right, _ = skdata.stereo_motorcycle()
     lr = [torch.from_numpy(imresize(v[:288, 100:580], 0.25).transpose(2, 0, 1))[None].float() / 255

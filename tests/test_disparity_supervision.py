@@ -209,7 +209,7 @@ def test_matching_stage_trains_only_the_matching_path(tmp_path):
     """--stage matching: the LR matching's modules learn, nothing else changes (weights or BatchNorm statistics),
     the log carries the supervised term and the EPE, and the checkpoint starts a joint run (--init)."""
     from models.stereo_losses import MatchingWarmupLoss
-    from utils import read_checkpoint
+    from models.checkpoint import read_checkpoint
     torch.manual_seed(2)
     start = build_model('ssrdefnet', 2).state_dict()
     init = tmp_path / 'init.pth'
@@ -239,7 +239,7 @@ def test_matching_stage_trains_only_the_matching_path(tmp_path):
 
 def test_export_carries_the_runs_it_started_from(tmp_path):
     """A joint run --init from a warm-up: the exported file holds the warm-up's args and log (its history)."""
-    from utils import read_checkpoint
+    from models.checkpoint import read_checkpoint
     common = ['--scale_factor', '2', '--trainset', 'synthetic', '--synthetic_size', '2', '--batch_size', '2',
               '--num_workers', '0', '--n_epochs', '1']
     assert train.main([*common, '--stage', 'matching', '--checkpoint_dir', str(tmp_path / 'warm')]) == 0

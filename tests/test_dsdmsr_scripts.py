@@ -24,7 +24,7 @@ from data.readers import write_image, write_kitti_disparity, write_pfm
 from evaluation import upsample_bicubic, upsample_nearest
 from models import MAP_MODELS, STEREO_MODELS, build_model, model_entry
 from test_cli_errors import outcome     # (exit status, stderr) of a script's main, as `python script.py` gives
-from utils import save_checkpoint
+from models.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py: small convolutions, shared cores

@@ -17,7 +17,8 @@ import test_sr
 from data import prepare_test
 from data.readers import read_kitti_disparity, write_kitti_disparity, write_pfm
 from models import build_model
-from utils import imresize, modcrop, save_checkpoint
+from models.checkpoint import save_checkpoint
+from models.imresize import imresize, modcrop
 
 
 @pytest.fixture(scope='module')

@@ -23,7 +23,7 @@ from evaluation import (block_matching_estimator, consistency_scorer, disparity_
 from models import build_model, perceptual
 from models.nafssr import NAFSSRLoss
 from models.outputs import Pair
-from utils import save_checkpoint
+from models.checkpoint import save_checkpoint
 
 TINY = ['--model', 'nafssr-t', '--scale_factor', '2', '--trainset', 'sample', '--batch_size', '2',
         '--num_workers', '0', '--max_iters_per_epoch', '2', '--n_epochs', '1', '--total_iters', '0']

@@ -15,7 +15,7 @@ from models import build_model, model_entry
 from models.srnet import (DETAIL, EDGE_ENHANCE_MORE, MultiPoolingSpatialAttention, SRNet, SRNetConfig, diff_labels,
                           pil_filter3x3)
 from tests.conftest import random_pair, randomise_batchnorm
-from tests.official_srnet import official_diff_label, official_srnet, official_zoom, requires_official
+from official.srnet import official_diff_label, official_srnet, official_zoom, requires_official
 
 
 def test_layout_and_parameters(reference_dir):

@@ -95,7 +95,7 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
     torch.save(kept, tmp_path / 'diverged.pth')
     with pytest.raises(SystemExit, match=r'diverged.pth holds non-finite weights .*init_feature.weight'):
         train.main(['--resume', str(tmp_path / 'diverged.pth'), '--num_workers', '0'])
-    from utils import load_model
+    from models.checkpoint import load_model
     with pytest.raises(ValueError, match=r'diverged.pth holds non-finite weights .*earlier checkpoint'):
         load_model(tmp_path / 'diverged.pth', 2)
 
@@ -221,7 +221,7 @@ def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(tmp_path
 
 def test_export_writes_a_labelled_weights_only_checkpoint(tmp_path):
     """--export: the trained weights, args and a demo label, without the optimiser state."""
-    from utils import describe_checkpoint, load_model
+    from models.checkpoint import describe_checkpoint, load_model
     path = tmp_path / 'shared.pth'
     assert train.main(TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1',
                               '--checkpoint_dir', str(tmp_path / 'run'), '--export', str(path)]) == 0

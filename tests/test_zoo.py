@@ -13,7 +13,7 @@ from conftest import random_pair, randomise_batchnorm
 from data.patches import PatchList, sample_patches
 from evaluation import scene_scores
 from models import DISPARITY_MODELS, MODEL_NAMES, StereoOutput, build_model, kernels, model_entry
-from utils import load_model, save_checkpoint
+from models.checkpoint import load_model, save_checkpoint
 
 # The authors' state_dict layouts (names, order and shapes, ../shared/reference/*_state_dict.json, read from their
 # code), as sha256 of the 'key:[shape]' lines, first 16 hex digits, and the number of entries: CI checks every
