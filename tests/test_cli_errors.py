@@ -59,7 +59,7 @@ def test_every_script_ends_in_the_handler():
     (make_figs.main, ['--bench', 'missing.json', '--checkpoint', 'nothing.pth'], 1, 'error: checkpoint nothing.pth'),
     (prepare_test.main, ['--src', 'nowhere', '--preset', 'middlebury'], 1, 'error: --src nowhere is not a folder'),
     (prepare_train.main, ['--src', 'nowhere'], 1, 'error: nowhere/Middlebury not found'),
-    (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 1, 'must split into'),
+    (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 2, 'must split into'),
 ])
 def test_bad_arguments_and_inputs_give_one_line_and_the_right_status(main, argv, status, message, capsys):
     code, err = outcome(main, argv, capsys)

@@ -14,6 +14,7 @@ from data.patches import PatchList, sample_patches
 from evaluation import scene_scores
 from models import DISPARITY_MODELS, MODEL_NAMES, StereoOutput, build_model, kernels, model_entry
 from models.checkpoint import load_model, save_checkpoint
+from training.flags import build_parser, resolve_config
 
 # The authors' state_dict layouts (names, order and shapes, ../shared/reference/*_state_dict.json, read from their
 # code), as sha256 of the 'key:[shape]' lines, first 16 hex digits, and the number of entries: CI checks every
@@ -96,9 +97,7 @@ def test_larger_nafssr_variants_build_and_run():
 
 
 def resolved(argv: list[str]):
-    args = train.parse_args(argv)
-    train.resolve_run_arguments(args)
-    return args
+    return resolve_config(build_parser().parse_args(argv))[0]
 
 
 def test_each_network_trains_with_its_authors_recipe_unless_overridden():
@@ -111,6 +110,9 @@ def test_each_network_trains_with_its_authors_recipe_unless_overridden():
             naf.grad_clip, naf.channel_shuffle, naf.batch_size) == \
         ('adamw', 3e-3, (0.9, 0.9), 0.0, 'cosine', 1e-7, 100_000, 0.01, True, 32)
     assert resolved(['--model', 'nafssr-t']).total_iters == 400_000
+    # --n_epochs alone counts epochs under an iteration-based recipe too; --total_iters, when given, still wins
+    assert (resolved(['--model', 'nafssr-t', '--n_epochs', '1']).total_iters,
+            resolved(['--model', 'nafssr-t', '--n_epochs', '1', '--total_iters', '5']).total_iters) == (0, 5)
     ipassr = resolved(['--model', 'ipassr'])    # iPASSR train.py defaults
     assert (ipassr.optimizer, ipassr.lr, ipassr.betas, ipassr.batch_size, ipassr.n_steps, ipassr.n_epochs) == \
         ('adam', 2e-4, (0.9, 0.999), 36, 30, 80)
