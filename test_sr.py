@@ -36,7 +36,6 @@ from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_mat
                         network_single_sr, network_sr)
 from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
-from metrics import STEREO_BOUNDARY
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint
 from models.imresize import imresize
 from utils import UsageError, add_device_args, positive_int, print_report, resolve_device, run_script
@@ -64,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--quantize', nargs='?', const='round', choices=('round', 'truncate'), default=None,
                         help='score 8-bit images instead of floats: "round" = the PNGs this script saves; '
                              '"truncate" = what the official test_sr.py saves (ToPILImage truncates)')
-    parser.add_argument('--protocol', choices=PROTOCOLS, default='ipassr',
+    parser.add_argument('--protocol', choices=tuple(PROTOCOLS), default='ipassr',
                         help='ipassr: the SSRDE-FNet/iPASSR tables (evaluation.m); nafssr: the NAFSSR tables (BasicSR '
                              'metrics: rounded 8-bit SR, per-view PSNR averaged, skimage SSIM with sample covariance); '
                              'srnet: SRNet\'s (8-bit RGB PSNR without scale+6 border pixels, skimage SSIM of 2019 with '
@@ -150,19 +149,7 @@ def main(argv=None) -> dict:
     if not names:
         sys.exit(f'error: no test set under {args.testset_dir}; prepare one with data/prepare_test.py')
 
-    if args.protocol == 'nafssr':
-        protocol = ('NAFSSR/BasicSR: RGB PSNR/SSIM of rounded 8-bit SR, (L+R)/2 = mean of per-view scores, SSIM = '
-                    'skimage (7x7 box, sample covariance); Left = 64 leftmost columns removed (not in their tables)')
-    elif args.protocol == 'srnet':
-        protocol = (f'SRNet: RGB PSNR of rounded 8-bit SR without {scale + 6} border pixels, SSIM = skimage 2019 '
-                    '(7x7 box, sample covariance, range 2), per view; Left = the left view, (L+R)/2 = mean of views')
-    elif args.protocol == 'single':
-        protocol = (f'single-image: Y-channel (BT.601) PSNR/SSIM of rounded 8-bit SR without {scale} border pixels, '
-                    'SSIM 11x11 Gaussian; Left = the left view, (L+R)/2 = mean of views')
-    else:
-        protocol = ('RGB PSNR/SSIM, data range 1, ' + (f'8-bit SR ({args.quantize}ed)' if args.quantize else 'float SR')
-                    + f', Left = {STEREO_BOUNDARY} leftmost columns removed, (L+R)/2 = mean of full-image scores, '
-                      'SSIM = evaluation.m (7x7 box window, valid)')
+    protocol = PROTOCOLS[args.protocol].describe(scale, args.quantize)
     protocol += ', stereo TTA x4' if args.tta else ''
     header = [f'# Stereo SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}',
               f'device: {device}']

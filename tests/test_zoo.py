@@ -12,7 +12,7 @@ import train
 from conftest import random_pair, randomise_batchnorm
 from data.patches import PatchList, sample_patches
 from evaluation import scene_scores
-from models import DISPARITY_MODELS, MODEL_NAMES, StereoOutput, build_model, kernels, model_entry
+from models import DISPARITY_MODELS, MODEL_NAMES, STEREO_MODELS, StereoOutput, build_model, kernels, model_entry
 from models.checkpoint import load_model, save_checkpoint
 from training.flags import build_parser, resolve_config
 
@@ -58,8 +58,13 @@ def test_the_zoo_has_every_network():
         build_model('passrnet', 4)
 
 
-@pytest.mark.parametrize('name', ['ssrdefnet', 'nafssr-t', 'ipassr'])
-@pytest.mark.parametrize('scale', [2, 4])
+# Every stereo network of the registry at each of its stereo-paper scales (2 and 4, or the smallest it has): a new
+# network is tested by being registered.
+CONTRACT_CASES = [(name, scale) for name in STEREO_MODELS
+                  for scale in ([s for s in model_entry(name).scales if s in (2, 4)] or model_entry(name).scales[:1])]
+
+
+@pytest.mark.parametrize('name, scale', CONTRACT_CASES)
 def test_every_network_returns_the_output_contract(name, scale):
     """Train and eval mode: the final SR pair (B, 3, sH, sW), finite; disparities exactly where the network
     estimates them. 30x30 is the smallest pair every network accepts."""
