@@ -295,9 +295,9 @@ def main(argv=None) -> list[dict]:
         raise UsageError(f'--variants {args.variants}: ' + (f'unknown {", ".join(sorted(unknown))}' if unknown else
                          f'{args.model} has no memory options (ModelEntry.memory_options) for ours_lowmem'))
     if 'official' in variants and not official:
-        sys.exit(f'error: the official variant of {args.model} needs '
-                 + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
-                    'an official/<repository>.py module for it'))
+        raise UsageError(f'the official variant of {args.model} needs '
+                         + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
+                            'an official/<repository>.py module for it'))
     cases = select_cases(args)
     name, peak = device_peak(args.device)
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'

@@ -142,22 +142,17 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     started = time.time()
-    try:
-        device = resolve_device(args.device)
-        if not args.checkpoint.is_file():
-            raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
-                                    f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
-        state_dict, stored = read_checkpoint(args.checkpoint)
-        reason = modality_error(model_entry(args.model or checkpoint_model_name(stored) or 'ssrdefnet'), 'demo.py')
-        if reason:      # a disparity-map network (ModelEntry.modality): the demo runs stereo pairs
-            raise UsageError(reason)
-        scale = args.scale_factor or infer_scale_factor(state_dict) or 4
-        model, meta = load_model(args.checkpoint, scale, device, args.model)
-        inputs = load_inputs(args, scale)
-    except UsageError:
-        raise
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f'error: {err}')
+    device = resolve_device(args.device)
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
+                                f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
+    state_dict, stored = read_checkpoint(args.checkpoint)
+    reason = modality_error(model_entry(args.model or checkpoint_model_name(stored) or 'ssrdefnet'), 'demo.py')
+    if reason:      # a disparity-map network (ModelEntry.modality): the demo runs stereo pairs
+        raise UsageError(reason)
+    scale = args.scale_factor or infer_scale_factor(state_dict) or 4
+    model, meta = load_model(args.checkpoint, scale, device, args.model)
+    inputs = load_inputs(args, scale)
     try:   # before the network runs: a folder that cannot be made must not cost its time
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -176,11 +171,11 @@ def main(argv=None) -> dict:
                predict(model, lr_left, lr_right, args.amp))
         seconds = time.time() - t0
     except (MemoryError, torch.OutOfMemoryError) as err:
-        sys.exit(f'error: out of memory: {err}' if isinstance(err, MemoryError) else
-                 f'error: out of memory on {device}; process the pair in bands, e.g. --tile 64')
+        raise MemoryError(f'out of memory: {err}' if isinstance(err, MemoryError) else
+                          f'out of memory on {device}; process the pair in bands, e.g. --tile 64') from None
     except RuntimeError as err:
         if 'memory' in str(err).lower() or 'alloc' in str(err).lower():
-            sys.exit(f'error: out of memory ({str(err)[:100]}); process the pair in bands, e.g. --tile 64')
+            raise MemoryError(f'out of memory ({str(err)[:100]}); process the pair in bands, e.g. --tile 64') from None
         raise
     bicubic = [imresize(x, scale).astype(np.float32) / 255 for x in inputs['lr_uint8']]
 

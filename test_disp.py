@@ -311,19 +311,14 @@ def main(argv=None) -> dict:
                          f'(--model {", ".join(DISPARITY_MODELS)}), not of {args.model}')
     checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
     if not checkpoint.is_file():
-        sys.exit(f'error: checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
-                 f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
+        raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
+                                f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
     run_name = args.run_name or f'{checkpoint.name.split(".")[0]}_x{scale}'
-    try:
-        model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
-        if model_entry(model.zoo_name).modality == 'disparity_map':
-            return evaluate_maps(args, model, describe_checkpoint(checkpoint, meta), run_name, device)
-        upsampler = load_upsampler(args.upsampler, scale, device) if args.upsampler is not None else None
-        present = find_datasets(args.testset_dir)
-    except (ValueError, FileNotFoundError) as err:
-        if isinstance(err, UsageError):
-            raise
-        sys.exit(f'error: {err}')
+    model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
+    if model_entry(model.zoo_name).modality == 'disparity_map':
+        return evaluate_maps(args, model, describe_checkpoint(checkpoint, meta), run_name, device)
+    upsampler = load_upsampler(args.upsampler, scale, device) if args.upsampler is not None else None
+    present = find_datasets(args.testset_dir)
     names = args.datasets.split(',') if args.datasets else present
     unknown = [n for n in names if n not in present]
     if unknown:
@@ -339,13 +334,10 @@ def main(argv=None) -> dict:
 
     results = {}
     for name in names:
-        try:
-            scenes = [s for s in list_scenes(args.testset_dir / name, scale) if s.has_disparity]
-        except FileNotFoundError as err:
-            sys.exit(f'error: {err}')
+        scenes = [s for s in list_scenes(args.testset_dir / name, scale) if s.has_disparity]
         if not scenes:
             if args.datasets:
-                sys.exit(f'error: {name} has no disparity ground truth (dispocc0.png or disp0GT.pfm)')
+                raise ValueError(f'{name} has no disparity ground truth (dispocc0.png or disp0GT.pfm)')
             continue
         per_scene = {}
         for scene in tqdm(scenes, desc=name, unit='pair'):
@@ -357,8 +349,8 @@ def main(argv=None) -> dict:
                 estimates.update(upsampled_pam(out, upsampler, scale))
             gt_all, gt_noc = (torch.from_numpy(g) for g in load_ground_truth(scene))
             if gt_all.shape != estimates['hr_r2'].shape:
-                sys.exit(f'error: ground truth {scene.gt_all} is {tuple(gt_all.shape)}, the x{scale} HR disparity of '
-                         f'{scene.lr[0]} is {tuple(estimates["hr_r2"].shape)}')
+                raise ValueError(f'ground truth {scene.gt_all} is {tuple(gt_all.shape)}, the x{scale} HR disparity of '
+                                 f'{scene.lr[0]} is {tuple(estimates["hr_r2"].shape)}')
             per_scene[scene.name] = scene_metrics(estimates, gt_all, gt_noc)
             if not args.no_save:
                 sr_left = out.sr_left[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
@@ -369,8 +361,8 @@ def main(argv=None) -> dict:
                          'num_scenes': len(per_scene), 'scenes': per_scene, 'weights': weights,
                          'scale_factor': scale, 'protocol': protocol}
     if not results:
-        sys.exit(f'error: no dataset with disparity ground truth under {args.testset_dir}; prepare KITTI training '
-                 f'pairs with data/prepare_test.py --preset kitti2012/kitti2015')
+        raise FileNotFoundError(f'no dataset with disparity ground truth under {args.testset_dir}; prepare KITTI '
+                                f'training pairs with data/prepare_test.py --preset kitti2012/kitti2015')
 
     lines = ['', *header, '', 'Official table, EPE (px): "high" = HR cost volume, "PAM" = upsampled LR; '
              '1 = recursion 2, 0 = recursion 1',

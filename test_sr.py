@@ -120,13 +120,10 @@ def main(argv=None) -> dict:
                              f'of train.py --model {args.model})')
         checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
         if not checkpoint.is_file():
-            sys.exit(f'error: checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
-                     f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth, the '
-                     f'project\'s demo weights)')
-        try:
-            model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
-        except (ValueError, FileNotFoundError) as err:
-            sys.exit(f'error: {err}')
+            raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar '
+                                    f'in checkpoints/, or pass --checkpoint PATH (e.g. '
+                                    f'checkpoints/ssrdefnet_demo_x4.pth, the project\'s demo weights)')
+        model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
         args.model = model.zoo_name
         refuse_other_modality(args.model)        # a checkpoint that names its network
         weights, run_name = describe_checkpoint(checkpoint, meta), f'{checkpoint.name.split(".")[0]}_x{scale}'
@@ -135,10 +132,7 @@ def main(argv=None) -> dict:
         return evaluate_image_folders(args, None if args.model == 'bicubic' else model, device, weights)
 
     # ---- datasets
-    try:
-        present = find_datasets(args.testset_dir)
-    except FileNotFoundError as err:
-        sys.exit(f'error: {err}')
+    present = find_datasets(args.testset_dir)
     if args.datasets:
         names = args.datasets.split(',')
         unknown = [n for n in names if n not in present]
@@ -147,7 +141,7 @@ def main(argv=None) -> dict:
     else:
         names = [n for n in present if n not in DISPARITY_DATASETS]
     if not names:
-        sys.exit(f'error: no test set under {args.testset_dir}; prepare one with data/prepare_test.py')
+        raise FileNotFoundError(f'no test set under {args.testset_dir}; prepare one with data/prepare_test.py')
 
     protocol = PROTOCOLS[args.protocol].describe(scale, args.quantize)
     protocol += ', stereo TTA x4' if args.tta else ''
@@ -163,11 +157,8 @@ def main(argv=None) -> dict:
     results = {}
     for name in names:
         save_dir = None if args.no_save else args.results_dir / run_name / name
-        try:
-            scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir,
-                                      args.protocol, scorers)
-        except (FileNotFoundError, ValueError) as err:
-            sys.exit(f'error: {err}')
+        scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir,
+                                  args.protocol, scorers)
         results[name] = {**scores, 'weights': weights, 'scale_factor': scale, 'protocol': protocol}
 
     # ---- report
@@ -206,7 +197,7 @@ def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:
         try:
             metric, description = perceptual.build_lpips(args.lpips_weights, '--lpips_weights', args.download_weights)
         except (perceptual.MissingWeightsError, ValueError) as err:
-            sys.exit(f'error: --lpips: {err}')
+            raise ValueError(f'--lpips: {err}') from None
         scorers.append(lpips_scorer(metric.to(device), device))
         header.append(f'LPIPS: {description}')
     if args.stereo_consistency:
@@ -219,9 +210,9 @@ def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:
                 k = (meta.get('args') or {}).get('scale_factor') or infer_scale_factor(state_dict) or 4
                 network, meta = load_model(choice, k, device)
             except (FileNotFoundError, ValueError) as err:
-                sys.exit(f'error: --disparity_net: {err}')
+                raise ValueError(f'--disparity_net: {err}') from None
             if not model_entry(network.zoo_name).estimates_disparity:
-                sys.exit(f'error: --disparity_net {choice}: {network.zoo_name} does not estimate disparity')
+                raise UsageError(f'--disparity_net {choice}: {network.zoo_name} does not estimate disparity')
             estimator = network_disparity_estimator(network, k, device)
             description = f'{describe_checkpoint(choice, meta)} on the pair downscaled x{k}'
         scorers.append(consistency_scorer(estimator))
@@ -246,10 +237,7 @@ def evaluate_image_folders(args, model, device, weights: str) -> dict:
         sr_fn = network_single_sr(model, device, args.amp)
     results = {}
     for folder in args.images:
-        try:
-            results[folder.name] = evaluate_image_folder(sr_fn, folder, scale, protocol)
-        except (FileNotFoundError, ValueError) as err:
-            sys.exit(f'error: {err}')
+        results[folder.name] = evaluate_image_folder(sr_fn, folder, scale, protocol)
     lines = ['', f'# Single-image SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}', '',
              '| Folder | images | PSNR | SSIM |', '|---|---|---|---|']
     lines += [f"| {n} | {r['num_images']} | {r['psnr']:.4f} | {r['ssim']:.4f} |" for n, r in results.items()]

@@ -35,7 +35,7 @@ from data.readers import (read_disparity, read_image_uint8, write_image, write_k
                           write_pfm)
 from data.testsets import KITTI_GT, PFM_GT  # noqa: E402
 from models.imresize import imresize, modcrop  # noqa: E402
-from utils import run_script  # noqa: E402
+from utils import UsageError, run_script  # noqa: E402
 
 log = logging.getLogger('prepare_test')
 
@@ -210,19 +210,16 @@ def main(argv=None) -> None:
         log.info(f'{args.src} is already in the authors\' layout; made {made} missing lr_x{args.scale_factor} images')
         return
     if args.preset is None:
-        sys.exit(f'error: {args.src} is not in the authors\' layout (no hr/ folder); choose a --preset')
+        raise UsageError(f'{args.src} is not in the authors\' layout (no hr/ folder); choose a --preset')
     if not args.src.is_dir():
-        sys.exit(f'error: --src {args.src} is not a folder')
+        raise FileNotFoundError(f'--src {args.src} is not a folder')
     preset = PRESETS[args.preset]
-    try:
-        pairs = preset.find(args.src)
-    except FileNotFoundError as err:
-        sys.exit(f'error: {err}')
+    pairs = preset.find(args.src)
     if args.scenes:
         wanted = set(args.scenes.split(','))
         unknown = wanted - {p.name for p in pairs}
         if unknown:
-            sys.exit(f'error: --scenes names not found under {args.src}: {sorted(unknown)}')
+            raise UsageError(f'--scenes names not found under {args.src}: {sorted(unknown)}')
         pairs = [p for p in pairs if p.name in wanted]
     dataset = args.name or preset.dataset
     halve = preset.halve if args.halve is None else args.halve

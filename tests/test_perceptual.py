@@ -359,7 +359,7 @@ def test_missing_weights_stop_the_run_with_the_file_the_place_and_the_flag(tmp_p
     hub.mkdir(parents=True)
     (hub / 'vgg19-dcbb9e9d.pth').write_bytes(b'x')
     assert perceptual.find_weights('vgg19-dcbb9e9d.pth', empty, '--vgg_weights', 'x') == hub / 'vgg19-dcbb9e9d.pth'
-    with pytest.raises(SystemExit, match=r'error: --lpips: LPIPS \(its AlexNet trunk\) needs the file '
+    with pytest.raises(ValueError, match=r'--lpips: LPIPS \(its AlexNet trunk\) needs the file '
                                          r'alexnet-owt-7be5be79.pth.*--lpips_weights DIR'):
         import test_sr
         (empty / 'alex.pth').write_bytes(b'')
