@@ -45,6 +45,10 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_d
 # Evaluation-mode peak memory (CPU, float32) = BASE_BYTES (Python, torch, the model) + the network's
 # `eval_bytes_per_lr_pixel` x LR pixels (a network that does not state it is not checked).
 BASE_BYTES = 650 << 20
+# Every file the demo writes into --out; all are removed before a run, so none is left over from an earlier one (e.g.
+# the disparity pictures of a network that estimates disparity, after a run of one that does not).
+OUTPUTS = ('sr_left.png', 'sr_right.png', 'bicubic_left.png', 'bicubic_right.png', 'disparity_left.png',
+           'disparity_left_16bit.png', 'disparity_figure.png', 'comparison.png', 'metrics.json')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -157,6 +161,8 @@ def main(argv=None) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f'--out {args.out}: cannot create the output folder ({err.strerror or err})') from None
+    for name in OUTPUTS:
+        (args.out / name).unlink(missing_ok=True)
     lr_left, lr_right = (to_batch(x, device) for x in inputs['lr'])
     h, w = lr_left.shape[-2:]
     log.info(f'input: {inputs["name"]}, LR {w}x{h} -> x{scale} -> {w * scale}x{h * scale}\n'

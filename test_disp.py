@@ -44,7 +44,8 @@ from models import DISPARITY_MODELS, MAP_MODELS, add_model_args, model_entry
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from figures import colorize, save_figure
 from metrics import bad_pixel_rate, d1_error, epe, rmse
-from models.checkpoint import checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint
+from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint,
+                               results_name)
 from models.imresize import modcrop
 from utils import UsageError, add_device_args, print_report, resolve_device, run_script
 
@@ -313,8 +314,8 @@ def main(argv=None) -> dict:
     if not checkpoint.is_file():
         raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
                                 f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
-    run_name = args.run_name or f'{checkpoint.name.split(".")[0]}_x{scale}'
     model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
+    run_name = args.run_name or results_name(checkpoint, meta, scale)
     if model_entry(model.zoo_name).modality == 'disparity_map':
         return evaluate_maps(args, model, describe_checkpoint(checkpoint, meta), run_name, device)
     upsampler = load_upsampler(args.upsampler, scale, device) if args.upsampler is not None else None

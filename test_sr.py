@@ -36,7 +36,7 @@ from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_mat
                         network_single_sr, network_sr)
 from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
-from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint
+from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
 from utils import UsageError, add_device_args, positive_int, print_report, resolve_device, run_script
 
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
         model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
         args.model = model.zoo_name
         refuse_other_modality(args.model)        # a checkpoint that names its network
-        weights, run_name = describe_checkpoint(checkpoint, meta), f'{checkpoint.name.split(".")[0]}_x{scale}'
+        weights, run_name = describe_checkpoint(checkpoint, meta), results_name(checkpoint, meta, scale)
     run_name = args.run_name or run_name
     if args.images:
         return evaluate_image_folders(args, None if args.model == 'bicubic' else model, device, weights)

@@ -174,6 +174,22 @@ def checkpoint_model_name(checkpoint: dict) -> str | None:
     return args.get('model', 'ssrdefnet') if 'version' in checkpoint else None
 
 
+def results_name(path: str | os.PathLike, checkpoint: dict, scale: int) -> str:
+    """The folder name of a checkpoint's evaluation results: '<file>_x<s>' for a file named by hand (an authors'
+    release, an --export); for the files train.py names itself (last.pth, best.pth, epoch_NNN.pth) the run and the
+    network too, '<network>_<run>_<file>', so the runs of a checkpoint folder never share one (the run name
+    train.py gives already holds both the network and the scale: '<network>_x<s>_<trainset>_last')."""
+    path = Path(path)
+    stem = path.name.split('.')[0]
+    args = checkpoint.get('args') or {}
+    if 'version' not in checkpoint or not (stem in ('last', 'best') or stem.startswith('epoch_')):
+        return f'{stem}_x{scale}'
+    run = args.get('run_name') or path.resolve().parent.name
+    model = checkpoint_model_name(checkpoint)
+    name = run if model in run else f'{model}_{run}'
+    return f'{name}_{stem}' if f'x{scale}' in name else f'{name}_x{scale}_{stem}'
+
+
 def load_model(path: str | os.PathLike, scale_factor: int, device: str | torch.device = 'cpu', name: str | None = None,
                options: dict | None = None) -> tuple[nn.Module, dict]:
     """Build network `name` of the zoo for `scale_factor`, load `path` into it, move it to `device`, eval mode.

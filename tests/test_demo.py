@@ -41,10 +41,14 @@ def test_main_job_on_the_sample_beats_bicubic(tmp_path, capsys):
     """`python demo.py` with no argument: SR, disparity, scores and pictures for Motorcycle, demo weights."""
     if not demo.DEMO_CHECKPOINT.is_file():
         pytest.fail(f'the demo checkpoint {demo.DEMO_CHECKPOINT} must be committed')
+    (tmp_path / 'notes.txt').write_text('a file of the user\'s')
     metrics = demo.main(['--out', str(tmp_path)])
     for name in ('sr_left.png', 'sr_right.png', 'bicubic_left.png', 'bicubic_right.png', 'disparity_left.png',
                  'disparity_left_16bit.png', 'disparity_figure.png', 'comparison.png', 'metrics.json'):
         assert (tmp_path / name).is_file(), name
+    # demo.OUTPUTS (removed before each run, so that none is left from an earlier one) is every file it writes, and
+    # nothing else in the folder is touched
+    assert {p.name for p in tmp_path.iterdir()} == {*demo.OUTPUTS, 'notes.txt'}
     assert iio.imread(tmp_path / 'sr_left.png').shape == (500, 740, 3)
     assert json.loads((tmp_path / 'metrics.json').read_text())['ssrdefnet'] == metrics['ssrdefnet']
     # the demo checkpoint was trained on synthetic scenes only, never on Motorcycle, on a CPU (README): it measured
