@@ -35,11 +35,11 @@ from models import perceptual
 from models.checkpoint import load_state_dict_checked, read_checkpoint
 from training.config import TrainConfig
 from training.flags import build_parser, resolve_config
-from training.data import ResumableSampler
 from training.loop import end_epoch, train_epoch
 from training.objectives import attach_teacher_cache, build_criterion, load_teachers
 from training.state import INTERRUPTED, Interrupt, Run, RunLock, export
 from training.tasks import check_validation_data, task_for
+from training.trainsets import ResumableSampler
 from utils import UsageError, resolve_device, run_script, seed_everything
 
 log = logging.getLogger('train')

@@ -13,7 +13,7 @@ from models import REGISTRY, add_model_args, model_entry
 from models import perceptual as ntire   # the NTIRE 2023 recipe's terms (a TrainConfig field is named perceptual)
 from models.checkpoint import read_checkpoint
 from training.config import DEFAULT_WORKERS, DEFINITION, OPTION_NAMES, PATH_FIELDS, SETTING, TrainConfig
-from training.data import TRAINSETS, crop_size
+from training.trainsets import TRAINSETS, crop_size
 from utils import UsageError, add_device_args
 
 log = logging.getLogger('train')

@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from models.checkpoint import unwrap_model
 from models.outputs import NonFiniteError
-from training.data import checked
 from training.logs import append_log, plot_curves
 from training.state import INTERRUPTED, Run
+from training.trainsets import checked
 from utils import seed_worker
 
 log = logging.getLogger('train')

@@ -14,8 +14,8 @@ from models import perceptual
 from models.checkpoint import file_sha256, load_model
 from models.stereo_losses import MatchingWarmupLoss
 from training.config import TrainConfig
-from training.data import TRAINSETS
 from training.flags import named_values
+from training.trainsets import TRAINSETS
 from utils import UsageError
 
 log = logging.getLogger('train')

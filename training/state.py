@@ -18,7 +18,7 @@ import torch
 from models import perceptual
 from models.checkpoint import non_finite_tensors, save_checkpoint
 from training.config import TrainConfig
-from training.data import ResumableSampler
+from training.trainsets import ResumableSampler
 from utils import EXIT_INTERRUPTED
 
 log = logging.getLogger('train')
@@ -148,7 +148,7 @@ class Run:
 
 def export(model, config: TrainConfig, task, run_dir: Path, epoch: int, teachers: list[dict] = ()) -> None:
     """Weights-only checkpoint for sharing: no optimiser state (a third of the size), labelled as a demo when the
-    weights were not trained on real data (training/data.py Trainset.real_for: the stereo-SR patches, or real
+    weights were not trained on real data (training/trainsets.py Trainset.real_for: the stereo-SR patches, or real
     disparity maps), with the
     run's per-epoch log (its training curve)."""
     demo = not task.real_trainset(config)

@@ -20,7 +20,7 @@ from models.outputs import Pair
 from models.parallax import coordinates_to_disparity
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from training.config import TrainConfig
-from training.data import TRAINSETS, crop_shape, map_dataset, stereo_dataset
+from training.trainsets import TRAINSETS, crop_shape, map_dataset, stereo_dataset
 
 log = logging.getLogger('train')
 
