@@ -141,7 +141,7 @@ def test_test_disp_scores_a_folder_of_maps(trained, tmp_path):
     constant = r['maps']['constant']
     assert constant['nearest']['rmse'] == 0.0 and constant['bicubic']['epe'] == pytest.approx(0.0, abs=1e-5)
     assert all(math.isfinite(v) for row in r['rows'].values() for v in row.values())
-    pictures = tmp_path / 'out' / 'last_x2' / 'maps' / 'maps'
+    pictures = tmp_path / 'out' / 'dsdmsr_x2_synthetic_last' / 'maps' / 'maps'   # <network>_x<s>_<trainset>_<file>
     assert {p.name for p in pictures.iterdir()} >= {'constant_disp.png', 'constant_error.png', 'constant_figure.png',
                                                       'sub_ramp_disp16.png', 'sub_ramp_bicubic_error.png'}
 
