@@ -19,7 +19,7 @@ import train
 import training.loop
 from models.ssrdefnet.losses import SSRDEFNetLoss
 from training.state import INTERRUPTED
-from training.tasks import training_psnr_label
+from training.tasks import StereoSR, training_psnr_label
 
 FAILS = (ValueError, OSError)   # what a script's main raises; run_script prints it as one line, exit 1 or 2
 
@@ -313,7 +313,7 @@ def test_validation_data_is_checked_at_start_up_and_validation_never_costs_the_e
         for name in names:
             iio.imwrite(tmp_path / 'val' / 'Set' / folder / 'scene' / name,
                         np.zeros((60, 180, 3) if folder == 'hr' else (30, 90, 3), np.uint8))
-    monkeypatch.setattr(train, 'validate', interrupted)
+    monkeypatch.setattr(StereoSR, 'validate', interrupted)      # the stereo task's validation
     with pytest.raises(KeyboardInterrupt):
         train.main(argv + ['--val_dir', str(tmp_path / 'val'), '--val_every', '1'])
     assert load(run / 'last.pth')['epoch'] == 1    # the epoch was saved before validating
