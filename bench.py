@@ -23,6 +23,7 @@ counted), so GFLOP/s is a lower bound of the work done.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from models import MODEL_NAMES, build_model, model_entry
+from models.registry import modality_error
 from utils import UsageError, non_negative_float, positive_int, run_script
 
 ROOT = Path(__file__).resolve().parent
@@ -98,13 +101,13 @@ def parse_args(argv=None):
 # One case, in its own process
 
 def official_module_of(name: str):
-    """The tests/official_*.py module that runs the official code of zoo network `name` (None if there is none).
+    """The official/<repository>.py module that runs the official code of zoo network `name` (None if there is none).
     Each such module names its networks (OFFICIAL_NAMES), its checkout variable (OFFICIAL_ENV) and gives
     `official_runner(name, scale, ours)`."""
-    import importlib
-    sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
-    for path in sorted((ROOT / 'tests').glob('official_*.py')):
-        module = importlib.import_module(path.stem)
+    for path in sorted((ROOT / 'official').glob('*.py')):
+        if path.stem in ('__init__', 'loading'):
+            continue
+        module = importlib.import_module(f'official.{path.stem}')
         if name in getattr(module, 'OFFICIAL_NAMES', ()):
             return module
     return None
@@ -114,8 +117,6 @@ def build_step(spec: dict, variant: str):
     """A closure running one inference or training step of `variant` on the case's fixed weights and inputs."""
     kind, scale, batch, h, w = (spec[k] for k in ('kind', 'scale', 'batch', 'h', 'w'))
     device = torch.device(spec['device'])
-    sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]   # models/, and tests/official_*.py for the official code
-    from models import build_model, model_entry
     entry = model_entry(spec['model'])
     torch.manual_seed(0)
     options = {'ours_ckpt': {'grad_checkpoint': True}, 'ours_lowmem': entry.memory_options}.get(variant, {})
@@ -277,8 +278,6 @@ def main(argv=None) -> list[dict]:
         spec = json.loads(args.case)
         print(json.dumps(run_case(spec)))
         return []
-    from models import MODEL_NAMES, model_entry
-    from models.registry import modality_error
     if args.model not in MODEL_NAMES:
         raise UsageError(f'--model {args.model!r} is not in the zoo; choose one of {", ".join(MODEL_NAMES)}')
     if modality_error(model_entry(args.model), 'bench.py'):     # its cases are stereo pairs
@@ -296,9 +295,9 @@ def main(argv=None) -> list[dict]:
         raise UsageError(f'--variants {args.variants}: ' + (f'unknown {", ".join(sorted(unknown))}' if unknown else
                          f'{args.model} has no memory options (ModelEntry.memory_options) for ours_lowmem'))
     if 'official' in variants and not official:
-        sys.exit(f'error: the official variant of {args.model} needs '
-                 + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
-                    'a tests/official_*.py module for it'))
+        raise UsageError(f'the official variant of {args.model} needs '
+                         + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
+                            'an official/<repository>.py module for it'))
     cases = select_cases(args)
     name, peak = device_peak(args.device)
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'

@@ -33,15 +33,22 @@ from models import model_entry
 from models.registry import modality_error
 from models.inference import predict, predict_tiled
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (UsageError, add_device_args, bad_pixel_rate, checkpoint_model_name, colorize, d1_error,
-                   describe_checkpoint, epe, imresize, infer_scale_factor, load_model, modcrop, non_negative_int,
-                   read_checkpoint, resolve_device, run_script, save_figure)
+from figures import colorize, save_figure
+from metrics import bad_pixel_rate, d1_error, epe
+from models.checkpoint import (checkpoint_model_name, describe_checkpoint, infer_scale_factor, load_model,
+                               read_checkpoint)
+from models.imresize import imresize, modcrop
+from utils import UsageError, add_device_args, non_negative_int, resolve_device, run_script
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
 # Evaluation-mode peak memory (CPU, float32) = BASE_BYTES (Python, torch, the model) + the network's
 # `eval_bytes_per_lr_pixel` x LR pixels (a network that does not state it is not checked).
 BASE_BYTES = 650 << 20
+# Every file the demo writes into --out; all are removed before a run, so none is left over from an earlier one (e.g.
+# the disparity pictures of a network that estimates disparity, after a run of one that does not).
+OUTPUTS = ('sr_left.png', 'sr_right.png', 'bicubic_left.png', 'bicubic_right.png', 'disparity_left.png',
+           'disparity_left_16bit.png', 'disparity_figure.png', 'comparison.png', 'metrics.json')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,26 +146,23 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     started = time.time()
-    try:
-        device = resolve_device(args.device)
-        if not args.checkpoint.is_file():
-            raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
-                                    f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
-        state_dict, stored = read_checkpoint(args.checkpoint)
-        reason = modality_error(model_entry(args.model or checkpoint_model_name(stored) or 'ssrdefnet'), 'demo.py')
-        if reason:      # a disparity-map network (ModelEntry.modality): the demo runs stereo pairs
-            raise UsageError(reason)
-        scale = args.scale_factor or infer_scale_factor(state_dict) or 4
-        model, meta = load_model(args.checkpoint, scale, device, args.model)
-        inputs = load_inputs(args, scale)
-    except UsageError:
-        raise
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f'error: {err}')
+    device = resolve_device(args.device)
+    if not args.checkpoint.is_file():
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
+                                f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
+    state_dict, stored = read_checkpoint(args.checkpoint)
+    reason = modality_error(model_entry(args.model or checkpoint_model_name(stored) or 'ssrdefnet'), 'demo.py')
+    if reason:      # a disparity-map network (ModelEntry.modality): the demo runs stereo pairs
+        raise UsageError(reason)
+    scale = args.scale_factor or infer_scale_factor(state_dict) or 4
+    model, meta = load_model(args.checkpoint, scale, device, args.model)
+    inputs = load_inputs(args, scale)
     try:   # before the network runs: a folder that cannot be made must not cost its time
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f'--out {args.out}: cannot create the output folder ({err.strerror or err})') from None
+    for name in OUTPUTS:
+        (args.out / name).unlink(missing_ok=True)
     lr_left, lr_right = (to_batch(x, device) for x in inputs['lr'])
     h, w = lr_left.shape[-2:]
     log.info(f'input: {inputs["name"]}, LR {w}x{h} -> x{scale} -> {w * scale}x{h * scale}\n'
@@ -173,11 +177,11 @@ def main(argv=None) -> dict:
                predict(model, lr_left, lr_right, args.amp))
         seconds = time.time() - t0
     except (MemoryError, torch.OutOfMemoryError) as err:
-        sys.exit(f'error: out of memory: {err}' if isinstance(err, MemoryError) else
-                 f'error: out of memory on {device}; process the pair in bands, e.g. --tile 64')
+        raise MemoryError(f'out of memory: {err}' if isinstance(err, MemoryError) else
+                          f'out of memory on {device}; process the pair in bands, e.g. --tile 64') from None
     except RuntimeError as err:
         if 'memory' in str(err).lower() or 'alloc' in str(err).lower():
-            sys.exit(f'error: out of memory ({str(err)[:100]}); process the pair in bands, e.g. --tile 64')
+            raise MemoryError(f'out of memory ({str(err)[:100]}); process the pair in bands, e.g. --tile 64') from None
         raise
     bicubic = [imresize(x, scale).astype(np.float32) / 255 for x in inputs['lr_uint8']]
 

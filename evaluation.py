@@ -35,6 +35,7 @@ Optional scores of any protocol (`evaluate_dataset(..., scorers=...)`; test_sr.p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Callable
@@ -44,21 +45,65 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.disparity_maps import stage_targets
 from data.readers import image_size, read_image_uint8, write_image
-from data.testsets import Scene, list_scenes, load_pair
+from data.testsets import Scene, list_scenes, load_ground_truth, load_pair
+from metrics import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, psnr, quantize, rmse, ssim
+from models.dsdmsr import stage_targets
+from models.imresize import imresize, modcrop
 from models.inference import super_resolve
-from utils import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, imresize, modcrop, psnr, quantize, rmse, ssim
 
-PROTOCOLS = ('ipassr', 'nafssr', 'srnet', 'single')
-# Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
-SINGLE_IMAGE_PROTOCOLS = ('srnet', 'single')
 SRNET_EXTRA_SHAVE = 6              # official utility.calc_psnr: shave = scale + 6 for non-benchmark sets (SR-RAW)
 SRNET_SSIM_RANGE = 2.0             # skimage compare_ssim on floats without data_range: dtype range (-1, 1)
 Y_WEIGHTS = (65.481, 128.553, 24.966)   # BT.601 luma of RGB in [0, 1], + 16, in 0-255 (MATLAB rgb2ycbcr)
 Y_OFFSET = 16.0
 GAUSSIAN_SSIM_WINDOW, GAUSSIAN_SSIM_SIGMA = 11, 1.5   # Wang et al. ssim.m, BasicSR calculate_ssim
 SRFunction = Callable[[list[Scene]], list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One convention of published numbers (module docstring): what is scored and how. A new protocol is one entry of
+    PROTOCOLS; test_sr.py's --protocol choices, its header and `evaluate_dataset` read the entry."""
+
+    name: str
+    summary: str                        # test_sr.py's header line ({psnr_border}, {sr} are filled in)
+    rounded: bool = False               # SR rounded to 8 bit before scoring, whatever --quantize asks
+    per_view: bool = False              # single-image papers: 'Left' = the whole left view, no stereo-boundary crop
+    channel: str = 'rgb'                # 'rgb' in [0, 1], or 'y': BT.601 luma in 0-255 (`y_channel`)
+    psnr_shave: int | None = None       # pixels cut at every side for PSNR: scale + this (None: none)
+    ssim_shave: int | None = None       # the same for SSIM
+    ssim_window: str = 'box'            # 'box': 7x7 average (evaluation.m, skimage); 'gaussian': 11x11 (ssim.m)
+    ssim_sample_covariance: bool = False   # n/(n-1) (co)variances, as scikit-image
+    ssim_range: float | None = None     # None: the channel's range (1 or 255)
+
+    def describe(self, scale: int, quantize_mode: str | None = None) -> str:
+        sr = f'8-bit SR ({quantize_mode}ed)' if quantize_mode else 'float SR'
+        border = scale + self.psnr_shave if self.psnr_shave is not None else 0
+        return self.summary.format(psnr_border=border, sr=sr, boundary=STEREO_BOUNDARY)
+
+
+PROTOCOLS = {p.name: p for p in (
+    Protocol('ipassr', 'RGB PSNR/SSIM, data range 1, {sr}, Left = {boundary} leftmost columns removed, (L+R)/2 = mean '
+                       'of full-image scores, SSIM = evaluation.m (7x7 box window, valid)'),
+    Protocol('nafssr', 'NAFSSR/BasicSR: RGB PSNR/SSIM of rounded 8-bit SR, (L+R)/2 = mean of per-view scores, SSIM = '
+                       'skimage (7x7 box, sample covariance); Left = {boundary} leftmost columns removed (not in '
+                       'their tables)', rounded=True, ssim_sample_covariance=True),
+    Protocol('srnet', 'SRNet: RGB PSNR of rounded 8-bit SR without {psnr_border} border pixels, SSIM = skimage 2019 '
+                      '(7x7 box, sample covariance, range 2), per view; Left = the left view, (L+R)/2 = mean of '
+                      'views', rounded=True, per_view=True, psnr_shave=SRNET_EXTRA_SHAVE, ssim_sample_covariance=True,
+             ssim_range=SRNET_SSIM_RANGE),
+    Protocol('single', 'single-image: Y-channel (BT.601) PSNR/SSIM of rounded 8-bit SR without {psnr_border} border '
+                       'pixels, SSIM 11x11 Gaussian; Left = the left view, (L+R)/2 = mean of views', rounded=True,
+             per_view=True, channel='y', psnr_shave=0, ssim_shave=0, ssim_window='gaussian'),
+)}
+# Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
+SINGLE_IMAGE_PROTOCOLS = tuple(name for name, p in PROTOCOLS.items() if p.per_view)
+
+
+def protocol_entry(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f'unknown protocol {name!r}; known: {", ".join(PROTOCOLS)}')
+    return PROTOCOLS[name]
 
 
 def quantized(img: torch.Tensor, mode: str | None) -> torch.Tensor:
@@ -104,16 +149,26 @@ def gaussian_ssim(sr: torch.Tensor, hr: torch.Tensor, data_range: float = 255.0)
 def single_image_scores(sr: torch.Tensor, hr: torch.Tensor, scale: int, protocol: str = 'single') -> tuple[float,
                                                                                                            float]:
     """(PSNR, SSIM) of one 8-bit SR image (3, H, W) in [0, 1] under a single-image protocol (module docstring)."""
-    if protocol == 'srnet':
-        shave = scale + SRNET_EXTRA_SHAVE
-        crop = (..., slice(shave, -shave), slice(shave, -shave))
-        return (psnr(sr[crop], hr[crop]).item(),
-                ssim(sr, hr, data_range=SRNET_SSIM_RANGE, sample_covariance=True).item())
-    if protocol == 'single':
-        crop = (..., slice(scale, -scale), slice(scale, -scale))
-        y_sr, y_hr = y_channel(sr)[crop], y_channel(hr)[crop]
-        return psnr(y_sr, y_hr, data_range=255.0).item(), gaussian_ssim(y_sr, y_hr).item()
-    raise ValueError(f'unknown single-image protocol {protocol!r}; known: {", ".join(SINGLE_IMAGE_PROTOCOLS)}')
+    entry = protocol_entry(protocol)
+    if not entry.per_view:
+        raise ValueError(f'unknown single-image protocol {protocol!r}; known: {", ".join(SINGLE_IMAGE_PROTOCOLS)}')
+    if entry.channel == 'y':
+        sr, hr, data_range = y_channel(sr), y_channel(hr), 255.0
+    else:
+        data_range = 1.0
+
+    def shaved(x: torch.Tensor, shave: int | None) -> torch.Tensor:
+        if shave is None:
+            return x
+        border = scale + shave
+        return x[..., border:-border, border:-border]
+
+    value = psnr(shaved(sr, entry.psnr_shave), shaved(hr, entry.psnr_shave), data_range=data_range).item()
+    sr, hr = shaved(sr, entry.ssim_shave), shaved(hr, entry.ssim_shave)
+    if entry.ssim_window == 'gaussian':
+        return value, gaussian_ssim(sr, hr, data_range=entry.ssim_range or data_range).item()
+    return value, ssim(sr, hr, data_range=entry.ssim_range or data_range,
+                       sample_covariance=entry.ssim_sample_covariance).item()
 
 
 def scene_scores(sr: torch.Tensor, hr: torch.Tensor, sr_right: torch.Tensor, hr_right: torch.Tensor,
@@ -121,12 +176,13 @@ def scene_scores(sr: torch.Tensor, hr: torch.Tensor, sr_right: torch.Tensor, hr_
     """The numbers of one scene; all inputs (3, H, W) in [0, 1]: psnr/ssim of 'left' (64 columns cropped), 'avg'
     ((L+R)/2), and the full-image per-view PSNRs 'l' and 'r'. Single-image protocols (`srnet`, `single`, which need
     `scale` for their border crops): 'left' is the left view's score under the protocol, 'l'/'r' each view's."""
-    if protocol in SINGLE_IMAGE_PROTOCOLS:
+    entry = protocol_entry(protocol)
+    if entry.per_view:
         left, right = single_image_scores(sr, hr, scale, protocol), single_image_scores(sr_right, hr_right, scale,
                                                                                         protocol)
         return {'psnr_left': left[0], 'ssim_left': left[1], 'psnr_avg': (left[0] + right[0]) / 2,
                 'ssim_avg': (left[1] + right[1]) / 2, 'psnr_l': left[0], 'psnr_r': right[0]}
-    sample_covariance = protocol == 'nafssr'
+    sample_covariance = entry.ssim_sample_covariance
     left = psnr(sr, hr).item(), ssim(sr, hr, sample_covariance=sample_covariance).item()
     right = psnr(sr_right, hr_right).item(), ssim(sr_right, hr_right, sample_covariance=sample_covariance).item()
     return {'psnr_left': psnr(sr, hr, crop_left=STEREO_BOUNDARY).item(),
@@ -169,9 +225,7 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
     quantised as the protocol says); with LPIPS and the disparity term, 'track2' is added. Means are over the scenes
     that have a key. Raises FileNotFoundError / ValueError naming the file at fault.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f'unknown protocol {protocol!r}; known: {", ".join(PROTOCOLS)}')
-    if protocol in ('nafssr', *SINGLE_IMAGE_PROTOCOLS):
+    if protocol_entry(protocol).rounded:
         quantize_mode = 'round'
     scenes = list_scenes(dataset_dir, scale)
     per_scene = {}
@@ -333,8 +387,6 @@ def consistency_scorer(estimator: Callable | None) -> Callable:
     """Scorer: 'sc_sr', 'sc_hr' (ground-truth warp error of the SR and HR pairs, non-occluded) on scenes with
     ground truth, and, with a disparity `estimator` (left, right) (1, 3, H, W) -> (1, 1, H', W'), the NTIRE term
     'disp_s' on every scene."""
-    from data.testsets import load_ground_truth
-
     def score(scene, sr_left, sr_right, hr_left, hr_right) -> dict:
         values = {}
         if scene.has_disparity:
@@ -395,7 +447,7 @@ def upsample_nearest(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def upsample_bicubic(lr_map: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, 1, h, w) LR pixels -> (B, 1, sh, sw) HR pixels: MATLAB bicubic (utils.imresize, the project's bicubic),
+    """(B, 1, h, w) LR pixels -> (B, 1, sh, sw) HR pixels: MATLAB bicubic (imresize.imresize, the project's bicubic),
     multiplied by s. The map must be dense (fill holes first)."""
     maps = [imresize(m[0].detach().cpu().double().numpy(), scale) * scale for m in lr_map]
     return torch.from_numpy(np.stack(maps)[:, None]).to(lr_map)

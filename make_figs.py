@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 
 import demo
-from utils import pyplot, read_checkpoint, run_script
+from figures import pyplot
+from models.checkpoint import read_checkpoint
+from utils import run_script
 
 FIGS = Path(__file__).resolve().parent / 'figs'
 
@@ -136,16 +138,13 @@ def main(argv=None) -> int:
     parser.add_argument('--bench', type=Path, default=None, help='a bench.py --json file to draw')
     parser.add_argument('--out', type=Path, default=FIGS, help='output folder (default: figs/)')
     args = parser.parse_args(argv)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        metrics = demo_figures(args.checkpoint, args.out)
-        training_figure(args.checkpoint, args.out / 'demo_training.png')
-        if args.bench is not None:
-            if not args.bench.is_file():
-                raise FileNotFoundError(f'--bench {args.bench} not found (make it with python bench.py --json FILE)')
-            bench_figure(args.bench, args.out / 'bench.png')
-    except (FileNotFoundError, ValueError, OSError) as err:
-        sys.exit(f'error: {err}')
+    args.out.mkdir(parents=True, exist_ok=True)
+    metrics = demo_figures(args.checkpoint, args.out)
+    training_figure(args.checkpoint, args.out / 'demo_training.png')
+    if args.bench is not None:
+        if not args.bench.is_file():
+            raise FileNotFoundError(f'--bench {args.bench} not found (make it with python bench.py --json FILE)')
+        bench_figure(args.bench, args.out / 'bench.png')
     print(f"figures in {args.out}: " + ', '.join(sorted(p.name for p in args.out.glob('*.png')))
           + f"; SR {metrics.get('psnr_gain_over_bicubic', float('nan')):+.2f} dB over bicubic")
     return 0

@@ -42,9 +42,12 @@ from data.testsets import find_datasets, ground_truth_files, list_scenes, load_g
 from evaluation import MAP_METRICS, score_table, upsample_bicubic
 from models import DISPARITY_MODELS, MAP_MODELS, add_model_args, model_entry
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
-from utils import (UsageError, add_device_args, bad_pixel_rate, checkpoint_model_name, colorize, d1_error,
-                   describe_checkpoint, epe, load_model, modcrop, print_report, read_checkpoint, resolve_device, rmse,
-                   run_script, save_figure)
+from figures import colorize, save_figure
+from metrics import bad_pixel_rate, d1_error, epe, rmse
+from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint,
+                               results_name)
+from models.imresize import modcrop
+from utils import UsageError, add_device_args, print_report, resolve_device, run_script
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -309,19 +312,14 @@ def main(argv=None) -> dict:
                          f'(--model {", ".join(DISPARITY_MODELS)}), not of {args.model}')
     checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
     if not checkpoint.is_file():
-        sys.exit(f'error: checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
-                 f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
-    run_name = args.run_name or f'{checkpoint.name.split(".")[0]}_x{scale}'
-    try:
-        model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
-        if model_entry(model.zoo_name).modality == 'disparity_map':
-            return evaluate_maps(args, model, describe_checkpoint(checkpoint, meta), run_name, device)
-        upsampler = load_upsampler(args.upsampler, scale, device) if args.upsampler is not None else None
-        present = find_datasets(args.testset_dir)
-    except (ValueError, FileNotFoundError) as err:
-        if isinstance(err, UsageError):
-            raise
-        sys.exit(f'error: {err}')
+        raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
+                                f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
+    model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
+    run_name = args.run_name or results_name(checkpoint, meta, scale)
+    if model_entry(model.zoo_name).modality == 'disparity_map':
+        return evaluate_maps(args, model, describe_checkpoint(checkpoint, meta), run_name, device)
+    upsampler = load_upsampler(args.upsampler, scale, device) if args.upsampler is not None else None
+    present = find_datasets(args.testset_dir)
     names = args.datasets.split(',') if args.datasets else present
     unknown = [n for n in names if n not in present]
     if unknown:
@@ -337,13 +335,10 @@ def main(argv=None) -> dict:
 
     results = {}
     for name in names:
-        try:
-            scenes = [s for s in list_scenes(args.testset_dir / name, scale) if s.has_disparity]
-        except FileNotFoundError as err:
-            sys.exit(f'error: {err}')
+        scenes = [s for s in list_scenes(args.testset_dir / name, scale) if s.has_disparity]
         if not scenes:
             if args.datasets:
-                sys.exit(f'error: {name} has no disparity ground truth (dispocc0.png or disp0GT.pfm)')
+                raise ValueError(f'{name} has no disparity ground truth (dispocc0.png or disp0GT.pfm)')
             continue
         per_scene = {}
         for scene in tqdm(scenes, desc=name, unit='pair'):
@@ -355,8 +350,8 @@ def main(argv=None) -> dict:
                 estimates.update(upsampled_pam(out, upsampler, scale))
             gt_all, gt_noc = (torch.from_numpy(g) for g in load_ground_truth(scene))
             if gt_all.shape != estimates['hr_r2'].shape:
-                sys.exit(f'error: ground truth {scene.gt_all} is {tuple(gt_all.shape)}, the x{scale} HR disparity of '
-                         f'{scene.lr[0]} is {tuple(estimates["hr_r2"].shape)}')
+                raise ValueError(f'ground truth {scene.gt_all} is {tuple(gt_all.shape)}, the x{scale} HR disparity of '
+                                 f'{scene.lr[0]} is {tuple(estimates["hr_r2"].shape)}')
             per_scene[scene.name] = scene_metrics(estimates, gt_all, gt_noc)
             if not args.no_save:
                 sr_left = out.sr_left[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
@@ -367,8 +362,8 @@ def main(argv=None) -> dict:
                          'num_scenes': len(per_scene), 'scenes': per_scene, 'weights': weights,
                          'scale_factor': scale, 'protocol': protocol}
     if not results:
-        sys.exit(f'error: no dataset with disparity ground truth under {args.testset_dir}; prepare KITTI training '
-                 f'pairs with data/prepare_test.py --preset kitti2012/kitti2015')
+        raise FileNotFoundError(f'no dataset with disparity ground truth under {args.testset_dir}; prepare KITTI '
+                                f'training pairs with data/prepare_test.py --preset kitti2012/kitti2015')
 
     lines = ['', *header, '', 'Official table, EPE (px): "high" = HR cost volume, "PAM" = upsampled LR; '
              '1 = recursion 2, 0 = recursion 1',

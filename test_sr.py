@@ -36,8 +36,9 @@ from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_mat
                         network_single_sr, network_sr)
 from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
-from utils import (STEREO_BOUNDARY, UsageError, add_device_args, describe_checkpoint, imresize, infer_scale_factor,
-                   load_model, positive_int, print_report, read_checkpoint, resolve_device, run_script)
+from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
+from models.imresize import imresize
+from utils import UsageError, add_device_args, positive_int, print_report, resolve_device, run_script
 
 log = logging.getLogger('test_sr')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')  # authors' x4 release (file name as shipped)
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--quantize', nargs='?', const='round', choices=('round', 'truncate'), default=None,
                         help='score 8-bit images instead of floats: "round" = the PNGs this script saves; '
                              '"truncate" = what the official test_sr.py saves (ToPILImage truncates)')
-    parser.add_argument('--protocol', choices=PROTOCOLS, default='ipassr',
+    parser.add_argument('--protocol', choices=tuple(PROTOCOLS), default='ipassr',
                         help='ipassr: the SSRDE-FNet/iPASSR tables (evaluation.m); nafssr: the NAFSSR tables (BasicSR '
                              'metrics: rounded 8-bit SR, per-view PSNR averaged, skimage SSIM with sample covariance); '
                              'srnet: SRNet\'s (8-bit RGB PSNR without scale+6 border pixels, skimage SSIM of 2019 with '
@@ -119,25 +120,19 @@ def main(argv=None) -> dict:
                              f'of train.py --model {args.model})')
         checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
         if not checkpoint.is_file():
-            sys.exit(f'error: checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
-                     f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth, the '
-                     f'project\'s demo weights)')
-        try:
-            model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
-        except (ValueError, FileNotFoundError) as err:
-            sys.exit(f'error: {err}')
+            raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar '
+                                    f'in checkpoints/, or pass --checkpoint PATH (e.g. '
+                                    f'checkpoints/ssrdefnet_demo_x4.pth, the project\'s demo weights)')
+        model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
         args.model = model.zoo_name
         refuse_other_modality(args.model)        # a checkpoint that names its network
-        weights, run_name = describe_checkpoint(checkpoint, meta), f'{checkpoint.name.split(".")[0]}_x{scale}'
+        weights, run_name = describe_checkpoint(checkpoint, meta), results_name(checkpoint, meta, scale)
     run_name = args.run_name or run_name
     if args.images:
         return evaluate_image_folders(args, None if args.model == 'bicubic' else model, device, weights)
 
     # ---- datasets
-    try:
-        present = find_datasets(args.testset_dir)
-    except FileNotFoundError as err:
-        sys.exit(f'error: {err}')
+    present = find_datasets(args.testset_dir)
     if args.datasets:
         names = args.datasets.split(',')
         unknown = [n for n in names if n not in present]
@@ -146,21 +141,9 @@ def main(argv=None) -> dict:
     else:
         names = [n for n in present if n not in DISPARITY_DATASETS]
     if not names:
-        sys.exit(f'error: no test set under {args.testset_dir}; prepare one with data/prepare_test.py')
+        raise FileNotFoundError(f'no test set under {args.testset_dir}; prepare one with data/prepare_test.py')
 
-    if args.protocol == 'nafssr':
-        protocol = ('NAFSSR/BasicSR: RGB PSNR/SSIM of rounded 8-bit SR, (L+R)/2 = mean of per-view scores, SSIM = '
-                    'skimage (7x7 box, sample covariance); Left = 64 leftmost columns removed (not in their tables)')
-    elif args.protocol == 'srnet':
-        protocol = (f'SRNet: RGB PSNR of rounded 8-bit SR without {scale + 6} border pixels, SSIM = skimage 2019 '
-                    '(7x7 box, sample covariance, range 2), per view; Left = the left view, (L+R)/2 = mean of views')
-    elif args.protocol == 'single':
-        protocol = (f'single-image: Y-channel (BT.601) PSNR/SSIM of rounded 8-bit SR without {scale} border pixels, '
-                    'SSIM 11x11 Gaussian; Left = the left view, (L+R)/2 = mean of views')
-    else:
-        protocol = ('RGB PSNR/SSIM, data range 1, ' + (f'8-bit SR ({args.quantize}ed)' if args.quantize else 'float SR')
-                    + f', Left = {STEREO_BOUNDARY} leftmost columns removed, (L+R)/2 = mean of full-image scores, '
-                      'SSIM = evaluation.m (7x7 box window, valid)')
+    protocol = PROTOCOLS[args.protocol].describe(scale, args.quantize)
     protocol += ', stereo TTA x4' if args.tta else ''
     header = [f'# Stereo SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}',
               f'device: {device}']
@@ -174,11 +157,8 @@ def main(argv=None) -> dict:
     results = {}
     for name in names:
         save_dir = None if args.no_save else args.results_dir / run_name / name
-        try:
-            scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir,
-                                      args.protocol, scorers)
-        except (FileNotFoundError, ValueError) as err:
-            sys.exit(f'error: {err}')
+        scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir,
+                                  args.protocol, scorers)
         results[name] = {**scores, 'weights': weights, 'scale_factor': scale, 'protocol': protocol}
 
     # ---- report
@@ -217,7 +197,7 @@ def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:
         try:
             metric, description = perceptual.build_lpips(args.lpips_weights, '--lpips_weights', args.download_weights)
         except (perceptual.MissingWeightsError, ValueError) as err:
-            sys.exit(f'error: --lpips: {err}')
+            raise ValueError(f'--lpips: {err}') from None
         scorers.append(lpips_scorer(metric.to(device), device))
         header.append(f'LPIPS: {description}')
     if args.stereo_consistency:
@@ -230,9 +210,9 @@ def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:
                 k = (meta.get('args') or {}).get('scale_factor') or infer_scale_factor(state_dict) or 4
                 network, meta = load_model(choice, k, device)
             except (FileNotFoundError, ValueError) as err:
-                sys.exit(f'error: --disparity_net: {err}')
+                raise ValueError(f'--disparity_net: {err}') from None
             if not model_entry(network.zoo_name).estimates_disparity:
-                sys.exit(f'error: --disparity_net {choice}: {network.zoo_name} does not estimate disparity')
+                raise UsageError(f'--disparity_net {choice}: {network.zoo_name} does not estimate disparity')
             estimator = network_disparity_estimator(network, k, device)
             description = f'{describe_checkpoint(choice, meta)} on the pair downscaled x{k}'
         scorers.append(consistency_scorer(estimator))
@@ -257,10 +237,7 @@ def evaluate_image_folders(args, model, device, weights: str) -> dict:
         sr_fn = network_single_sr(model, device, args.amp)
     results = {}
     for folder in args.images:
-        try:
-            results[folder.name] = evaluate_image_folder(sr_fn, folder, scale, protocol)
-        except (FileNotFoundError, ValueError) as err:
-            sys.exit(f'error: {err}')
+        results[folder.name] = evaluate_image_folder(sr_fn, folder, scale, protocol)
     lines = ['', f'# Single-image SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}', '',
              '| Folder | images | PSNR | SSIM |', '|---|---|---|---|']
     lines += [f"| {n} | {r['num_images']} | {r['psnr']:.4f} | {r['ssim']:.4f} |" for n, r in results.items()]

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from data.readers import read_kitti_disparity, read_pfm
+from models.dsdmsr import downsample_disparity, n_stages
 
 PathLike = str | os.PathLike
 
@@ -61,52 +61,7 @@ def read_disparity_map(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.where(valid, disparity, 0).astype(np.float32), valid
 
 
-# ---- mask-aware resampling (tensors, any batch)
-
-def _check_map(disparity: Tensor, valid: Tensor, what: str) -> None:
-    if disparity.dim() != 4 or disparity.shape[1] != 1:
-        raise ValueError(f'{what}: expected a (B, 1, H, W) disparity map, got shape {tuple(disparity.shape)}')
-    if valid.shape != disparity.shape:
-        raise ValueError(f'{what}: valid mask shape {tuple(valid.shape)} differs from the map\'s '
-                         f'{tuple(disparity.shape)}')
-
-
-def downsample_disparity(disparity: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
-    """Mask-aware area downsampling of (B, 1, H, W) maps by an integer `factor` (H, W divisible by it).
-
-    LR value = mean of the valid HR values of the factor x factor block / factor (LR pixels); LR valid = the block
-    has a valid pixel. Invalid HR values (inf, NaN, anything) are replaced by 0 before summing and weighted 0.
-    Invalid LR pixels are 0. Returns (map (B, 1, H/f, W/f) float, valid bool)."""
-    _check_map(disparity, valid, 'downsample_disparity')
-    h, w = disparity.shape[-2:]
-    if factor < 1 or h % factor or w % factor:
-        raise ValueError(f'downsample_disparity: map size {h}x{w} is not divisible by the factor {factor}')
-    valid = valid.bool()
-    if factor == 1:
-        return torch.where(valid, disparity, torch.zeros_like(disparity)), valid
-    weight = valid.to(disparity.dtype)
-    # sum_pool = avg_pool x factor^2; both pools share the factor^2, so it cancels in the ratio
-    total = F.avg_pool2d(torch.where(valid, disparity, torch.zeros_like(disparity)), factor)
-    count = F.avg_pool2d(weight, factor)
-    lr_valid = count > 0
-    lr = torch.where(lr_valid, total / count.clamp(min=torch.finfo(count.dtype).tiny), torch.zeros_like(total))
-    return lr / factor, lr_valid
-
-
-def stage_targets(hr: Tensor, hr_valid: Tensor, scale: int) -> list[tuple[Tensor, Tensor]]:
-    """Deep-supervision targets of a x`scale` network with log2(scale) stages: for stage k = 1..n (resolution
-    2^k x LR), the HR map downsampled by scale / 2^k, mask-aware and directly from HR (the last is the HR map itself,
-    zeroed at invalid pixels). Each is (map in that resolution's pixels, valid)."""
-    n = n_stages(scale)
-    return [downsample_disparity(hr, hr_valid, scale >> k) for k in range(1, n + 1)]
-
-
-def n_stages(scale: int) -> int:
-    """Number of x2 stages of a x`scale` DSDMSR (scale a power of two, 2-16)."""
-    if scale not in (2, 4, 8, 16):
-        raise ValueError(f'DSDMSR scale factor must be 2, 4, 8 or 16, got {scale}')
-    return scale.bit_length() - 1
-
+# ---- the LR input (the mask-aware downsampling itself: models/dsdmsr.py `downsample_disparity`)
 
 def fill_holes(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """HxW map with every invalid pixel set to the value of its nearest valid pixel (the network's input must be
@@ -180,7 +135,7 @@ class DisparityMapPatches(Dataset):
         return self.length
 
     def _synthetic(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        from data.synthetic import render_disparity
+        from data.synthetic import render_disparity   # lazy: it imports scikit-image, which map readers need not
         side = self.lr_patch * self.scale
         view = 'left' if rng.random() < 0.5 else 'right'
         disparity = render_disparity(rng, side, side, self.scale, view)   # geometry only: no texture is rendered

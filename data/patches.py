@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.readers import read_image_uint8
-from utils import imresize, modcrop
+from data.readers import image_size, read_disparity, read_image_uint8
+from data.testsets import find_datasets, list_scenes
+from models.imresize import imresize, modcrop
 
 # iPASSR patch geometry, in LR pixels: 30 x 90 patches every 20 pixels, starting at (1-based) index 3.
 PATCH_HEIGHT, PATCH_WIDTH = 30, 90
@@ -219,8 +220,6 @@ class SceneCrops(StereoPatches):
     has_disparity = True
 
     def __init__(self, root: str | Path, scale: int, augment: bool = True, seed: int = 0):
-        from data.testsets import find_datasets, list_scenes
-        from data.readers import image_size
         super().__init__(scale, augment, seed)
         self.scenes = [scene for name in find_datasets(Path(root)) for scene in list_scenes(Path(root) / name, scale)
                        if scene.has_disparity]
@@ -238,7 +237,6 @@ class SceneCrops(StereoPatches):
         return self.length
 
     def load(self, index: int):
-        from data.readers import read_disparity
         k = index % len(self.scenes)
         scene, (h, w) = self.scenes[k], self.sizes[k]
         rng = np.random.default_rng([self.seed, self.epoch, index, 3])

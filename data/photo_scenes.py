@@ -33,7 +33,7 @@ from data.patches import StereoPatches
 from data.readers import image_size, read_image_uint8
 from data.synthetic import (FAR_DISPARITY, MAX_DISPARITY_LR, MAX_OBJECTS, NEARER_BY, Surface, random_geometry,
                             random_shape, render_view, synthetic_patch)
-from utils import file_sha256
+from models.checkpoint import file_sha256
 
 # Photographs shipped inside installed packages (colour first): name -> (package, file below the package's folder).
 # Left out on purpose: scikit-image's drawings and renderings (logo, horse, color, phantom, chessboards), its

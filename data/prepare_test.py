@@ -3,7 +3,7 @@
     python data/prepare_test.py --preset kitti2012 --src /datasets/KITTI2012/training --scale_factor 4 --out ./data/test
 
 For every stereo pair: [Middlebury only: halve with MATLAB bicubic] -> modcrop to a multiple of the scale = HR ->
-MATLAB-bicubic downscale (utils.imresize, uint8 rounded as MATLAB does) = LR. Written as
+MATLAB-bicubic downscale (imresize.imresize, uint8 rounded as MATLAB does) = LR. Written as
 <out>/<Dataset>/hr/<scene>/{hr0,hr1}.png and <out>/<Dataset>/lr_x<s>/<scene>/{lr0,lr1}.png (see data/testsets.py).
 
 Presets and the raw layouts they read:
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from data.readers import (read_disparity, read_image_uint8, write_image, write_kitti_disparity,  # noqa: E402
                           write_pfm)
 from data.testsets import KITTI_GT, PFM_GT  # noqa: E402
-from utils import imresize, modcrop, run_script  # noqa: E402
+from models.imresize import imresize, modcrop  # noqa: E402
+from utils import UsageError, run_script  # noqa: E402
 
 log = logging.getLogger('prepare_test')
 
@@ -209,19 +210,16 @@ def main(argv=None) -> None:
         log.info(f'{args.src} is already in the authors\' layout; made {made} missing lr_x{args.scale_factor} images')
         return
     if args.preset is None:
-        sys.exit(f'error: {args.src} is not in the authors\' layout (no hr/ folder); choose a --preset')
+        raise UsageError(f'{args.src} is not in the authors\' layout (no hr/ folder); choose a --preset')
     if not args.src.is_dir():
-        sys.exit(f'error: --src {args.src} is not a folder')
+        raise FileNotFoundError(f'--src {args.src} is not a folder')
     preset = PRESETS[args.preset]
-    try:
-        pairs = preset.find(args.src)
-    except FileNotFoundError as err:
-        sys.exit(f'error: {err}')
+    pairs = preset.find(args.src)
     if args.scenes:
         wanted = set(args.scenes.split(','))
         unknown = wanted - {p.name for p in pairs}
         if unknown:
-            sys.exit(f'error: --scenes names not found under {args.src}: {sorted(unknown)}')
+            raise UsageError(f'--scenes names not found under {args.src}: {sorted(unknown)}')
         pairs = [p for p in pairs if p.name in wanted]
     dataset = args.name or preset.dataset
     halve = preset.halve if args.halve is None else args.halve

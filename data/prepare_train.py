@@ -57,17 +57,15 @@ def prepare(argv=None) -> int:
     for name, halve in SOURCES:
         folder = args.src / name
         if not folder.is_dir():
-            sys.exit(f'error: {folder} not found; --src must hold Middlebury/ and Flickr1024/ (iPASSR training data)')
-        try:
-            jobs += [(pair, halve) for pair in find_pairs(folder)]
-        except ValueError as err:
-            sys.exit(f'error: {err}')
+            raise FileNotFoundError(f'{folder} not found; --src must hold Middlebury/ and Flickr1024/ (iPASSR '
+                                    f'training data)')
+        jobs += [(pair, halve) for pair in find_pairs(folder)]
     out = args.out / f'patches_x{args.scale_factor}'
     count = 0
     for (left_path, right_path), halve in tqdm(jobs, desc=f'patches x{args.scale_factor}', unit='pair'):
         left, right = read_image_uint8(left_path), read_image_uint8(right_path)
         if left.shape != right.shape:
-            sys.exit(f'error: {left_path} and {right_path} differ in size; are the files paired correctly?')
+            raise ValueError(f'{left_path} and {right_path} differ in size; are the files paired correctly?')
         views = make_hr_lr(left, right, args.scale_factor, halve)
         for patch in extract_patches(*views, args.scale_factor):
             count += 1

@@ -34,7 +34,7 @@ from scipy import ndimage
 from skimage import data as skdata
 
 from data.patches import PATCH_HEIGHT, PATCH_WIDTH, StereoPatches
-from utils import imresize
+from models.imresize import imresize
 
 # Photographs (colour first) of scikit-image that ship with the package; greyscale ones are tinted to RGB.
 SOURCES = ('astronaut', 'chelsea', 'coffee', 'hubble_deep_field', 'immunohistochemistry', 'retina', 'rocket',

@@ -59,12 +59,21 @@ def add_model_args(parser: argparse.ArgumentParser, baselines: tuple[str, ...] =
     scales = sorted({s for name in names for s in REGISTRY[name].scales})
     group.add_argument('--scale_factor', type=int, default=4, choices=scales,
                        help='SR scale (stereo papers: 2 and 4; each network lists its own in models/)')
-    seen = set()
+    # each network's own options, in a group per set of networks that share them (one screen of --help each)
+    owners: dict[str, list[str]] = {}
+    for name, entry in REGISTRY.items():
+        for option in entry.options:
+            owners.setdefault(option.name, []).append(name)
+    groups = {}
     for entry in REGISTRY.values():
         for option in entry.options:
-            if option.name not in seen:
-                seen.add(option.name)
-                group.add_argument('--' + option.name, **option.kwargs)
+            key = ', '.join(owners[option.name])
+            if option.name in groups.get(key, ((), None))[0]:
+                continue
+            if key not in groups:
+                groups[key] = (set(), parser.add_argument_group(f'options of {key} (ignored by other networks)'))
+            groups[key][0].add(option.name)
+            groups[key][1].add_argument('--' + option.name, **option.kwargs)
     return parser
 
 

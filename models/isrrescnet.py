@@ -21,7 +21,7 @@ citations below are of that folder; each *bug* has an opt-in correction, a model
   160-161).   `fix_feedback`
 * Not a bug of their code but of its fit to ours: H = decimation at phase (0, 0) pins x[::s, ::s] to LR pixels that,
   under the MATLAB-bicubic degradation of every stereo-SR benchmark (and of this harness's data), lie at HR position
-  s i + (s - 1) / 2. `bicubic_degradation` makes H that degradation (utils.imresize by 1/s, antialiased) and U the
+  s i + (s - 1) / 2. `bicubic_degradation` makes H that degradation (imresize.imresize by 1/s, antialiased) and U the
   MATLAB-bicubic upscaling: the data step is then Irani-Peleg back-projection, z = v - U(H v) + U(y).
 * WMAD: DB7 high-pass along both axes (decimated by 2), median |HH| / 0.6745 per channel (torch's lower median),
   averaged over channels; on y / 255. Weight normalisation on every convolution (weight_g / weight_v; the
@@ -40,11 +40,13 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from models.imresize import resize_contributions
 from models.outputs import Pair, StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -107,9 +109,7 @@ def decimate(x: Tensor, scale: int) -> Tensor:
 
 def resize_matrix(in_length: int, out_length: int, scale: float, like: Tensor) -> Tensor:
     """(out_length, in_length) matrix of MATLAB's imresize (bicubic, antialiased when shrinking) along one axis:
-    utils.resize_contributions as a dense matrix, with its mirrored border taps."""
-    import numpy as np
-    from utils import resize_contributions
+    resize_contributions as a dense matrix, with its mirrored border taps."""
     weights, indices = resize_contributions(in_length, out_length, scale)
     matrix = np.zeros((out_length, in_length))
     np.add.at(matrix, (np.arange(out_length)[:, None].repeat(indices.shape[1], 1), indices), weights)

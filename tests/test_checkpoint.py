@@ -1,4 +1,5 @@
-"""utils.load_checkpoint / save_checkpoint: official and project formats, and clear errors on files that don't fit."""
+"""models/checkpoint.py load_checkpoint / save_checkpoint: official and project formats, and clear errors on files
+that don't fit."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,8 @@ import torch
 
 from conftest import random_pair, randomise_batchnorm
 from models import build_model
-from utils import CHECKPOINT_VERSION, infer_scale_factor, load_checkpoint, read_checkpoint, save_checkpoint
+from models.checkpoint import (CHECKPOINT_VERSION, infer_scale_factor, load_checkpoint, read_checkpoint, results_name,
+                               save_checkpoint)
 
 
 def trained_looking(scale: int, seed: int = 0):
@@ -119,3 +121,14 @@ def test_a_failed_write_keeps_the_old_checkpoint_and_leaves_no_partial_file(tmp_
     monkeypatch.setattr(torch, 'save', real_save)
     assert [p.name for p in tmp_path.iterdir()] == ['last.pth'] and path.read_bytes() == before
 
+
+def test_results_of_different_runs_never_share_a_folder():
+    """test_sr.py / test_disp.py results: the files train.py names itself (last.pth, best.pth, epoch_NNN.pth) are
+    named by their run and network; a file named by hand keeps its name."""
+    ours = {'version': CHECKPOINT_VERSION, 'args': {'model': 'nafssr-t', 'run_name': 'nafssr-t_x4_patches'}}
+    assert results_name('checkpoints/nafssr-t_x4_patches/last.pth', ours, 4) == 'nafssr-t_x4_patches_last'
+    other = {**ours, 'args': {'model': 'ipassr', 'run_name': 'a'}}
+    assert results_name('runs/a/best.pth', other, 2) == 'ipassr_a_x2_best'
+    assert results_name('runs/b/epoch_010.pth', {'version': 1, 'args': {}}, 4) == 'ssrdefnet_b_x4_epoch_010'
+    assert results_name('checkpoints/SSRDEF_4xSR_epoch80.pth.tar', {'epoch': 80}, 4) == 'SSRDEF_4xSR_epoch80_x4'
+    assert results_name('checkpoints/ssrdefnet_demo_x4.pth', ours, 4) == 'ssrdefnet_demo_x4_x4'

@@ -26,7 +26,7 @@ def outcome(main, argv, capsys) -> tuple[int, str]:
     """(exit status, stderr) of a script's main run through the top-level handler, as `python script.py` would."""
     try:
         status = run_script(main, argv)
-    except SystemExit as exit_:       # argparse's own usage errors, and sys.exit('error: ...') of runtime errors
+    except SystemExit as exit_:       # argparse's own usage errors (exit 2)
         status = exit_.code if isinstance(exit_.code, int) else 1
         if isinstance(exit_.code, str):
             print(exit_.code, file=__import__('sys').stderr)
@@ -39,6 +39,15 @@ def test_every_script_ends_in_the_handler():
     handler = r"if __name__ == '__main__':\n    sys\.exit\(run_script\(main\)\)"
     for script in SCRIPTS:
         assert re.search(handler, (ROOT / script).read_text()), script
+
+
+def test_scripts_raise_and_only_the_handler_prints():
+    """One error idiom: no module exits with its own message (sys.exit('error: ...')); they raise (UsageError for a
+    bad argument, the error itself for a file or data at fault) and run_script formats it."""
+    sources = [p for p in ROOT.rglob('*.py') if 'tests' not in p.parts and '.git' not in p.parts]
+    assert len(sources) > 20
+    for path in sources:
+        assert not re.search(r"sys\.exit\(f?['\"]error", path.read_text()), path
 
 
 @pytest.mark.parametrize('main,argv,status,message', [
@@ -59,7 +68,7 @@ def test_every_script_ends_in_the_handler():
     (make_figs.main, ['--bench', 'missing.json', '--checkpoint', 'nothing.pth'], 1, 'error: checkpoint nothing.pth'),
     (prepare_test.main, ['--src', 'nowhere', '--preset', 'middlebury'], 1, 'error: --src nowhere is not a folder'),
     (prepare_train.main, ['--src', 'nowhere'], 1, 'error: nowhere/Middlebury not found'),
-    (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 1, 'must split into'),
+    (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 2, 'must split into'),
 ])
 def test_bad_arguments_and_inputs_give_one_line_and_the_right_status(main, argv, status, message, capsys):
     code, err = outcome(main, argv, capsys)

@@ -16,7 +16,9 @@ from models import build_model, model_entry
 from models.cvhssr import VARIANTS, CVHSSR, CVHSSRConfig, CVHSSRLoss, frequency_charbonnier, release_options
 from models.outputs import StereoSROutput
 from tests.conftest import random_pair
-from utils import imresize, load_model, modcrop, psnr, quantize
+from metrics import psnr, quantize
+from models.checkpoint import load_model
+from models.imresize import imresize, modcrop
 
 # Parameter counts of the official CVHSSR built with its test ymls' arguments: (variant, scale) -> count.
 OFFICIAL_PARAMS = {('t', 2): 662_412, ('t', 4): 678_000, ('s', 2): 2_216_460, ('s', 4): 2_237_232}

@@ -17,9 +17,10 @@ import torch
 from models.cvhssr import CVHSSR, CVHSSRConfig, CVHSSRLoss
 from models.outputs import StereoSROutput
 from tests.conftest import random_pair
-from tests.official_cvhssr import official_cvhssr, official_forward, official_loss, requires_official
+from official.cvhssr import official_cvhssr, official_forward, official_loss, requires_official
 from tests.test_cvhssr import motorcycle, released_weights, to_tensor
-from utils import load_model, quantize
+from metrics import quantize
+from models.checkpoint import load_model
 
 pytestmark = [requires_official, pytest.mark.usefixtures('one_thread')]
 FULL = os.environ.get('ZOO_PARITY_FULL') == '1'

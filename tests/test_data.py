@@ -13,7 +13,7 @@ import torch
 
 from data import prepare_train
 from data.patches import PatchFolder, PatchList, augment, patch_origins
-from utils import imresize
+from models.imresize import imresize
 
 ROOT = Path(__file__).resolve().parents[1]
 

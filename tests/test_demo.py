@@ -11,7 +11,9 @@ import torch
 import demo
 from models import build_model
 from models.inference import band_starts, band_weights, pad_to_valid, predict, predict_tiled
-from utils import save_checkpoint
+from models.checkpoint import save_checkpoint
+
+FAILS = (ValueError, OSError)   # what a script's main raises; run_script prints it as one line, exit 1 or 2
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +28,7 @@ def random_checkpoint(tmp_path_factory):
 def small_pair(tmp_path_factory):
     """A small real LR pair (scikit-image Motorcycle, downscaled) as 8-bit PNGs."""
     from skimage import data as skdata
-    from utils import imresize
+    from models.imresize import imresize
     left, right, _ = skdata.stereo_motorcycle()
     folder = tmp_path_factory.mktemp('pair')
     views = [imresize(v[100:236, 200:600], 0.25) for v in (left, right)]     # LR 34x100
@@ -39,10 +41,14 @@ def test_main_job_on_the_sample_beats_bicubic(tmp_path, capsys):
     """`python demo.py` with no argument: SR, disparity, scores and pictures for Motorcycle, demo weights."""
     if not demo.DEMO_CHECKPOINT.is_file():
         pytest.fail(f'the demo checkpoint {demo.DEMO_CHECKPOINT} must be committed')
+    (tmp_path / 'notes.txt').write_text('a file of the user\'s')
     metrics = demo.main(['--out', str(tmp_path)])
     for name in ('sr_left.png', 'sr_right.png', 'bicubic_left.png', 'bicubic_right.png', 'disparity_left.png',
                  'disparity_left_16bit.png', 'disparity_figure.png', 'comparison.png', 'metrics.json'):
         assert (tmp_path / name).is_file(), name
+    # demo.OUTPUTS (removed before each run, so that none is left from an earlier one) is every file it writes, and
+    # nothing else in the folder is touched
+    assert {p.name for p in tmp_path.iterdir()} == {*demo.OUTPUTS, 'notes.txt'}
     assert iio.imread(tmp_path / 'sr_left.png').shape == (500, 740, 3)
     assert json.loads((tmp_path / 'metrics.json').read_text())['ssrdefnet'] == metrics['ssrdefnet']
     # the demo checkpoint was trained on synthetic scenes only, never on Motorcycle, on a CPU (README): it measured
@@ -97,7 +103,7 @@ def test_odd_input_kinds(kind, small_pair, random_checkpoint, tmp_path):
 def test_views_of_different_sizes_are_refused(small_pair, random_checkpoint, tmp_path):
     folder, views = small_pair
     iio.imwrite(tmp_path / 'narrow.png', views[1][:, :90])
-    with pytest.raises(SystemExit, match=r'--left .*left.png is 100x34 but --right .*narrow.png is 90x34'):
+    with pytest.raises(FAILS, match=r'--left .*left.png is 100x34 but --right .*narrow.png is 90x34'):
         demo.main(['--left', str(folder / 'left.png'), '--right', str(tmp_path / 'narrow.png'),
                    '--checkpoint', str(random_checkpoint), '--out', str(tmp_path / 'out')])
 
@@ -135,7 +141,9 @@ def test_tiled_equals_untiled_within_tolerance():
     """Bands see less context (channel attention and pyramid pooling average over the band), so the result is close
     to, not equal to, a whole-image pass: with the demo weights the SR images agree to within 35 dB PSNR."""
     from skimage import data as skdata
-    from utils import imresize, load_model, psnr
+    from metrics import psnr
+    from models.checkpoint import load_model
+    from models.imresize import imresize
     model, _ = load_model(demo.DEMO_CHECKPOINT, 4)
     left, right, _ = skdata.stereo_motorcycle()
     lr = [torch.from_numpy(imresize(v[:288, 100:580], 0.25).transpose(2, 0, 1))[None].float() / 255
@@ -151,6 +159,6 @@ def test_tiled_equals_untiled_within_tolerance():
 def test_too_large_a_pair_suggests_tiling(small_pair, random_checkpoint, tmp_path, monkeypatch):
     folder, _ = small_pair
     monkeypatch.setattr(demo, 'available_bytes', lambda device: 700 << 20)
-    with pytest.raises(SystemExit, match=r'out of memory: a 100x34 LR pair needs about .* GiB .* use --tile \d+'):
+    with pytest.raises(MemoryError, match=r'out of memory: a 100x34 LR pair needs about .* GiB .* use --tile \d+'):
         demo.main(['--left', str(folder / 'left.png'), '--right', str(folder / 'right.png'),
                    '--checkpoint', str(random_checkpoint), '--out', str(tmp_path)])

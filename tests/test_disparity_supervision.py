@@ -17,6 +17,8 @@ from models.outputs import Pair
 from models.ssrdefnet.losses import DISPARITY_PARTS, SSRDEFNetLoss
 from models.stereo_losses import supervised_disparity
 
+FAILS = (ValueError, OSError)   # what a script's main raises; run_script prints it as one line, exit 1 or 2
+
 
 def maps(estimate, truth, width=100, at=45):
     """1-row maps of `width` columns holding the values from column `at` on; elsewhere the estimate is 0 and the
@@ -180,16 +182,16 @@ def test_the_flag_trains_and_says_what_it_needs(tmp_path):
     row = json.loads((run / 'log.jsonl').read_text().splitlines()[-1])
     assert row['loss_disp_sup'] > 0 and np.isfinite(row['loss_total'])
     assert json.loads((run / 'args.json').read_text())['disp_supervision'] == 0.01
-    with pytest.raises(SystemExit, match='nafssr-t does not estimate disparity'):
+    with pytest.raises(FAILS, match='nafssr-t does not estimate disparity'):
         train.main(['--model', 'nafssr-t', '--trainset', 'synthetic', '--disp_supervision', '1', '--num_workers', '0',
                     '--checkpoint_dir', str(tmp_path / 'x')])
-    with pytest.raises(SystemExit, match='needs training data with ground-truth disparity.*not --trainset sample'):
+    with pytest.raises(FAILS, match='needs training data with ground-truth disparity.*not --trainset sample'):
         train.main(['--scale_factor', '2', '--trainset', 'sample', '--disp_supervision', '1', '--num_workers', '0',
                     '--checkpoint_dir', str(tmp_path / 'y')])
-    with pytest.raises(SystemExit, match=r"--disp_supervision_parts 'hr3=1'.*\['hr1', 'hr2', 'pam1', 'pam2'\]"):
+    with pytest.raises(FAILS, match=r"--disp_supervision_parts 'hr3=1'.*\['hr1', 'hr2', 'pam1', 'pam2'\]"):
         train.main(['--scale_factor', '2', '--trainset', 'synthetic', '--disp_supervision', '1',
                     '--disp_supervision_parts', 'hr3=1', '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'z')])
-    with pytest.raises(SystemExit, match='no scene with disparity ground truth'):
+    with pytest.raises(FAILS, match='no scene with disparity ground truth'):
         train.main(['--scale_factor', '2', '--trainset', 'disparity', '--trainset_dir', str(tmp_path / 'run'),
                     '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'w')])
 
@@ -209,7 +211,7 @@ def test_matching_stage_trains_only_the_matching_path(tmp_path):
     """--stage matching: the LR matching's modules learn, nothing else changes (weights or BatchNorm statistics),
     the log carries the supervised term and the EPE, and the checkpoint starts a joint run (--init)."""
     from models.stereo_losses import MatchingWarmupLoss
-    from utils import read_checkpoint
+    from models.checkpoint import read_checkpoint
     torch.manual_seed(2)
     start = build_model('ssrdefnet', 2).state_dict()
     init = tmp_path / 'init.pth'
@@ -226,20 +228,20 @@ def test_matching_stage_trains_only_the_matching_path(tmp_path):
     assert set(row) >= {'loss_disp_sup', 'loss_total', 'epe'} and 'psnr_left' not in row
     assert row['loss_disp_sup'] > 0 and row['epe'] > 0
     assert MatchingWarmupLoss.DEFAULT_WEIGHTS == {'disp_sup': 1.0}
-    with pytest.raises(SystemExit, match='--stage matching needs training data with ground-truth disparity'):
+    with pytest.raises(FAILS, match='--stage matching needs training data with ground-truth disparity'):
         train.main(['--scale_factor', '2', '--trainset', 'sample', '--stage', 'matching', '--num_workers', '0',
                     '--checkpoint_dir', str(tmp_path / 'a')])
-    with pytest.raises(SystemExit, match='--stage matching: nafssr-t has no separate LR matching stage'):
+    with pytest.raises(FAILS, match='--stage matching: nafssr-t has no separate LR matching stage'):
         train.main(['--model', 'nafssr-t', '--trainset', 'synthetic', '--stage', 'matching', '--num_workers', '0',
                     '--checkpoint_dir', str(tmp_path / 'b')])
-    with pytest.raises(SystemExit, match='supervised disparity loss alone: drop --loss_weight'):
+    with pytest.raises(FAILS, match='supervised disparity loss alone: drop --loss_weight'):
         train.main(['--scale_factor', '2', '--trainset', 'synthetic', '--stage', 'matching', '--disp_supervision',
                     '1', '--num_workers', '0', '--checkpoint_dir', str(tmp_path / 'c')])
 
 
 def test_export_carries_the_runs_it_started_from(tmp_path):
     """A joint run --init from a warm-up: the exported file holds the warm-up's args and log (its history)."""
-    from utils import read_checkpoint
+    from models.checkpoint import read_checkpoint
     common = ['--scale_factor', '2', '--trainset', 'synthetic', '--synthetic_size', '2', '--batch_size', '2',
               '--num_workers', '0', '--n_epochs', '1']
     assert train.main([*common, '--stage', 'matching', '--checkpoint_dir', str(tmp_path / 'warm')]) == 0

@@ -1,4 +1,4 @@
-"""DSDMSR (models/dsdmsr.py), disparity-map data (data/disparity_maps.py) and scoring (evaluation.py, utils.rmse): the
+"""DSDMSR (models/dsdmsr.py), disparity-map data (data/disparity_maps.py) and scoring (evaluation.py, metrics.rmse): the
 interleaving against its loop form, stage shapes and parameter counts, pixel units end to end, mask-aware
 downsampling on hand-made maps with holes, readers, metrics on hand-built maps, skipped all-invalid patches, the
 masked deep-supervision loss, and one Adam step on real (SceneFlow) and synthetic maps."""
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.disparity_maps import (DisparityMapPatches, downsample_disparity, fill_holes, make_lr_map,
-                                 read_disparity_map, stage_targets)
+from data.disparity_maps import DisparityMapPatches, fill_holes, make_lr_map, read_disparity_map
+from models.dsdmsr import downsample_disparity, stage_targets
 from data.readers import write_kitti_disparity, write_pfm
 from evaluation import map_scores, score_table, upsample_bicubic, upsample_nearest
-from utils import rmse
+from metrics import rmse
 from models.dsdmsr import (DSDMSR, VIEWS, DisparitySROutput, DSDMSRConfig, DSDMSRLoss, build, describe,
                            interleave, third_party_key)
 

@@ -24,7 +24,9 @@ from data.readers import write_image, write_kitti_disparity, write_pfm
 from evaluation import upsample_bicubic, upsample_nearest
 from models import MAP_MODELS, STEREO_MODELS, build_model, model_entry
 from test_cli_errors import outcome     # (exit status, stderr) of a script's main, as `python script.py` gives
-from utils import save_checkpoint
+from models.checkpoint import save_checkpoint
+from training.flags import build_parser, resolve_config
+from training.loop import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py: small convolutions, shared cores
@@ -59,8 +61,7 @@ def test_registry_entry():
         ('dsdmsr_fusion_combine', True)]
     r = entry.recipe       # third-party train_dtu.py: Adam 1e-3, batch 32, 200 epochs, constant learning rate
     assert (r.optimizer, r.lr, r.batch_size, r.n_epochs, r.schedule, r.gamma) == ('adam', 1e-3, 32, 200, 'step', 1.0)
-    args = train.parse_args(['--model', 'dsdmsr', '--scale_factor', '8'])
-    train.resolve_run_arguments(args)
+    args, _ = resolve_config(build_parser().parse_args(['--model', 'dsdmsr', '--scale_factor', '8']))
     assert (args.trainset, args.lr, args.batch_size) == ('synthetic', 1e-3, 32)
     model = build_model('dsdmsr', 8, dsdmsr_unit='vdsr', dsdmsr_vdsr_depth=4)
     assert sum(p.numel() for p in model.parameters()) == 13 * (64 * 9 * 2 + 64 * 64 * 9 * 2)
@@ -69,11 +70,11 @@ def test_registry_entry():
 # ---- train.py: the map batches through the same loop
 
 def test_one_step_on_a_map_batch_lowers_the_loss(tmp_path):
-    run = train.setup(train.parse_args(tiny_run(tmp_path / 'run', '--lr', '1e-3')))
+    run = train.setup(*resolve_config(build_parser().parse_args(tiny_run(tmp_path / 'run', '--lr', '1e-3'))))
     try:
         batch = default_collate([run.dataset[i] for i in range(2)])        # (lr_map, hr_map, hr_valid)
-        names, before, metrics = train.train_step(run, batch)
-        _, after, _ = train.train_step(run, batch)
+        names, before, metrics = train_step(run, batch)
+        _, after, _ = train_step(run, batch)
     finally:
         run.lock.release()
     assert names == ['stage1', 'fused', 'total'] and set(metrics) == {'rmse'}
@@ -140,7 +141,7 @@ def test_test_disp_scores_a_folder_of_maps(trained, tmp_path):
     constant = r['maps']['constant']
     assert constant['nearest']['rmse'] == 0.0 and constant['bicubic']['epe'] == pytest.approx(0.0, abs=1e-5)
     assert all(math.isfinite(v) for row in r['rows'].values() for v in row.values())
-    pictures = tmp_path / 'out' / 'last_x2' / 'maps' / 'maps'
+    pictures = tmp_path / 'out' / 'dsdmsr_x2_synthetic_last' / 'maps' / 'maps'   # <network>_x<s>_<trainset>_<file>
     assert {p.name for p in pictures.iterdir()} >= {'constant_disp.png', 'constant_error.png', 'constant_figure.png',
                                                       'sub_ramp_disp16.png', 'sub_ramp_bicubic_error.png'}
 

@@ -265,7 +265,7 @@ def motorcycle(scale: int):
     the scale, LR by MATLAB bicubic on the 8-bit images (utils.imresize, as test_sr.py and demo.py). Returns the
     8-bit HR and LR pairs."""
     from data.readers import read_image_uint8
-    from utils import imresize, modcrop
+    from models.imresize import imresize, modcrop
     if not MOTORCYCLE.is_dir():
         pytest.skip(f'real stereo samples not found at {MOTORCYCLE}')
     hr = [modcrop(read_image_uint8(MOTORCYCLE / f'im{i}.png'), scale) for i in (0, 1)]
@@ -290,7 +290,9 @@ def authors_weights(scale: int):
 def test_authors_weights_beat_bicubic_on_motorcycle(scale, min_gain):
     """(L+R)/2 RGB PSNR over the whole view of the 8-bit SR images (BasicSR's calculate_psnr, crop 0, as the
     authors' test ymls), against MATLAB bicubic of the same LR pair."""
-    from utils import imresize, load_model, psnr, quantize
+    from metrics import psnr, quantize
+    from models.checkpoint import load_model
+    from models.imresize import imresize
     path = authors_weights(scale)
     hr, lr = motorcycle(scale)
     model, _ = load_model(path, scale, name='ehfssr-s')

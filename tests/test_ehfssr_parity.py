@@ -17,7 +17,7 @@ import torch
 
 from models.ehfssr import EHFSSR, EHFSSRConfig, VARIANTS
 from tests.conftest import random_pair
-from tests.official_ehfssr import official_ehfssr, official_forward, requires_official
+from official.ehfssr import official_ehfssr, official_forward, requires_official
 from tests.test_ehfssr import authors_weights, motorcycle, to_tensor
 
 pytestmark = [requires_official, pytest.mark.usefixtures('one_thread')]
@@ -101,7 +101,7 @@ def test_float32_released_size_matches_official(name, scale, size):
 def test_authors_weights_png_equal_official_on_motorcycle():
     """The authors' EHFSSR-S x4 on the real Motorcycle pair: our 8-bit SR images against the official code's
     (BasicSR tensor2img: clamp, x255, round), >= 99.9 % of the values equal and none off by more than 1."""
-    from utils import load_model
+    from models.checkpoint import load_model
     path = authors_weights(4)
     _, lr = motorcycle(4)
     left, right = to_tensor(lr[0]), to_tensor(lr[1])

@@ -1,4 +1,4 @@
-"""utils.imresize against values derived independently of it: closed forms, hand-computed kernel weights, a naive
+"""imresize.imresize against values derived independently of it: closed forms, hand-computed kernel weights, a naive
 per-pixel implementation of MATLAB's documented algorithm, and (when installed) a published port."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from utils import imresize, modcrop, resize_contributions
+from models.imresize import imresize, modcrop, resize_contributions
 
 
 def matlab_cubic(x: float) -> float:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from conftest import random_pair, randomise_batchnorm
 from models import build_model
 from models.ipassr import IPASSRLoss
-from official_ipassr import LOSS_TERMS, official_ipassr, requires_official, run_official_loss
+from official.ipassr import LOSS_TERMS, official_ipassr, requires_official, run_official_loss
 
 pytestmark = [requires_official, pytest.mark.filterwarnings('ignore')]
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}

@@ -15,8 +15,8 @@ from models.inference import global_inputs, predict_tiled
 from models.isrrescnet import (ISRResCNet, ISRResCNetConfig, bilinear_initialisation, cubic_upsample, cubic_weights,
                                decimate, l2_projection, matlab_resize, wmad_sigma)
 from tests.conftest import random_pair
-from tests.official_isrrescnet import official_isrrescnet, official_modules, official_super_resolve, requires_official
-from utils import load_model
+from official.isrrescnet import official_isrrescnet, official_modules, official_super_resolve, requires_official
+from models.checkpoint import load_model
 
 # A small denoiser (same code) where the test is about the scheme or plumbing, not the released width.
 SMALL = dict(depth=2, feedback_steps=2, features=16)
@@ -75,9 +75,9 @@ def test_gradient_step_is_a_back_projection():
 
 
 def test_bicubic_degradation_is_matlab_imresize_and_keeps_consistent_estimates():
-    """--isrrescnet_bicubic_degradation: H and U equal utils.imresize (MATLAB bicubic) on floats, and the data step
+    """--isrrescnet_bicubic_degradation: H and U equal imresize.imresize (MATLAB bicubic) on floats, and the data step
     leaves an estimate consistent with the LR image (H v = y) unchanged, so the HR image itself is a fixed point."""
-    from utils import imresize
+    from models.imresize import imresize
     g = torch.Generator().manual_seed(2)
     hr = torch.rand(2, 3, 24, 36, generator=g, dtype=torch.float64) * 255
     y = matlab_resize(hr, (8, 12), 1 / 3)
@@ -256,7 +256,7 @@ def test_single_image_protocol_equals_basicsr_conventions(tmp_path):
                                                     use_sample_covariance=False), abs=1e-9)
     for i in range(2):
         write_image(tmp_path / f'img{i}.png', rng.random((30 + i, 37, 3)))
-    from utils import imresize
+    from models.imresize import imresize
 
     def bicubic(lr):
         return torch.from_numpy(imresize(lr.permute(1, 2, 0).numpy().astype(np.float64), 4)).permute(2, 0, 1)

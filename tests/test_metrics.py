@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from utils import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, psnr, quantize, ssim
+from metrics import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, psnr, quantize, ssim
 
 
 def test_psnr_closed_form_and_crop():

@@ -11,7 +11,7 @@ import torch
 
 from models.nafssr import NAFSSR, NAFSSRConfig
 from tests.conftest import random_pair
-from tests.official_nafnet import official_forward, official_nafssr, requires_official
+from official.nafnet import official_forward, official_nafssr, requires_official
 
 pytestmark = requires_official
 

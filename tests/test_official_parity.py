@@ -12,7 +12,7 @@ import torch
 
 from conftest import random_pair, randomise_batchnorm
 from models import build_model
-from official_code import LOSS_TERMS, official_module, requires_official, run_official_loss
+from official.ssrdefnet import LOSS_TERMS, official_module, requires_official, run_official_loss
 
 pytestmark = [requires_official, pytest.mark.filterwarnings('ignore')]
 SR_TOL = 1e-4

@@ -23,7 +23,12 @@ from evaluation import (block_matching_estimator, consistency_scorer, disparity_
 from models import build_model, perceptual
 from models.nafssr import NAFSSRLoss
 from models.outputs import Pair
-from utils import save_checkpoint
+from models.checkpoint import save_checkpoint
+from training.flags import build_parser, resolve_config
+from training.objectives import build_criterion
+from training.state import INTERRUPTED
+
+FAILS = (ValueError, OSError)   # what a script's main raises; run_script prints it as one line, exit 1 or 2
 
 TINY = ['--model', 'nafssr-t', '--scale_factor', '2', '--trainset', 'sample', '--batch_size', '2',
         '--num_workers', '0', '--max_iters_per_epoch', '2', '--n_epochs', '1', '--total_iters', '0']
@@ -164,12 +169,11 @@ def test_flags_off_leave_every_networks_objective_as_it_was(tmp_path):
     """No recipe flag: build_criterion returns the network's own objective (every paper's recipe unchanged)."""
     from models import model_entry
     for name in ('nafssr-t', 'ipassr'):
-        args = train.parse_args(['--model', name, '--scale_factor', '2'])
-        train.resolve_run_arguments(args)
+        args, _ = resolve_config(build_parser().parse_args(['--model', name, '--scale_factor', '2']))
         entry = model_entry(name)
-        assert type(train.build_criterion(args, entry, None)) is entry.criterion
+        assert type(build_criterion(args, entry, None)) is entry.criterion
         args.perceptual, args.vgg_weights = True, 'random'
-        wrapped = train.build_criterion(args, entry, None)
+        wrapped = build_criterion(args, entry, None)
         assert isinstance(wrapped, perceptual.RecipeObjective) and type(wrapped.base) is entry.criterion
         assert wrapped.weights == {**wrapped.base.weights, 'perceptual': perceptual.PERCEPTUAL_WEIGHT}
 
@@ -267,7 +271,7 @@ def test_training_with_every_term_records_teachers_and_resumes(tmp_path, teacher
     argv = TINY + ['--perceptual', '--perceptual_layers', 'relu1_2,relu2_2=0.5', '--texture', '--texture_layers',
                    'relu2_2', '--vgg_weights', 'random', '--teacher', str(teacher_checkpoint), '0.5',
                    '--checkpoint_dir', str(run), '--stop_after', '1']
-    assert train.main(argv) == train.INTERRUPTED
+    assert train.main(argv) == INTERRUPTED
     assert 'RANDOM-INITIALISED VGG16' in caplog.text and 'RANDOM-INITIALISED VGG19' in caplog.text
     saved = load(run / 'last.pth')
     assert saved['teachers'][0]['model'] == 'nafssr-s' and saved['teachers'][0]['weight'] == 0.5
@@ -286,7 +290,7 @@ def test_training_with_every_term_records_teachers_and_resumes(tmp_path, teacher
     torch.manual_seed(6)
     save_checkpoint(teacher_checkpoint, build_model('nafssr-s', 2), epoch=0, args={'model': 'nafssr-s',
                                                                                      'scale_factor': 2})
-    with pytest.raises(SystemExit, match=r'teacher .*teacher_x2.pth is not the file the run was trained with'):
+    with pytest.raises(FAILS, match=r'teacher .*teacher_x2.pth is not the file the run was trained with'):
         train.main(['--resume', str(run / 'last.pth'), '--num_workers', '0', '--n_epochs', '2'])
 
 
@@ -310,23 +314,23 @@ def test_teacher_cache_run_builds_once_then_reuses(tmp_path, teacher_checkpoint,
     assert 'teacher cache: reusing' in caplog.text and (cache / 'teacher_outputs.npy').stat().st_mtime_ns == stamp
     row = json.loads((tmp_path / 'b' / 'log.jsonl').read_text())
     assert row['loss_distill'] > 0
-    with pytest.raises(SystemExit, match=r'holds the outputs of other teachers or data \(differs in dtype\)'):
+    with pytest.raises(FAILS, match=r'holds the outputs of other teachers or data \(differs in dtype\)'):
         train.main(argv + ['--checkpoint_dir', str(tmp_path / 'c'), '--teacher_cache_dtype', 'float16'])
 
 
 def test_refusals_name_the_flag(tmp_path, teacher_checkpoint):
-    with pytest.raises(SystemExit, match=r'--teacher_cache cannot be used with --trainset synthetic: its patches are '
+    with pytest.raises(FAILS, match=r'--teacher_cache cannot be used with --trainset synthetic: its patches are '
                                          r'new every epoch'):
         train.main(TINY + ['--trainset', 'synthetic', '--teacher', str(teacher_checkpoint), '--teacher_cache',
                            str(tmp_path / 'c'), '--checkpoint_dir', str(tmp_path / 'r')])
-    with pytest.raises(SystemExit, match=r'--teacher .*: .nafssr-x. is neither a network of the zoo'):
+    with pytest.raises(FAILS, match=r'--teacher .*: .nafssr-x. is neither a network of the zoo'):
         train.main(TINY + ['--teacher', str(teacher_checkpoint), 'nafssr-x', '--checkpoint_dir', str(tmp_path / 'r')])
-    with pytest.raises(SystemExit, match=r'--teacher: .*holds x2 weights but the model was built for x4'):
+    with pytest.raises(FAILS, match=r'--teacher: .*holds x2 weights but the model was built for x4'):
         train.main(TINY + ['--scale_factor', '4', '--teacher', str(teacher_checkpoint),
                            '--checkpoint_dir', str(tmp_path / 'r')])
-    with pytest.raises(SystemExit, match=r'--drop_path: ipassr has no stochastic depth'):
+    with pytest.raises(FAILS, match=r'--drop_path: ipassr has no stochastic depth'):
         train.main(TINY + ['--model', 'ipassr', '--drop_path', '0.1', '--checkpoint_dir', str(tmp_path / 'r')])
-    with pytest.raises(SystemExit, match=r'--perceptual_layers / --vgg_weights: vgg16 has no layer'):
+    with pytest.raises(FAILS, match=r'--perceptual_layers / --vgg_weights: vgg16 has no layer'):
         train.main(TINY + ['--perceptual', '--perceptual_layers', 'relu4_4', '--vgg_weights', 'random',
                            '--checkpoint_dir', str(tmp_path / 'r')])
     assert not (tmp_path / 'r' / 'last.pth').exists()
@@ -341,10 +345,10 @@ def test_missing_weights_stop_the_run_with_the_file_the_place_and_the_flag(tmp_p
     monkeypatch.setattr(perceptual, 'hub_checkpoints', lambda: tmp_path / 'hub' / 'checkpoints')
     empty = tmp_path / 'weights'
     empty.mkdir()
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(FAILS) as err:
         train.main(TINY + ['--texture', '--vgg_weights', str(empty), '--checkpoint_dir', str(tmp_path / 'run')])
     message = str(err.value)
-    assert message.startswith('error: --texture (ImageNet VGG19) needs the file vgg19-dcbb9e9d.pth, not found in ')
+    assert message.startswith('--texture (ImageNet VGG19) needs the file vgg19-dcbb9e9d.pth, not found in ')
     for part in (str(empty), str(tmp_path / 'hub' / 'checkpoints'), 'https://download.pytorch.org/models/'
                  'vgg19-dcbb9e9d.pth', 'checkpoints/pretrained/', '--vgg_weights DIR', '--download_weights',
                  '--vgg_weights random'):
@@ -355,7 +359,7 @@ def test_missing_weights_stop_the_run_with_the_file_the_place_and_the_flag(tmp_p
     hub.mkdir(parents=True)
     (hub / 'vgg19-dcbb9e9d.pth').write_bytes(b'x')
     assert perceptual.find_weights('vgg19-dcbb9e9d.pth', empty, '--vgg_weights', 'x') == hub / 'vgg19-dcbb9e9d.pth'
-    with pytest.raises(SystemExit, match=r'error: --lpips: LPIPS \(its AlexNet trunk\) needs the file '
+    with pytest.raises(ValueError, match=r'--lpips: LPIPS \(its AlexNet trunk\) needs the file '
                                          r'alexnet-owt-7be5be79.pth.*--lpips_weights DIR'):
         import test_sr
         (empty / 'alex.pth').write_bytes(b'')

@@ -19,7 +19,8 @@ from data.photo_scenes import (CropTexture, PhotoStereo, ResampledTexture, defau
                                is_fronto_parallel, random_photo_scene, render_photo_pair)
 from data.synthetic import render_view
 from tests.test_synthetic import sample_right, visible_in_both
-from utils import file_sha256, imresize
+from models.checkpoint import file_sha256
+from models.imresize import imresize
 
 HEIGHT, WIDTH = 152, 392      # an x4 training render: (30 + 2 x 4) x (90 + 2 x 4) LR pixels
 

@@ -21,7 +21,8 @@ from models import STEREO_MODELS
 from models.registry import REGISTRY
 from models.releases import RELEASES, UNRELEASED, Release, markdown_table, releases_of
 from tests.conftest import SHARED
-from utils import WEIGHT_KEYS, UsageError, read_checkpoint
+from models.checkpoint import WEIGHT_KEYS, read_checkpoint
+from utils import UsageError
 from weights import (WeightsDigestError, WeightsDownloadError, WeightsNotFoundError, documented_table,
                      file_digests, resolve_all_weights, resolve_checkpoint, resolve_weights)
 
@@ -343,7 +344,7 @@ def test_shared_files_load_strictly_by_name(shared_weights, tmp_path, name):
     r = RELEASES[name]
     if r.model not in REGISTRY:
         pytest.skip(f'{r.model} is not registered on this branch')
-    from utils import load_model
+    from models.checkpoint import load_model
     (tmp_path / r.file).symlink_to(shared_weights / r.file)
     model, checkpoint = load_model(resolve_weights(name, folders=[tmp_path]), r.scale, name=r.model)
     assert r.weights_key in checkpoint and model.zoo_name == r.model

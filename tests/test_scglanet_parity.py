@@ -16,7 +16,7 @@ import torch
 
 from models.scglanet import NUM_BLOCKS, WIDTH, SCGLANet, SCGLANetConfig
 from tests.conftest import random_pair
-from tests.official_scglanet import (default_dtype, official_forward, official_scglanet, official_self_ensemble,
+from official.scglanet import (default_dtype, official_forward, official_scglanet, official_self_ensemble,
                                      requires_official, shared_hash_codes)
 
 pytestmark = requires_official

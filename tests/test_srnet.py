@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import train
 from data.patches import sample_patches
 from models import build_model, model_entry
+from training.flags import build_parser, resolve_config
 from models.srnet import (DETAIL, EDGE_ENHANCE_MORE, MultiPoolingSpatialAttention, SRNet, SRNetConfig, diff_labels,
                           pil_filter3x3)
 from tests.conftest import random_pair, randomise_batchnorm
-from tests.official_srnet import official_diff_label, official_srnet, official_zoom, requires_official
+from official.srnet import official_diff_label, official_srnet, official_zoom, requires_official
 
 
 def test_layout_and_parameters(reference_dir):
@@ -150,12 +150,10 @@ def test_one_training_step_lowers_each_loss_on_real_patches():
 
 
 def test_recipes_reach_train_py():
-    srnet = train.parse_args(['--model', 'srnet'])
-    train.resolve_run_arguments(srnet)
+    srnet, _ = resolve_config(build_parser().parse_args(['--model', 'srnet']))
     assert (srnet.optimizer, srnet.lr, srnet.batch_size, srnet.n_steps, srnet.gamma, srnet.n_epochs) == \
         ('adam', 1e-4, 16, 100, 0.5, 500)
-    isr = train.parse_args(['--model', 'isrrescnet'])
-    train.resolve_run_arguments(isr)
+    isr, _ = resolve_config(build_parser().parse_args(['--model', 'isrrescnet']))
     assert (isr.optimizer, isr.lr, isr.batch_size, isr.n_steps, isr.gamma, isr.n_epochs, isr.grad_clip) == \
         ('adam', 1e-3, 8, 100, 0.1, 300, 0.0)
     assert model_entry('srnet').criterion.DEFAULT_WEIGHTS == {'sr': 1.0, 'diff': 1.0}

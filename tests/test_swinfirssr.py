@@ -21,7 +21,7 @@ from models.swinfirssr.fourier import FourierUnit
 from models.swinfirssr.network import RGB_MEAN, evaluation_padding, symmetric_pad
 from models.swinfirssr.scam import SCAM
 from tests.conftest import random_pair
-from utils import load_model
+from models.checkpoint import load_model
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

@@ -2,7 +2,7 @@
 
 Skipped unless SWINFIR_OFFICIAL_DIR points at a checkout of the official repository (and einops is installed, which
 its files import). Evaluation runs the authors' test procedure on the official side (mirror padding by 1-16 px,
-crop; tests/official_swinfirssr.official_test) against our model(left, right). Training mode runs with drop-path on,
+crop; official/swinfirssr.official_test) against our model(left, right). Training mode runs with drop-path on,
 both sides seeded alike. Small networks in float64 (tolerance 1e-10), the released width in float32 (1e-4); the
 full network on a KITTI-size pair only with ZOO_PARITY_FULL=1 (minutes on a CPU). `-s` prints each maximum
 difference.
@@ -16,7 +16,7 @@ import torch
 
 from models.swinfirssr import SwinFIRSSR, SwinFIRSSRConfig
 from tests.conftest import random_pair
-from tests.official_swinfirssr import official_forward, official_swinfirssr, official_test, requires_official
+from official.swinfirssr import official_forward, official_swinfirssr, official_test, requires_official
 
 pytestmark = [requires_official, pytest.mark.usefixtures('one_thread')]
 einops = pytest.importorskip('einops')   # the official swinfir_utils.py imports it

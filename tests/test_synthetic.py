@@ -11,7 +11,7 @@ from scipy import ndimage
 from data import synthetic
 from data.patches import PATCH_HEIGHT, PATCH_WIDTH, augment
 from data.synthetic import SyntheticStereo, random_scene, render_pair, render_view
-from utils import imresize
+from models.imresize import imresize
 
 HEIGHT, WIDTH = 152, 392      # an x4 training render: (30 + 2 x 4) x (90 + 2 x 4) LR pixels
 

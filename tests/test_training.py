@@ -16,7 +16,12 @@ import pytest
 import torch
 
 import train
+import training.loop
 from models.ssrdefnet.losses import SSRDEFNetLoss
+from training.state import INTERRUPTED
+from training.tasks import StereoSR, training_psnr_label
+
+FAILS = (ValueError, OSError)   # what a script's main raises; run_script prints it as one line, exit 1 or 2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--scale_factor', '2', '--trainset', 'sample', '--batch_size', '2', '--num_workers', '0']
@@ -31,7 +36,7 @@ def test_resume_after_interrupt_is_bit_exact(tmp_path):
     The StepLR halves the learning rate every epoch here, so the schedule is exercised too."""
     recipe = TINY + ['--n_epochs', '2', '--max_iters_per_epoch', '2', '--n_steps', '1']
     assert train.main(recipe + ['--checkpoint_dir', str(tmp_path / 'straight')]) == 0
-    assert train.main(recipe + ['--checkpoint_dir', str(tmp_path / 'cut'), '--stop_after', '3']) == train.INTERRUPTED
+    assert train.main(recipe + ['--checkpoint_dir', str(tmp_path / 'cut'), '--stop_after', '3']) == INTERRUPTED
     cut = load(tmp_path / 'cut' / 'last.pth')
     assert (cut['epoch'], cut['iteration']) == (1, 1)                 # epoch 1 done, 1 batch of epoch 2 done
     assert train.main(['--resume', str(tmp_path / 'cut' / 'last.pth'), '--n_epochs', '2', '--num_workers', '0']) == 0
@@ -74,7 +79,7 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
     """A step whose loss was finite can still leave NaN weights (an exploding update on an epoch's last iteration):
     last.pth keeps the last good epoch, the run stops, and such a file is refused by --resume and the loaders."""
     calls = {'n': 0}
-    step = train.train_step
+    step = training.loop.train_step
 
     def exploding(run, batch):
         result = step(run, batch)
@@ -84,7 +89,7 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
                 next(run.model.parameters()).fill_(float('nan'))
         return result
 
-    monkeypatch.setattr(train, 'train_step', exploding)
+    monkeypatch.setattr(training.loop, 'train_step', exploding)
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
     assert 'weight tensors are not finite' in caplog.text
@@ -93,9 +98,9 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
 
     kept['state_dict']['init_feature.weight'][0, 0, 0, 0] = float('inf')
     torch.save(kept, tmp_path / 'diverged.pth')
-    with pytest.raises(SystemExit, match=r'diverged.pth holds non-finite weights .*init_feature.weight'):
+    with pytest.raises(FAILS, match=r'diverged.pth holds non-finite weights .*init_feature.weight'):
         train.main(['--resume', str(tmp_path / 'diverged.pth'), '--num_workers', '0'])
-    from utils import load_model
+    from models.checkpoint import load_model
     with pytest.raises(ValueError, match=r'diverged.pth holds non-finite weights .*earlier checkpoint'):
         load_model(tmp_path / 'diverged.pth', 2)
 
@@ -107,7 +112,7 @@ def test_one_run_per_checkpoint_folder(tmp_path, caplog):
     run.mkdir()
     (run / '.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': 'now'}))
     argv = TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
-    with pytest.raises(SystemExit, match=rf'is in use by another run \(host .*, PID {os.getpid()}, since now\)'):
+    with pytest.raises(FAILS, match=rf'is in use by another run \(host .*, PID {os.getpid()}, since now\)'):
         train.main(argv)
     assert not (run / 'last.pth').exists()
     gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
@@ -137,28 +142,28 @@ def test_non_finite_disparities_stop_before_they_become_indices(tmp_path, monkey
 
 
 def test_missing_and_corrupt_data_are_explained(tmp_path):
-    with pytest.raises(SystemExit, match=r'patches_x4 does not exist; create it with .*prepare_train.py.*'
+    with pytest.raises(FAILS, match=r'patches_x4 does not exist; create it with .*prepare_train.py.*'
                                          r'--trainset sample'):
         train.main(['--trainset_dir', str(tmp_path / 'nowhere'), '--num_workers', '0'])
     (tmp_path / 'p' / 'patches_x4').mkdir(parents=True)
-    with pytest.raises(SystemExit, match='patches_x4 is empty'):
+    with pytest.raises(FAILS, match='patches_x4 is empty'):
         train.main(['--trainset_dir', str(tmp_path / 'p'), '--num_workers', '0'])
     bad = tmp_path / 'p' / 'patches_x4' / '000001'
     bad.mkdir()
     for name in ('hr0.png', 'hr1.png', 'lr0.png', 'lr1.png'):
         (bad / name).write_bytes(b'garbage')
-    with pytest.raises(SystemExit, match=r'bad training patch .*000001.*hr0.png: cannot decode'):
+    with pytest.raises(FAILS, match=r'bad training patch .*000001.*hr0.png: cannot decode'):
         train.main(['--trainset_dir', str(tmp_path / 'p'), '--num_workers', '0', '--batch_size', '1',
                     '--checkpoint_dir', str(tmp_path / 'run')])
-    with pytest.raises(SystemExit, match='must split into 1 processes x 4 micro-batches'):
+    with pytest.raises(FAILS, match='must split into 1 processes x 4 micro-batches'):
         train.main(TINY + ['--grad_accum', '4', '--batch_size', '6'])
     # --resume of what is not a training checkpoint: missing, truncated, weights only (the demo checkpoint)
-    with pytest.raises(SystemExit, match=r'--resume: checkpoint not found: .*nothing.pth'):
+    with pytest.raises(FAILS, match=r'--resume: checkpoint not found: .*nothing.pth'):
         train.main(['--resume', str(tmp_path / 'nothing.pth')])
     (tmp_path / 'cut.pth').write_bytes(ROOT.joinpath('checkpoints', 'ssrdefnet_demo_x4.pth').read_bytes()[:5000])
-    with pytest.raises(SystemExit, match=r'--resume: .*cut.pth: cannot read this checkpoint.*truncated'):
+    with pytest.raises(FAILS, match=r'--resume: .*cut.pth: cannot read this checkpoint.*truncated'):
         train.main(['--resume', str(tmp_path / 'cut.pth')])
-    with pytest.raises(SystemExit, match=r'ssrdefnet_demo_x4.pth is not a training checkpoint .*no optimizer, '
+    with pytest.raises(FAILS, match=r'ssrdefnet_demo_x4.pth is not a training checkpoint .*no optimizer, '
                                          r'scheduler.*resume from <checkpoint_dir>/last.pth'):
         train.main(['--resume', str(ROOT / 'checkpoints' / 'ssrdefnet_demo_x4.pth')])
 
@@ -181,7 +186,7 @@ def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(tmp_path, signum):
             break
     proc.send_signal(signum)
     rest = proc.communicate(timeout=300)[1]
-    assert proc.returncode == train.INTERRUPTED, rest[-2000:]
+    assert proc.returncode == INTERRUPTED, rest[-2000:]
     assert 'Continue with --resume' in rest and signal.Signals(signum).name in rest
     saved = load(tmp_path / 'last.pth')
     assert saved['epoch'] == 0 and saved['iteration'] >= 1
@@ -221,7 +226,7 @@ def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(tmp_path
 
 def test_export_writes_a_labelled_weights_only_checkpoint(tmp_path):
     """--export: the trained weights, args and a demo label, without the optimiser state."""
-    from utils import describe_checkpoint, load_model
+    from models.checkpoint import describe_checkpoint, load_model
     path = tmp_path / 'shared.pth'
     assert train.main(TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1',
                               '--checkpoint_dir', str(tmp_path / 'run'), '--export', str(path)]) == 0
@@ -292,12 +297,12 @@ def test_resume_keeps_the_runs_settings_and_says_what_the_command_line_changes(t
 def test_validation_data_is_checked_at_start_up_and_validation_never_costs_the_epoch(tmp_path, monkeypatch):
     run = tmp_path / 'run'
     argv = TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
-    with pytest.raises(SystemExit, match=r'test-set folder not found: .*nowhere'):
+    with pytest.raises(FAILS, match=r'test-set folder not found: .*nowhere'):
         train.main(argv + ['--val_dir', str(tmp_path / 'nowhere'), '--val_every', '1'])
     (tmp_path / 'val' / 'Set' / 'hr' / 'scene').mkdir(parents=True)
-    with pytest.raises(SystemExit, match=r'Set/lr_x2 not found'):
+    with pytest.raises(FAILS, match=r'Set/lr_x2 not found'):
         train.main(argv + ['--val_dir', str(tmp_path / 'val'), '--val_every', '1'])
-    with pytest.raises(SystemExit, match='--val_every 1 needs --val_dir'):
+    with pytest.raises(FAILS, match='--val_every 1 needs --val_dir'):
         train.main(argv + ['--val_every', '1'])
     assert not (run / 'last.pth').exists()        # nothing trained before the data was found wanting
 
@@ -308,7 +313,7 @@ def test_validation_data_is_checked_at_start_up_and_validation_never_costs_the_e
         for name in names:
             iio.imwrite(tmp_path / 'val' / 'Set' / folder / 'scene' / name,
                         np.zeros((60, 180, 3) if folder == 'hr' else (30, 90, 3), np.uint8))
-    monkeypatch.setattr(train, 'validate', interrupted)
+    monkeypatch.setattr(StereoSR, 'validate', interrupted)      # the stereo task's validation
     with pytest.raises(KeyboardInterrupt):
         train.main(argv + ['--val_dir', str(tmp_path / 'val'), '--val_every', '1'])
     assert load(run / 'last.pth')['epoch'] == 1    # the epoch was saved before validating
@@ -327,5 +332,5 @@ def test_lr_crop_trains_on_small_patches_with_a_training_psnr(tmp_path):
     assert len(rows) == 2
     assert all(10 < row['psnr_left'] < 60 and 10 < row['psnr_right'] < 60 for row in rows)
     assert load(tmp_path / 'run' / 'last.pth')['args']['lr_crop'] == '8x8'
-    assert train.training_psnr_label(tmp_path / 'run') == 'train, left (whole view)'     # the curves' legend
-    assert train.training_psnr_label(tmp_path) == 'train, left (64 px cropped)'          # no args.json: full patches
+    assert training_psnr_label(tmp_path / 'run') == 'train, left (whole view)'     # the curves' legend
+    assert training_psnr_label(tmp_path) == 'train, left (64 px cropped)'          # no args.json: full patches

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from official_code import load_module, official_names
+from official.loading import load_module, official_names
 
 OFFICIAL_ENV = 'CVHSSR_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -71,9 +71,9 @@ def official_loss() -> nn.Module:
 
 
 def official_runner(name: str, scale: int, ours: nn.Module):
-    """bench.py's handle (tests/official_code.OfficialRunner) on the official model with `ours`' weights: evaluation
+    """bench.py's handle (official.loading.OfficialRunner) on the official model with `ours`' weights: evaluation
     with TLC, and the training forward + ComposeLoss on the 6-channel stack, in the colour order `ours` expects."""
-    from official_code import OfficialRunner
+    from official.loading import OfficialRunner
     config = ours.config
     model = official_cvhssr(config.width, config.num_blocks, scale, tlc=config.tlc, drop_path_rate=config.drop_path)
     model.load_state_dict(ours.state_dict())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from official_code import load_module, official_names
+from official.loading import OfficialRunner, load_module, official_names
 
 OFFICIAL_ENV = 'ISRRESCNET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -67,7 +67,6 @@ def official_super_resolve(model: torch.nn.Module, lr: torch.Tensor, scale: int)
 def official_runner(name: str, scale: int, ours: torch.nn.Module):
     """bench.py's handle on the official model with `ours`' weights: the demo's inference on [left; right] as one
     batch, and (no training code is released) the full unrolled forward with an L1 loss on the final estimate."""
-    from official_code import OfficialRunner
     model = official_isrrescnet(ours.config.iterations, ours.config.depth)
     model.load_state_dict(ours.state_dict())
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from official_code import load_module, official_names
+from models.srnet import diff_labels
+from official.loading import OfficialRunner, load_module, official_names
 
 OFFICIAL_ENV = 'SRNET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -72,8 +73,6 @@ def official_runner(name: str, scale: int, ours: torch.nn.Module):
     """bench.py's handle on the official model with `ours`' weights: each view run alone (the official network
     takes one image; both views as one batch would mix their BatchNorm statistics in training) and the hybrid L1
     with our Diff labels. The official MPR-SA needs square views: bench cases must be square for it."""
-    from official_code import OfficialRunner
-    from models.srnet import diff_labels
     model = official_srnet(scale, ours.config.n_resblocks, ours.config.n_feats)
     torch.nn.Module.load_state_dict(model, ours.state_dict(), strict=True)
 

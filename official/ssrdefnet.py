@@ -1,4 +1,4 @@
-"""Import helpers for the authors' code (MIVRC/SSRDEFNet-PyTorch), used by the parity tests and bench.py.
+"""The authors' SSRDE-FNet code (MIVRC/SSRDEFNet-PyTorch), run beside ours by the parity tests and bench.py.
 
 Point SSRDEF_OFFICIAL_DIR at a checkout of the official repository; nothing of it is committed here. The official
 files are imported under private module names, with their own `utils`/`common` in place of ours while they load.
@@ -11,13 +11,13 @@ import os
 import sys
 import textwrap
 import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812  (the official loss code refers to F)
+
+from official.loading import OfficialRunner
 
 OFFICIAL_ENV = 'SSRDEF_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -26,31 +26,6 @@ requires_official = pytest.mark.skipif(
     not OFFICIAL_DIR, reason='set SSRDEF_OFFICIAL_DIR to a checkout of MIVRC/SSRDEFNet-PyTorch to run parity tests')
 _SHADOWED = ('utils', 'common', 'model', 'loss')
 _cache: dict[str, types.ModuleType] = {}
-
-
-@contextlib.contextmanager
-def official_names(modules: dict[str, types.ModuleType]):
-    """Make `modules` ({'package.module': module}) importable under those names for the duration, then restore
-    sys.modules (shared by the official_*.py adapters: the authors' files import each other by package names)."""
-    saved = {name: sys.modules[name] for name in modules if name in sys.modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name in modules:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-
-
-def load_module(name: str, path: Path, origin: str) -> types.ModuleType:
-    """Execute the file `path` as a module named `name`; `origin` (e.g. 'NAFNET_OFFICIAL_DIR=/x') names the checkout
-    in the error when the file is missing."""
-    if not path.is_file():
-        raise FileNotFoundError(f'{origin} has no {path}')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager
@@ -120,19 +95,6 @@ def run_official_loss(outputs, lr_left, lr_right, hr_left, hr_right, scale) -> d
                loss_disp_unsupervised=loss_module.loss_disp_unsupervised)
     exec(official_loss_code(), env)  # noqa: S102  (the authors' code, from SSRDEF_OFFICIAL_DIR)
     return {ours: env[theirs] for ours, theirs in LOSS_TERMS.items()}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# bench.py's uniform handle on an official implementation (each tests/official_*.py module provides one)
-
-@dataclass
-class OfficialRunner:
-    """An official network with the same weights as ours: `infer(left, right)` runs its evaluation forward,
-    `train_loss(left, right, hr_left, hr_right)` its training forward and loss (a scalar tensor)."""
-
-    model: torch.nn.Module
-    infer: Callable
-    train_loss: Callable
 
 
 def official_runner(name: str, scale: int, ours: torch.nn.Module) -> OfficialRunner:

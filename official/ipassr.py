@@ -17,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812  (the official loss lines refer to F)
 
+from official.loading import OfficialRunner
+
 OFFICIAL_ENV = 'IPASSR_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
 OFFICIAL_NAMES = ('ipassr',)   # what bench.py can compare with
@@ -76,10 +78,9 @@ def run_official_loss(outputs, lr_left, lr_right, hr_left, hr_right, scale: int)
 
 
 def official_runner(name: str, scale: int, ours: torch.nn.Module):
-    """bench.py's handle (tests/official_code.OfficialRunner) on the official Net with `ours`' weights: evaluation as
+    """bench.py's handle (official/loading.py OfficialRunner) on the official Net with `ours`' weights: evaluation as
     test.py runs it (is_training=0, module left in train mode when `ours` uses bn_batch_stats), and the training
     forward + the loss lines of train.py."""
-    from official_code import OfficialRunner
     model = official_ipassr(scale)
     model.load_state_dict(ours.state_dict())
 

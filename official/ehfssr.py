@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from official_code import OfficialRunner, load_module, official_names
+from official.loading import OfficialRunner, load_module, official_names
 
 OFFICIAL_ENV = 'EHFSSR_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)

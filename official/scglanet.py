@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from official_code import load_module, official_names
+from official.loading import load_module, official_names
 
 OFFICIAL_ENV = 'SCGLANET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from official_code import official_names
+from official.loading import OfficialRunner, official_names
 
 OFFICIAL_ENV = 'NAFNET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -80,9 +80,8 @@ def official_forward(model: nn.Module, left: torch.Tensor, right: torch.Tensor) 
 
 
 def official_runner(name: str, scale: int, ours: nn.Module):
-    """bench.py's handle (tests/official_code.OfficialRunner) on the official model with `ours`' weights: evaluation
+    """bench.py's handle (official/loading.py OfficialRunner) on the official model with `ours`' weights: evaluation
     with TLC, and the training forward + MSE loss on the 6-channel stack, in the colour order `ours` expects."""
-    from official_code import OfficialRunner
     config = ours.config
     model = official_nafssr(config.width, config.num_blocks, scale, tlc=config.tlc, drop_path_rate=config.drop_path)
     model.load_state_dict(ours.state_dict())

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from official_code import load_module, official_names
+from official.loading import load_module, official_names
 
 OFFICIAL_ENV = 'SWINFIR_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
@@ -115,10 +115,10 @@ def official_test(model: nn.Module, left: torch.Tensor, right: torch.Tensor, sca
 
 
 def official_runner(name: str, scale: int, ours: nn.Module):
-    """bench.py's handle (tests/official_code.OfficialRunner) on the official model with `ours`' weights: the
+    """bench.py's handle (official.loading.OfficialRunner) on the official model with `ours`' weights: the
     authors' test (padding, eval) for inference; training: the network on the stack (mirrored to the next multiple
     of the window where it is not one, as ours) with the colour Charbonnier loss of their train yml."""
-    from official_code import OfficialRunner
+    from official.loading import OfficialRunner
     model = official_swinfirssr(ours.config)
     model.load_state_dict(ours.state_dict())
 
