@@ -188,7 +188,10 @@ def wmad_sigma(y: Tensor) -> Tensor:
     band = F.conv2d(F.pad(y, (0, 0, pad, pad), mode='reflect'), kernel, stride=(2, 1), groups=c)   # along H
     band = F.pad(band, (pad, pad, 0, 0), mode='reflect').transpose(2, 3)                            # along W
     band = F.conv2d(band, kernel, stride=(2, 1), groups=c)
-    per_channel = band.reshape(b, c, -1).abs().median(dim=2).values / MAD_TO_SIGMA
+    magnitudes = band.reshape(b, c, -1).abs()
+    # torch's lower median, element (n - 1) // 2 of the sorted values: the same element as .median(dim=2), in a form
+    # that ONNX export has (aten.median has no ONNX translation)
+    per_channel = magnitudes.sort(dim=2).values[:, :, (magnitudes.shape[2] - 1) // 2] / MAD_TO_SIGMA
     return (per_channel.sum(1) / c).detach()
 
 
@@ -398,7 +401,7 @@ class ISRResCNet(nn.Module):
             previous = x
             # gradient step of size 1 = back-projection (official H: z[::s, ::s] = y)
             z = v - (up(down(v)) - back_projected_y)
-            x = (z - self.denoise(z, sigma, self.alpha[k])).clamp(0, RGB_RANGE)
+            x = (z - self.denoise(z, sigma, self.alpha[k])).clamp(0.0, RGB_RANGE)
             if cfg.truncation and (k + 1) % cfg.truncation == 0 and k + 1 < cfg.iterations:
                 intermediate.append(Pair.unfold(x / RGB_RANGE))
         sr = Pair.unfold(x / RGB_RANGE)
