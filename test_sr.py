@@ -189,7 +189,8 @@ def main(argv=None) -> dict:
     lines += [f"| {n} | {r['num_scenes']} | {r['psnr_left']:.4f} | {r['ssim_left']:.4f} | {r['psnr_avg']:.4f} | "
               f"{r['ssim_avg']:.4f} |" for n, r in results.items()]
     if f'{SAMPLE} (bicubic)' in results:
-        lines += ['', f'{SAMPLE}: {args.model} {results[SAMPLE]["gain_over_bicubic"]:+.2f} dB over bicubic ((L+R)/2 PSNR)']
+        gain = results[SAMPLE]['gain_over_bicubic']
+        lines += ['', f'{SAMPLE}: {args.model} {gain:+.2f} dB over bicubic ((L+R)/2 PSNR)']
     paper_left = [f"{n} {r['psnr_left']:.2f}/{r['ssim_left']:.4f}" for n, r in results.items() if n != 'Flickr1024']
     paper_avg = [f"{n} {r['psnr_avg']:.2f}/{r['ssim_avg']:.4f}" for n, r in results.items()]
     lines += ['', 'Paper layout (PSNR/SSIM): Left: ' + ', '.join(paper_left) + ' | (L+R)/2: ' + ', '.join(paper_avg)]

@@ -128,7 +128,8 @@ SAMPLE = 'sample'
 def write_sample_testset(root: Path, scale: int) -> Path:
     """The built-in pair as a one-scene test set under `root` (<root>/sample/{hr,lr_x<s>}/Motorcycle/): scikit-image's
     Motorcycle views (500x741, already reduced from Middlebury's) cropped to a multiple of `scale`, the LR views
-    their MATLAB bicubic downscaling of the 8-bit files, as data/prepare_test.py makes them. Returns the set's folder."""
+    their MATLAB bicubic downscaling of the 8-bit files, as data/prepare_test.py makes them. Returns the set's
+    folder."""
     from skimage import data as skdata
 
     from data.readers import write_image

@@ -56,8 +56,8 @@ def test_sample_scores_a_release_by_name_beside_bicubic(tmp_path, monkeypatch):
     """A release name alone sets the network and the scale (no --model, no --scale_factor); the sample's bicubic row
     is the measured baseline and the gain is the difference of the two rows."""
     release = toy_release(tmp_path, monkeypatch)
-    results = test_sr.main(['--checkpoint', release.name, '--datasets', 'sample', '--results_dir', str(tmp_path / 'out'),
-                            '--device', 'cpu'])
+    results = test_sr.main(['--checkpoint', release.name, '--datasets', 'sample', '--results_dir',
+                            str(tmp_path / 'out'), '--device', 'cpu'])
     sample, bicubic = results['sample'], results['sample (bicubic)']
     assert sorted(p.name for p in (tmp_path / 'out').rglob('*.png')) == ['Motorcycle_L.png', 'Motorcycle_R.png']
     assert sample['scale_factor'] == 4 and sample['num_scenes'] == 1 and 'toy_nafssr-t_x4.pth' in sample['weights']
