@@ -192,3 +192,10 @@ def test_authors_cvhssr_teacher_runs_a_training_step(shared_weights, tmp_path, m
     assert train.main(argv) == INTERRUPTED
     teacher = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)['teachers'][0]
     assert teacher['model'] == 'cvhssr-t' and teacher['sha256'] == release.sha256
+
+
+def test_the_trained_figure_is_not_drawn_without_the_files(tmp_path, capsys):
+    import make_figs
+    assert make_figs.trained_figure(tmp_path, tmp_path / 'trained.png') is None
+    assert not (tmp_path / 'trained.png').exists()
+    assert 'no trained-network figure: cvhssr-t_x4: CVHSSR_Tx4.pth not found' in capsys.readouterr().out
