@@ -8,7 +8,8 @@
 Without --left/--right the sample pair is made the way the benchmarks make theirs: the HR pair cropped to a multiple
 of the scale, the LR pair by MATLAB-exact bicubic downscaling; it is then scored against the HR pair and its
 ground-truth disparity. Weights: the project's demo checkpoint (trained on synthetic pairs, NOT the paper's weights)
-unless --checkpoint names another one, e.g. the authors' SSRDEF_4xSR_epoch80.pth.tar.
+unless --checkpoint names another one: a file, or an authors' release by name (docs/weights.md), e.g.
+    python demo.py --checkpoint cvhssr-t_x4       # CVHSSR_Tx4.pth in checkpoints/ (or --download_weights)
 
 Inputs: PNG or JPEG; RGBA (alpha dropped), greyscale (replicated to RGB) and 16-bit images (scaled to [0, 1]) are
 accepted. Pairs smaller than the network's minimum (30x30 LR, even sizes at x2) are padded and cropped back.
@@ -39,6 +40,7 @@ from models.checkpoint import (checkpoint_model_name, describe_checkpoint, infer
                                read_checkpoint)
 from models.imresize import imresize, modcrop
 from utils import UsageError, add_device_args, non_negative_int, resolve_device, run_script
+from weights import resolve_checkpoint
 
 log = logging.getLogger('demo')
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / 'checkpoints' / 'ssrdefnet_demo_x4.pth'
@@ -61,7 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='ground-truth disparity of the left view at HR resolution (.pfm, KITTI .png or .npy): '
                              'adds EPE, >3px and D1')
     parser.add_argument('--checkpoint', type=Path, default=DEMO_CHECKPOINT,
-                        help='weights (default: the project\'s demo checkpoint, not the paper\'s weights)')
+                        help='weights: a file, or a release name of docs/weights.md (e.g. cvhssr-t_x4, looked for '
+                             'in checkpoints/ and the cache folder; implies --model and the scale) (default: the '
+                             'project\'s demo checkpoint, not the paper\'s weights)')
+    parser.add_argument('--download_weights', action='store_true',
+                        help='download a --checkpoint release that is missing (releases with a direct URL, '
+                             'docs/weights.md; needs internet). Without it a missing file stops the demo')
     parser.add_argument('--model', default=None, help='network of the zoo (default: the one a project checkpoint '
                         'records; SSRDE-FNet for an authors\' release)')
     parser.add_argument('--scale_factor', type=int, choices=(2, 4), default=None,
@@ -147,9 +154,11 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     started = time.time()
     device = resolve_device(args.device)
-    if not args.checkpoint.is_file():
+    if args.checkpoint == DEMO_CHECKPOINT and not args.checkpoint.is_file():
         raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
                                 f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
+    args.checkpoint, args.model, args.scale_factor, _ = resolve_checkpoint(args.checkpoint, args.model,
+                                                                           args.scale_factor, args.download_weights)
     state_dict, stored = read_checkpoint(args.checkpoint)
     reason = modality_error(model_entry(args.model or checkpoint_model_name(stored) or 'ssrdefnet'), 'demo.py')
     if reason:      # a disparity-map network (ModelEntry.modality): the demo runs stereo pairs

@@ -2,11 +2,15 @@
 
     python make_figs.py                          # figs/demo_*.png from demo.py and the demo checkpoint
     python make_figs.py --bench bench.json       # + figs/bench.png from a `python bench.py --json bench.json` run
+    python make_figs.py --authors_weights DIR    # + figs/trained_motorcycle.png from the authors' files in DIR
 
 figs/demo_comparison.png   demo.py on Motorcycle at x4: LR, bicubic, SR, HR, disparity, ground truth, block matcher
 figs/demo_disparity.png    demo.py's disparity figure (SR left view and its HR disparity)
 figs/demo_training.png     the demo checkpoint's training curve: the per-epoch log train.py --export stores in it
 figs/bench.png             time and peak memory per case and variant (official code included when it was measured)
+figs/trained_motorcycle.png  the authors' CVHSSR-T and EHFSSR-S weights on Motorcycle x4 (demo.py), crops beside LR,
+                           bicubic and HR; drawn only when both files are found (--authors_weights DIR, else by
+                           release name in checkpoints/ or the weights cache)
 """
 from __future__ import annotations
 
@@ -22,9 +26,18 @@ import numpy as np
 import demo
 from figures import pyplot
 from models.checkpoint import read_checkpoint
+from data.readers import read_image_uint8
+from models import model_entry
+from models.imresize import imresize, modcrop
+from models.releases import RELEASES
 from utils import run_script
+from weights import WeightsNotFoundError, default_folders, resolve_weights
 
 FIGS = Path(__file__).resolve().parent / 'figs'
+# The trained networks of figs/trained_motorcycle.png (release names, models/releases.py), and the HR crop drawn:
+# rows, columns of the left view (headlight, fork and engine: fine detail and edges at several orientations).
+TRAINED = ('cvhssr-t_x4', 'ehfssr-s_x4')
+CROP = (slice(120, 280), slice(360, 600))
 
 
 def demo_figures(checkpoint: Path, out: Path) -> dict:
@@ -34,6 +47,48 @@ def demo_figures(checkpoint: Path, out: Path) -> dict:
         if (Path(tmp) / 'disparity_figure.png').is_file():
             shutil.copyfile(Path(tmp) / 'disparity_figure.png', out / 'demo_disparity.png')
     return metrics
+
+
+def trained_figure(weights_dir: Path | None, path: Path) -> dict | None:
+    """demo.py with the authors' weights of TRAINED on Motorcycle x4; one row of left-view crops: LR (nearest), MATLAB
+    bicubic, each network, HR, titled with the whole-pair (L+R)/2 PSNR. None (nothing drawn) when a file is missing."""
+    folders = [weights_dir] if weights_dir is not None else list(default_folders())
+    try:
+        files = {name: resolve_weights(name, folders=folders) for name in TRAINED}
+    except WeightsNotFoundError as err:
+        print(f'no trained-network figure: {err}')
+        return None
+    from skimage import data as skdata
+    scale = RELEASES[TRAINED[0]].scale
+    hr = modcrop(skdata.stereo_motorcycle()[0], scale)
+    panels, scores = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, file in files.items():
+            release = RELEASES[name]
+            out = Path(tmp) / name
+            metrics = demo.main(['--checkpoint', str(file), '--model', release.model, '--scale_factor',
+                                 str(release.scale), '--out', str(out)])
+            scores[name] = metrics[release.model]['psnr_avg']
+            if not panels:
+                scores['bicubic'] = metrics['bicubic']['psnr_avg']
+                lr = np.repeat(np.repeat(imresize(hr, 1 / scale), scale, 0), scale, 1)   # the input, nearest
+                panels += [('LR (nearest)', lr), (f"bicubic {scores['bicubic']:.2f} dB",
+                                                  read_image_uint8(out / 'bicubic_left.png'))]
+            title = model_entry(release.model).title
+            panels.append((f'{title} {scores[name]:.2f} dB', read_image_uint8(out / 'sr_left.png')))
+    panels.append(('HR', hr))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.3))
+    for ax, (title, image) in zip(axes, panels):
+        ax.imshow(image[CROP])
+        ax.set_title(title, fontsize=9)
+        ax.axis('off')
+    fig.suptitle(f"Motorcycle x{scale} (scikit-image), the authors' weights; (L+R)/2 PSNR of the whole pair",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return scores
 
 
 def training_phases(stored: dict) -> list[tuple[str, list[dict]]]:
@@ -137,6 +192,10 @@ def main(argv=None) -> int:
     parser.add_argument('--checkpoint', type=Path, default=demo.DEMO_CHECKPOINT, help='the demo checkpoint')
     parser.add_argument('--bench', type=Path, default=None, help='a bench.py --json file to draw')
     parser.add_argument('--out', type=Path, default=FIGS, help='output folder (default: figs/)')
+    parser.add_argument('--authors_weights', type=Path, default=None, metavar='DIR',
+                        help=f'folder holding the authors\' {", ".join(RELEASES[n].file for n in TRAINED)} (their file '
+                             'names) for figs/trained_motorcycle.png (default: found by release name in checkpoints/ '
+                             'or the weights cache; skipped when missing)')
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     metrics = demo_figures(args.checkpoint, args.out)
@@ -145,6 +204,7 @@ def main(argv=None) -> int:
         if not args.bench.is_file():
             raise FileNotFoundError(f'--bench {args.bench} not found (make it with python bench.py --json FILE)')
         bench_figure(args.bench, args.out / 'bench.png')
+    trained_figure(args.authors_weights, args.out / 'trained_motorcycle.png')
     print(f"figures in {args.out}: " + ', '.join(sorted(p.name for p in args.out.glob('*.png')))
           + f"; SR {metrics.get('psnr_gain_over_bicubic', float('nan')):+.2f} dB over bicubic")
     return 0

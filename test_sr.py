@@ -4,6 +4,7 @@
     python test_sr.py --scale_factor 4 --model nafssr-s --checkpoint NAFSSR-S_4x.pth --protocol nafssr
     python test_sr.py --scale_factor 4 --model bicubic          # the bicubic rows of the tables
     python test_sr.py --model isrrescnet --checkpoint ISRResCNet_x4.pth --images Set5/ --images Set14/   # single-image
+    python test_sr.py --checkpoint cvhssr-t_x4 --datasets sample  # a release by name, on the built-in pair
 
 Any network of the zoo (--model; a project checkpoint names its own). Protocols (evaluation.py): `ipassr`
 (default; official SSRDE-FNet test_sr.py + iPASSR evaluation.m): the final SR output clamped to [0, 1]; PSNR on
@@ -26,11 +27,12 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from data.testsets import DISPARITY_DATASETS, find_datasets
+from data.testsets import DISPARITY_DATASETS, SAMPLE, find_datasets, write_sample_testset
 from evaluation import (PROTOCOLS, SINGLE_IMAGE_PROTOCOLS, bicubic_sr, block_matching_estimator, consistency_scorer,
                         evaluate_dataset, evaluate_image_folder, lpips_scorer, network_disparity_estimator,
                         network_single_sr, network_sr)
@@ -39,6 +41,7 @@ from models.registry import modality_error
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
 from utils import UsageError, add_device_args, positive_int, print_report, resolve_device, run_script
+from weights import resolve_checkpoint
 
 log = logging.getLogger('test_sr')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')  # authors' x4 release (file name as shipped)
@@ -48,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, baselines=('bicubic',), default=None)
     parser.add_argument('--checkpoint', type=Path, default=None,
-                        help='weights: an authors\' release or a project checkpoint (default for SSRDE-FNet: '
-                             f'{OFFICIAL_CHECKPOINT}); --model defaults to the network a project checkpoint records')
+                        help='weights: a release name of docs/weights.md (e.g. cvhssr-t_x4: implies --model and the '
+                             'scale), an authors\' file or a project checkpoint (default for SSRDE-FNet: ssrdefnet_x4, '
+                             f'{OFFICIAL_CHECKPOINT.name}); --model defaults to the network the weights name')
     # data
     parser.add_argument('--testset_dir', type=Path, default=Path('./data/test/'), help='root of the test sets')
     parser.add_argument('--images', type=Path, action='append', default=[], metavar='DIR',
@@ -58,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'single-image protocol (--protocol srnet or single; default single). Repeatable')
     parser.add_argument('--datasets', default=None,
                         help='comma-separated dataset folders to evaluate (default: every SR set present; the '
-                             f'disparity sets {", ".join(DISPARITY_DATASETS)} only when named here)')
+                             f'disparity sets {", ".join(DISPARITY_DATASETS)} only when named here). "{SAMPLE}": the '
+                             'built-in pair (Middlebury 2014 Motorcycle as scikit-image ships it, LR by MATLAB '
+                             'bicubic), scored beside its bicubic baseline; no test set needed')
     # protocol
     parser.add_argument('--quantize', nargs='?', const='round', choices=('round', 'truncate'), default=None,
                         help='score 8-bit images instead of floats: "round" = the PNGs this script saves; '
@@ -89,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f'weights). Default: {OFFICIAL_CHECKPOINT} when present, else block_matching. (NTIRE '
                              'used RAFT-Stereo, which is not in this project)')
     parser.add_argument('--download_weights', action='store_true',
-                        help='let torchvision download a missing AlexNet file (needs internet); without it a missing '
+                        help='download missing weights (needs internet): a --checkpoint release with a direct URL '
+                             '(docs/weights.md) and torchvision\'s AlexNet file for --lpips; without it a missing '
                              'file stops the script before scoring')
     # output
     parser.add_argument('--results_dir', type=Path, default=Path('results'), help='where SR images are saved')
@@ -99,6 +106,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--batch_size', type=positive_int, default=None,
                         help='pairs of equal size run together (default: 4 on CUDA, 1 on CPU)')
     add_device_args(parser)
+    parser.set_defaults(scale_factor=None)
+    for action in parser._actions:      # the shared flag (models.add_model_args), whose default here is the weights'
+        if action.dest == 'scale_factor':
+            action.help = 'SR scale (default: the one the weights imply: a release name, a project checkpoint, the ' \
+                          'network\'s upsampler; else 4)'
     return parser.parse_args(argv)
 
 
@@ -111,6 +123,7 @@ def main(argv=None) -> dict:
 
     # ---- weights
     if args.model == 'bicubic':
+        scale = args.scale_factor = scale or 4
         weights, run_name = 'MATLAB bicubic upsampling of the LR files (no weights)', f'bicubic_x{scale}'
     else:
         if args.model is not None:
@@ -118,11 +131,11 @@ def main(argv=None) -> dict:
         if args.checkpoint is None and args.model not in (None, 'ssrdefnet'):
             raise UsageError(f'--model {args.model} needs --checkpoint PATH (its authors\' release or a checkpoint '
                              f'of train.py --model {args.model})')
-        checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar '
-                                    f'in checkpoints/, or pass --checkpoint PATH (e.g. '
-                                    f'checkpoints/ssrdefnet_demo_x4.pth, the project\'s demo weights)')
+        checkpoint, args.model, scale, _ = resolve_checkpoint(args.checkpoint or OFFICIAL_CHECKPOINT.name, args.model,
+                                                              scale, args.download_weights)
+        state_dict, stored = read_checkpoint(checkpoint)
+        scale = scale or (stored.get('args') or {}).get('scale_factor') or infer_scale_factor(state_dict) or 4
+        args.scale_factor = scale
         model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
         args.model = model.zoo_name
         refuse_other_modality(args.model)        # a checkpoint that names its network
@@ -132,10 +145,10 @@ def main(argv=None) -> dict:
         return evaluate_image_folders(args, None if args.model == 'bicubic' else model, device, weights)
 
     # ---- datasets
-    present = find_datasets(args.testset_dir)
+    names = args.datasets.split(',') if args.datasets else []
+    present = find_datasets(args.testset_dir) if names != [SAMPLE] else []
     if args.datasets:
-        names = args.datasets.split(',')
-        unknown = [n for n in names if n not in present]
+        unknown = [n for n in names if n not in present and n != SAMPLE]
         if unknown:
             raise UsageError(f'--datasets {unknown} not found under {args.testset_dir} (present: {present})')
     else:
@@ -155,17 +168,29 @@ def main(argv=None) -> dict:
         log.info('\n'.join(extra_header))
     sr_fn = bicubic_sr(scale) if args.model == 'bicubic' else network_sr(model, device, args.tta, args.amp)
     results = {}
-    for name in names:
-        save_dir = None if args.no_save else args.results_dir / run_name / name
-        scores = evaluate_dataset(sr_fn, args.testset_dir / name, scale, batch_size, args.quantize, save_dir,
-                                  args.protocol, scorers)
-        results[name] = {**scores, 'weights': weights, 'scale_factor': scale, 'protocol': protocol}
+    with tempfile.TemporaryDirectory(prefix='sample_') as scratch:
+        for name in names:
+            folder = write_sample_testset(scratch, scale) if name == SAMPLE else args.testset_dir / name
+            save_dir = None if args.no_save else args.results_dir / run_name / name
+            scores = evaluate_dataset(sr_fn, folder, scale, batch_size, args.quantize, save_dir, args.protocol, scorers)
+            results[name] = {**scores, 'weights': weights, 'scale_factor': scale, 'protocol': protocol}
+            if name == SAMPLE and args.model != 'bicubic':   # its baseline beside it: no table to compare with
+                scores = evaluate_dataset(bicubic_sr(scale), folder, scale, batch_size, args.quantize, None,
+                                          args.protocol, scorers)
+                results[f'{SAMPLE} (bicubic)'] = {**scores, 'weights': 'MATLAB bicubic upsampling (no weights)',
+                                                  'scale_factor': scale, 'protocol': protocol}
+    if f'{SAMPLE} (bicubic)' in results:
+        gain = results[SAMPLE]['psnr_avg'] - results[f'{SAMPLE} (bicubic)']['psnr_avg']
+        results[SAMPLE]['gain_over_bicubic'] = gain
 
     # ---- report
     lines = ['', *header, '', '| Dataset | pairs | Left PSNR | Left SSIM | (L+R)/2 PSNR | (L+R)/2 SSIM |',
              '|---|---|---|---|---|---|']
     lines += [f"| {n} | {r['num_scenes']} | {r['psnr_left']:.4f} | {r['ssim_left']:.4f} | {r['psnr_avg']:.4f} | "
               f"{r['ssim_avg']:.4f} |" for n, r in results.items()]
+    if f'{SAMPLE} (bicubic)' in results:
+        gain = results[SAMPLE]['gain_over_bicubic']
+        lines += ['', f'{SAMPLE}: {args.model} {gain:+.2f} dB over bicubic ((L+R)/2 PSNR)']
     paper_left = [f"{n} {r['psnr_left']:.2f}/{r['ssim_left']:.4f}" for n, r in results.items() if n != 'Flickr1024']
     paper_avg = [f"{n} {r['psnr_avg']:.2f}/{r['ssim_avg']:.4f}" for n, r in results.items()]
     lines += ['', 'Paper layout (PSNR/SSIM): Left: ' + ', '.join(paper_left) + ' | (L+R)/2: ' + ', '.join(paper_avg)]

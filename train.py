@@ -6,6 +6,7 @@
     python train.py --model dsdmsr --scale_factor 8           # DSDMSR: disparity maps (synthetic), not stereo pairs
     python train.py --scale_factor 4 --trainset sample --n_epochs 1 --batch_size 2 --checkpoint_dir runs/try
     python train.py --resume runs/try/last.pth --n_epochs 2   # continues exactly where it stopped
+    python train.py --init cvhssr-t_x4 --teacher cvhssr-s_x4 ... # authors' releases by name (docs/weights.md)
     torchrun --nproc_per_node 4 train.py --scale_factor 4     # DDP; --batch_size stays the global batch
 
 Each network's recipe (models/<network>: its `Recipe`, loss and options) gives the defaults of the optimisation
@@ -32,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models import REGISTRY, build_model, model_entry
 from models import perceptual
-from models.checkpoint import load_state_dict_checked, read_checkpoint
+from models.checkpoint import checkpoint_model_name, load_state_dict_checked, read_checkpoint, weights_options
+from models.registry import ModelEntry
 from training.config import TrainConfig
 from training.flags import build_parser, resolve_config
 from training.loop import end_epoch, train_epoch
@@ -41,6 +43,7 @@ from training.state import INTERRUPTED, Interrupt, Run, RunLock, export
 from training.tasks import check_validation_data, task_for
 from training.trainsets import ResumableSampler
 from utils import UsageError, resolve_device, run_script, seed_everything
+from weights import resolve_checkpoint
 
 log = logging.getLogger('train')
 
@@ -89,6 +92,7 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
         with_it = [n for n, e in REGISTRY.items() if any(o.name == 'drop_path' for o in e.options)]
         raise UsageError(f'--drop_path: {config.model} has no stochastic depth (networks with it: '
                          f'{", ".join(with_it)})')
+    init = init_weights(config, entry) if checkpoint is None and config.init is not None else None
     model = build_model(config.model, config.scale_factor, **config.model_options).to(device)
     if config.stage == 'matching':
         if not hasattr(model, 'matching'):
@@ -127,10 +131,10 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
               criterion, optimizer, scheduler, scaler, amp_dtype, use_amp, interrupt, teachers=records)
 
     # ---- weights: fine-tuning (--init) or the resumed run's whole state
-    if checkpoint is None and config.init is not None:
+    if init is not None:
         try:
-            load_state_dict_checked(model, read_checkpoint(config.init)[0], config.init)
-        except (FileNotFoundError, ValueError) as err:
+            load_state_dict_checked(model, init, config.init)
+        except ValueError as err:
             raise ValueError(f'--init: {err}') from None
     if checkpoint is not None:
         try:   # the loaders' checks: shapes, scale, non-finite weights
@@ -161,6 +165,54 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
     return run
 
 
+def resolve_weight_names(args) -> None:
+    """--init and --teacher may name an authors' release (docs/weights.md, e.g. cvhssr-t_x4): each becomes the file
+    found in checkpoints/ or the cache folder (SHA-256 checked; downloaded with --download_weights) and the network
+    the release holds (--init: the run's --model when none is given). Paths pass through. Not on --resume, whose
+    teachers and weights are the run's own."""
+    if args.resume is not None:
+        return
+    if args.init is not None:
+        try:
+            init = resolve_checkpoint(args.init, args.model, args.scale_factor, args.download_weights)
+        except UsageError:
+            raise
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f'--init: {err}') from None
+        args.init, args.model = init.path, init.model
+    for item in args.teacher or []:
+        named = [t for t in item[1:] if t in REGISTRY]
+        try:
+            teacher = resolve_checkpoint(item[0], named[0] if named else None, args.scale_factor,
+                                         args.download_weights)
+        except UsageError as err:
+            raise UsageError(f'--teacher: {err}') from None
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f'--teacher: {err}') from None
+        if teacher.release is not None:     # the file, and the network the release holds
+            item[:] = [str(teacher.path), teacher.model, *(t for t in item[1:] if t not in REGISTRY)]
+
+
+def init_weights(config: TrainConfig, entry: ModelEntry) -> dict:
+    """--init's state_dict. The options its weights fix (Option.of_weights: an authors' release's implied ones, e.g.
+    BGR input for NAFSSR/CVHSSR/EHFSSR 'params' files, or those a project checkpoint recorded) go into
+    `config.options`, so the network is built as the weights need, as `load_model` does, and the run records them."""
+    try:
+        state_dict, stored = read_checkpoint(config.init)
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f'--init: {err}') from None
+    recorded = checkpoint_model_name(stored)
+    if recorded is not None and recorded != config.model:
+        raise ValueError(f'--init {config.init} is a checkpoint of {recorded}, not {config.model}; use --model '
+                         f'{recorded}')
+    of_weights = {o.name for o in entry.options if o.of_weights}
+    fixed = {k: v for k, v in weights_options(entry, stored).items() if k in of_weights}
+    if fixed:
+        log.info('--init: ' + ', '.join(f'{k}={v!r}' for k, v in fixed.items()) + ' (what its weights need)')
+    config.options.update(fixed)
+    return state_dict
+
+
 def run_epochs(run: Run) -> int:
     """Epochs until the end of the run (or an interruption: the exit code), then the export."""
     config = run.config
@@ -186,7 +238,9 @@ def run_epochs(run: Run) -> int:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if int(os.environ.get('RANK', 0)) == 0 else logging.WARNING,
                         format='%(message)s')
-    config, checkpoint = resolve_config(build_parser(__doc__).parse_args(argv))   # recipe < checkpoint < flags
+    args = build_parser(__doc__).parse_args(argv)
+    resolve_weight_names(args)                            # release names of --init and --teacher -> files
+    config, checkpoint = resolve_config(args)             # recipe < checkpoint < flags
     run = setup(config, checkpoint)
     try:
         return run_epochs(run)

@@ -119,3 +119,25 @@ def load_ground_truth(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     if gt_noc.shape != gt_all.shape:
         raise ValueError(f'{scene.gt_noc}: shape {gt_noc.shape} differs from {scene.gt_all} {gt_all.shape}')
     return gt_all, gt_noc
+
+
+# --datasets name of the built-in pair: Middlebury 2014 Motorcycle as scikit-image ships it (no download)
+SAMPLE = 'sample'
+
+
+def write_sample_testset(root: Path, scale: int) -> Path:
+    """The built-in pair as a one-scene test set under `root` (<root>/sample/{hr,lr_x<s>}/Motorcycle/): scikit-image's
+    Motorcycle views (500x741, already reduced from Middlebury's) cropped to a multiple of `scale`, the LR views
+    their MATLAB bicubic downscaling of the 8-bit files, as data/prepare_test.py makes them. Returns the set's
+    folder."""
+    from skimage import data as skdata
+
+    from data.readers import write_image
+    from models.imresize import imresize, modcrop
+    left, right, _ = skdata.stereo_motorcycle()
+    dataset = Path(root) / SAMPLE
+    for view, image in enumerate((left, right)):
+        hr = modcrop(image, scale)
+        write_image(dataset / 'hr' / 'Motorcycle' / f'hr{view}.png', hr)
+        write_image(dataset / f'lr_x{scale}' / 'Motorcycle' / f'lr{view}.png', imresize(hr, 1 / scale))
+    return dataset

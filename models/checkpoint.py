@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models import build_model, model_entry
-from models.registry import option_values
+from models.registry import ModelEntry, option_values
 
 # Version of the project's checkpoint format (the dict written by `save_checkpoint`).
 CHECKPOINT_VERSION = 1
@@ -191,6 +191,16 @@ def results_name(path: str | os.PathLike, checkpoint: dict, scale: int) -> str:
     return f'{name}_{stem}' if f'x{scale}' in name else f'{name}_x{scale}_{stem}'
 
 
+def weights_options(entry: ModelEntry, checkpoint: dict) -> dict:
+    """The options of `entry` that a checkpoint file fixes: those a project checkpoint recorded (Option.of_weights),
+    or those an authors' release format implies (ModelEntry.release_options, e.g. BGR input for BasicSR 'params'
+    files). They win over the command line wherever the weights are loaded."""
+    if checkpoint_model_name(checkpoint) is None:
+        return dict(entry.release_options(checkpoint))
+    stored = checkpoint.get('args') or {}
+    return {o.name: stored[o.name] for o in entry.options if o.of_weights and o.name in stored}
+
+
 def load_model(path: str | os.PathLike, scale_factor: int, device: str | torch.device = 'cpu', name: str | None = None,
                options: dict | None = None) -> tuple[nn.Module, dict]:
     """Build network `name` of the zoo for `scale_factor`, load `path` into it, move it to `device`, eval mode.
@@ -206,12 +216,7 @@ def load_model(path: str | os.PathLike, scale_factor: int, device: str | torch.d
         raise ValueError(f"{path} is a checkpoint of {recorded}, not {name}; use --model {recorded}")
     name = name or recorded or 'ssrdefnet'
     entry = model_entry(name)
-    options = option_values(entry, options or {})
-    if recorded is None:
-        options.update(entry.release_options(checkpoint))
-    else:
-        stored = checkpoint.get('args') or {}
-        options.update({o.name: stored[o.name] for o in entry.options if o.of_weights and o.name in stored})
+    options = {**option_values(entry, options or {}), **weights_options(entry, checkpoint)}
     model = build_model(name, scale_factor, **options)
     load_state_dict_checked(model, state_dict, path)
     return model.to(device).eval(), checkpoint

@@ -194,7 +194,8 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             '[0, 1] images: --no-texture_input_norm)')
     group.add_argument('--teacher', nargs='+', action='append', default=None, metavar='CHECKPOINT [MODEL] [W]',
                        help='knowledge distillation: a frozen teacher, any network of the zoo at this scale (a '
-                            'project checkpoint names its network; an authors\' release needs MODEL), with weight W '
+                            'project checkpoint names its network; an authors\' file needs MODEL, a release name such '
+                            'as cvhssr-t_x4 implies it), with weight W '
                             '(default 1). Repeat for several teachers. Adds the term "distill" = sum_t W_t d(student, '
                             'teacher_t), the mean over both views, teachers run without gradient on the student\'s '
                             'own augmented batch')
@@ -217,8 +218,9 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             f'exact names (default {ntire.DEFAULT_WEIGHTS_DIR}/, then the torch-hub cache). '
                             '"random": a seeded random VGG, for smoke tests only (labelled in logs and checkpoints)')
     group.add_argument('--download_weights', action='store_true',
-                       help='let torchvision download a missing VGG file into the torch-hub cache (needs internet; '
-                            'without this flag a missing file stops the run before training)')
+                       help='download missing weights (needs internet): an --init or --teacher release with a direct '
+                            'URL (docs/weights.md) into the cache folder, and torchvision\'s VGG files into the '
+                            'torch-hub cache; without this flag a missing file stops the run before training')
     group = parser.add_argument_group('data')
     group.add_argument('--trainset', choices=tuple(TRAINSETS), default=None,
                        help='; '.join(f'{t.name}: {t.help}' for t in TRAINSETS.values()))
@@ -252,8 +254,9 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     group.add_argument('--resume', type=Path, default=None, help='continue from this checkpoint (e.g. last.pth)')
     group.add_argument('--init', type=Path, default=None,
                        help='start from these weights (any checkpoint of the same network and scale, e.g. a '
-                            'pretraining run\'s last.pth or an --export) with a new optimiser and schedule: '
-                            'fine-tuning; ignored with --resume')
+                            'pretraining run\'s last.pth or an --export, or an authors\' release by name, e.g. '
+                            'cvhssr-t_x4, which also sets --model; the options its weights need, e.g. BGR input, are '
+                            'applied) with a new optimiser and schedule: fine-tuning; ignored with --resume')
     group.add_argument('--save_every', type=int, default=None,
                        help='also keep epoch_NNN.pth every N epochs (default 0 = no, or the resumed run\'s)')
     group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout); '
