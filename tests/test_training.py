@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import torch
 import train
 import training.loop
 from models.ssrdefnet.losses import SSRDEFNetLoss
+from training.health import loss_failure
 from training.state import INTERRUPTED
 from training.tasks import StereoSR, training_psnr_label
 
@@ -105,6 +107,45 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
         load_model(tmp_path / 'diverged.pth', 2)
 
 
+def test_exploded_finite_weights_never_replace_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+    """A diverged step can leave finite but exploded weights (issue 28: max |w| 201 after a step at lr 200). The
+    health check before the save (training/health.py: outputs on a probe batch within 10x the image range) refuses
+    them: last.pth keeps epoch 1, byte for byte, and the stop line names the epoch, step, value and the kept file."""
+    calls = {'n': 0}
+    step = training.loop.train_step
+
+    def exploding(run, batch):
+        result = step(run, batch)
+        calls['n'] += 1
+        if calls['n'] == 2:                                          # the only iteration of epoch 2
+            with torch.no_grad():
+                for name, p in run.model.named_parameters():         # the SR reconstruction x5: finite,
+                    if name.startswith(('reconstruct.', 'upscale.')):  # outputs ~1e14 (a diverged step's)
+                        p.mul_(5)
+        return result
+
+    monkeypatch.setattr(training.loop, 'train_step', exploding)
+    run = tmp_path / 'run'
+    argv = TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
+    assert train.main(argv) == 1
+    line = next(x for x in caplog.text.splitlines() if 'not saving' in x)
+    assert re.search(rf'not saving {re.escape(str(run / "last.pth"))} at epoch 2, step 2: probe output sr_left '
+                     rf'reaches [0-9.e+]+ \(bound 10\); .* the last good checkpoint is '
+                     rf'{re.escape(str(run / "last.pth"))}',
+                     line), line
+    kept = load(run / 'last.pth')
+    assert kept['epoch'] == 1 and max(v.abs().max() for v in kept['state_dict'].values() if v.is_floating_point()) < 10
+
+
+def test_an_exploded_training_loss_is_refused_against_the_runs_history():
+    """The loss half of the health check: LOSS_JUMP (10) x the median of the last epochs' mean losses."""
+    assert loss_failure(0.5, []) is None                              # no history yet: the probe alone decides
+    assert loss_failure(0.3, [0.1, 0.05, 0.2]) is None                # 3x the median: an ordinary bump
+    assert loss_failure(1.5, [0.1, 0.05, 0.2]) == ('training loss 1.5 is more than 10x the median 0.1 of the last 3 '
+                                                   'epochs')
+    assert loss_failure(float('inf'), [0.1]) == 'training loss inf'
+
+
 def test_one_run_per_checkpoint_folder(tmp_path, caplog):
     """A live run's lock refuses a second writer with its owner named; a dead run's lock is taken over; a finished
     run leaves none."""
@@ -129,9 +170,9 @@ def test_non_finite_disparities_stop_before_they_become_indices(tmp_path, monkey
     forward = network.SSRDEFNet.hr_disparity
     calls = {'n': 0}
 
-    def diverging(self, hr_features, coords_lr):
-        calls['n'] += 1
-        return forward(self, hr_features, coords_lr * float('nan') if calls['n'] > 2 else coords_lr)
+    def diverging(self, hr_features, coords_lr):   # training steps only (not the eval-mode probe of the saves)
+        calls['n'] += self.training
+        return forward(self, hr_features, coords_lr * float('nan') if calls['n'] > 2 and self.training else coords_lr)
 
     monkeypatch.setattr(network.SSRDEFNet, 'hr_disparity', diverging)
     run = tmp_path / 'run'
