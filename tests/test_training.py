@@ -324,6 +324,40 @@ def test_skip_nonfinite_skips_bad_batches_without_touching_the_weights(tmp_path,
     assert all(int(s['step']) == 1 for s in state.values())
 
 
+@pytest.mark.parametrize('model', ['ssrdefnet', 'ipassr'])
+def test_a_skipped_batch_leaves_no_trace_in_batchnorm_statistics(tmp_path, monkeypatch, caplog, model):
+    """A NaN input batch (step 2) reaches the BatchNorm layers before anything non-finite is noticed; --skip_nonfinite
+    puts their running statistics back, so the epoch ends with the statistics of step 1 and is saved."""
+    build, calls, after_step_1 = train.build_model, {'n': 0}, {}
+
+    def building(*args, **kwargs):   # NaN into the first BatchNorm layer's input on the second training step
+        model = build(*args, **kwargs)
+        norm = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        norm.register_forward_pre_hook(lambda module, inputs: (inputs[0] * float('nan'),)
+                                       if module.training and calls['n'] == 1 else None)
+        return model
+
+    step = training.loop.train_step
+
+    def recording(run, batch):
+        result = step(run, batch)
+        calls['n'] += 1
+        after_step_1.update({k: v.clone() for k, v in run.model.state_dict().items() if 'running' in k})
+        return result
+
+    monkeypatch.setattr(train, 'build_model', building)
+    monkeypatch.setattr(training.loop, 'train_step', recording)
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--model', model, '--n_epochs', '1', '--max_iters_per_epoch', '2', '--skip_nonfinite',
+                              '1', '--checkpoint_dir', str(run)]) == 0
+    assert 'batch skipped (1 of --skip_nonfinite 1)' in caplog.text
+    saved = load(run / 'last.pth')
+    assert saved['epoch'] == 1 and len(after_step_1) >= 2
+    for key, value in after_step_1.items():
+        assert torch.equal(saved['state_dict'][key], value), key
+    assert all(int(s['step']) == 1 for s in saved['optimizer']['state'].values())   # Adam stepped once
+
+
 def test_resume_keeps_the_runs_settings_and_says_what_the_command_line_changes(tmp_path, caplog):
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run),

@@ -35,6 +35,24 @@ def check_gradients(model: torch.nn.Module) -> None:
 
 
 def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, dict[str, float]]:
+    """One optimisation step on a batch, or none: when a loss term, a gradient or a value the network checks is not
+    finite it raises NonFiniteError after putting back everything the batch touched (`guarded_step`)."""
+    buffers = [b.detach().clone() for b in run.model.buffers()]   # BatchNorm running statistics (a few kB)
+    scaler = run.scaler.state_dict()
+    try:
+        return guarded_step(run, batch)
+    except NonFiniteError:
+        # The forward pass has already written the bad batch into the BatchNorm running statistics; the optimiser
+        # has not stepped (every check comes before `scaler.step`) and its gradients are cleared by the caller.
+        with torch.no_grad():
+            for buffer, kept in zip(run.model.buffers(), buffers):
+                buffer.copy_(kept)
+        if run.scaler.is_enabled():
+            run.scaler.load_state_dict(scaler)
+        raise
+
+
+def guarded_step(run: Run, batch) -> tuple[list[str], torch.Tensor, dict[str, float]]:
     """One optimisation step on a batch (its parts as the task says, `batch_parts`), split into --grad_accum
     micro-batches. Returns (term names, mean term values, mean `step_metrics`); raises NonFiniteError when a
     loss term, or a value the network checks, is not finite."""
