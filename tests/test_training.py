@@ -233,6 +233,26 @@ def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(tmp_path, signum):
     assert saved['epoch'] == 0 and saved['iteration'] >= 1
 
 
+def test_sigterm_to_the_whole_process_group_with_workers_saves_a_checkpoint(tmp_path):
+    """What `timeout`, Slurm and other schedulers do: SIGTERM to every process of the job, DataLoader workers
+    included. The workers ignore it (the main process stops them), so the running iteration ends and last.pth is
+    written, as when the main process alone is signalled."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    tiny = [a if a != '0' or i != TINY.index('--num_workers') + 1 else '1' for i, a in enumerate(TINY)]
+    proc = subprocess.Popen([sys.executable, 'train.py', *tiny, '--n_epochs', '1', '--max_iters_per_epoch', '50',
+                             '--checkpoint_dir', str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    for line in proc.stderr:                                          # wait until the first step is under way
+        if '/50 [' in line and 'it/s' in line or 's/it' in line:
+            break
+    os.killpg(proc.pid, signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == INTERRUPTED, rest[-2000:]
+    assert 'Continue with --resume' in rest and 'a bug' not in rest
+    saved = load(tmp_path / 'last.pth')
+    assert saved['epoch'] == 0 and saved['iteration'] >= 1
+
+
 def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     """torchrun with 2 CPU processes (gloo) vs 1 process accumulating the same two half-batches: same weights.
     BatchNorm running statistics differ (each DDP rank keeps its own), so only parameters are compared."""

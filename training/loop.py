@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 
 import numpy as np
@@ -22,6 +23,15 @@ from training.trainsets import checked
 from utils import seed_worker
 
 log = logging.getLogger('train')
+
+
+def start_worker(worker_id: int) -> None:
+    """A DataLoader worker: seeded (utils.seed_worker), and deaf to Ctrl-C and SIGTERM, which a terminal or a
+    scheduler sends to the whole process group. The main process handles them (training/state.py Interrupt): it ends
+    the running iteration, saves, and shuts its workers down; a worker killed first would end the run unsaved."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    seed_worker(worker_id)
 
 
 def check_gradients(model: torch.nn.Module) -> None:
@@ -99,7 +109,7 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
     run.sampler.set_epoch(epoch)
     run.sampler.skip = run.start_iteration * run.local_batch
     loader = DataLoader(run.dataset, batch_size=run.local_batch, sampler=run.sampler, num_workers=config.num_workers,
-                        worker_init_fn=seed_worker, pin_memory=run.device.type == 'cuda', drop_last=False,
+                        worker_init_fn=start_worker, pin_memory=run.device.type == 'cuda', drop_last=False,
                         persistent_workers=False)
     iterations = run.iters_per_epoch
     if config.total_iters:   # the last epoch of an iteration-based recipe stops at total_iters
