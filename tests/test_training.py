@@ -429,3 +429,14 @@ def test_lr_crop_trains_on_small_patches_with_a_training_psnr(tmp_path):
     assert load(tmp_path / 'run' / 'last.pth')['args']['lr_crop'] == '8x8'
     assert training_psnr_label(tmp_path / 'run') == 'train, left (whole view)'     # the curves' legend
     assert training_psnr_label(tmp_path) == 'train, left (64 px cropped)'          # no args.json: full patches
+
+
+def test_default_workers_fit_the_usable_cpus():
+    """The default --num_workers is at most the CPUs the process may use (its affinity), not a fixed 4 that makes
+    torch warn every epoch on a 2-core machine."""
+    from training.config import DEFAULT_WORKERS, usable_cpus
+    assert 1 <= DEFAULT_WORKERS == min(4, usable_cpus()) <= len(os.sched_getaffinity(0))
+    one = subprocess.run(['taskset', '-c', '0', sys.executable, '-c',
+                          'from training.config import DEFAULT_WORKERS; print(DEFAULT_WORKERS)'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert one.stdout.strip() == '1', one.stderr[-500:]
