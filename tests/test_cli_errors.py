@@ -69,6 +69,7 @@ def test_scripts_raise_and_only_the_handler_prints():
     (prepare_test.main, ['--src', 'nowhere', '--preset', 'middlebury'], 1, 'error: --src nowhere is not a folder'),
     (prepare_train.main, ['--src', 'nowhere'], 1, 'error: nowhere/Middlebury not found'),
     (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 2, 'must split into'),
+    (train.main, ['--trainset', 'sample', '--lr_crop', '1x1'], 2, '--lr_crop 1x1: ssrdefnet cannot run on 1x1 LR'),
     (train.main, ['--gamma', '1e6'], 2, "argument --gamma: '1e6' is not in (0, 1]"),
     (train.main, ['--gamma', '0'], 2, "argument --gamma: '0' is not in (0, 1]"),
     (train.main, ['--batch_size', '0'], 2, "argument --batch_size: '0' is not an integer >= 1"),
