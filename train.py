@@ -41,7 +41,7 @@ from training.loop import end_epoch, train_epoch
 from training.objectives import attach_teacher_cache, build_criterion, load_teachers
 from training.state import INTERRUPTED, Interrupt, Run, RunLock, export
 from training.tasks import check_validation_data, task_for
-from training.trainsets import ResumableSampler
+from training.trainsets import ResumableSampler, crop_shape
 from utils import UsageError, resolve_device, run_script, seed_everything
 from weights import resolve_checkpoint
 
@@ -101,6 +101,16 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
         if world > 1:
             raise UsageError('--stage matching runs in one process (a short warm-up; DDP would synchronise '
                              'the gradients of modules it does not run)')
+    if config.lr_crop:   # at start-up, not at the first step: a crop the network cannot take (its windows, pooling)
+        h, w = crop_shape(config.lr_crop)
+        try:
+            with torch.no_grad():
+                model.eval()(*(torch.zeros(1, 3, h, w, device=device),) * 2)
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(f'--lr_crop {config.lr_crop}: {config.model} cannot run on {h}x{w} LR patches '
+                             f'({str(err).splitlines()[0]})') from None
+        finally:
+            model.train()
     amp_dtype = getattr(torch, config.amp_dtype)
     use_amp = config.amp and device.type == 'cuda'
 

@@ -69,6 +69,16 @@ def test_scripts_raise_and_only_the_handler_prints():
     (prepare_test.main, ['--src', 'nowhere', '--preset', 'middlebury'], 1, 'error: --src nowhere is not a folder'),
     (prepare_train.main, ['--src', 'nowhere'], 1, 'error: nowhere/Middlebury not found'),
     (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 2, 'must split into'),
+    (train.main, ['--trainset', 'sample', '--lr_crop', '1x1'], 2, '--lr_crop 1x1: ssrdefnet cannot run on 1x1 LR'),
+    (train.main, ['--gamma', '1e6'], 2, "argument --gamma: '1e6' is not in (0, 1]"),
+    (train.main, ['--gamma', '0'], 2, "argument --gamma: '0' is not in (0, 1]"),
+    (train.main, ['--batch_size', '0'], 2, "argument --batch_size: '0' is not an integer >= 1"),
+    (train.main, ['--n_epochs', '-1'], 2, "argument --n_epochs: '-1' is not an integer >= 1"),
+    (train.main, ['--skip_nonfinite', '-1'], 2, "argument --skip_nonfinite: '-1' is not an integer >= 0"),
+    (train.main, ['--disp_supervision', 'nan'], 2, "argument --disp_supervision: 'nan' is not a finite number >= 0"),
+    (train.main, ['--lr', '0'], 2, "argument --lr: '0' is not a finite number > 0"),
+    (train.main, ['--trainset', 'sample', '--loss_weight', 'sr=-1'], 2, "--loss_weight 'sr=-1': a weight is a finite"),
+    (train.main, ['--trainset', 'sample', '--loss_weight', 'sr=nan'], 2, "--loss_weight 'sr=nan': a weight is a fin"),
 ])
 def test_bad_arguments_and_inputs_give_one_line_and_the_right_status(main, argv, status, message, capsys):
     code, err = outcome(main, argv, capsys)

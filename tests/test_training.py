@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import torch
 import train
 import training.loop
 from models.ssrdefnet.losses import SSRDEFNetLoss
+from training.health import loss_failure
 from training.state import INTERRUPTED
 from training.tasks import StereoSR, training_psnr_label
 
@@ -105,6 +107,45 @@ def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkey
         load_model(tmp_path / 'diverged.pth', 2)
 
 
+def test_exploded_finite_weights_never_replace_the_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+    """A diverged step can leave finite but exploded weights (issue 28: max |w| 201 after a step at lr 200). The
+    health check before the save (training/health.py: outputs on a probe batch within 10x the image range) refuses
+    them: last.pth keeps epoch 1, byte for byte, and the stop line names the epoch, step, value and the kept file."""
+    calls = {'n': 0}
+    step = training.loop.train_step
+
+    def exploding(run, batch):
+        result = step(run, batch)
+        calls['n'] += 1
+        if calls['n'] == 2:                                          # the only iteration of epoch 2
+            with torch.no_grad():
+                for name, p in run.model.named_parameters():         # the SR reconstruction x5: finite,
+                    if name.startswith(('reconstruct.', 'upscale.')):  # outputs ~1e14 (a diverged step's)
+                        p.mul_(5)
+        return result
+
+    monkeypatch.setattr(training.loop, 'train_step', exploding)
+    run = tmp_path / 'run'
+    argv = TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
+    assert train.main(argv) == 1
+    line = next(x for x in caplog.text.splitlines() if 'not saving' in x)
+    assert re.search(rf'not saving {re.escape(str(run / "last.pth"))} at epoch 2, step 2: probe output sr_left '
+                     rf'reaches [0-9.e+]+ \(bound 10\); .* the last good checkpoint is '
+                     rf'{re.escape(str(run / "last.pth"))}',
+                     line), line
+    kept = load(run / 'last.pth')
+    assert kept['epoch'] == 1 and max(v.abs().max() for v in kept['state_dict'].values() if v.is_floating_point()) < 10
+
+
+def test_an_exploded_training_loss_is_refused_against_the_runs_history():
+    """The loss half of the health check: LOSS_JUMP (10) x the median of the last epochs' mean losses."""
+    assert loss_failure(0.5, []) is None                              # no history yet: the probe alone decides
+    assert loss_failure(0.3, [0.1, 0.05, 0.2]) is None                # 3x the median: an ordinary bump
+    assert loss_failure(1.5, [0.1, 0.05, 0.2]) == ('training loss 1.5 is more than 10x the median 0.1 of the last 3 '
+                                                   'epochs')
+    assert loss_failure(float('inf'), [0.1]) == 'training loss inf'
+
+
 def test_one_run_per_checkpoint_folder(tmp_path, caplog):
     """A live run's lock refuses a second writer with its owner named; a dead run's lock is taken over; a finished
     run leaves none."""
@@ -129,9 +170,9 @@ def test_non_finite_disparities_stop_before_they_become_indices(tmp_path, monkey
     forward = network.SSRDEFNet.hr_disparity
     calls = {'n': 0}
 
-    def diverging(self, hr_features, coords_lr):
-        calls['n'] += 1
-        return forward(self, hr_features, coords_lr * float('nan') if calls['n'] > 2 else coords_lr)
+    def diverging(self, hr_features, coords_lr):   # training steps only (not the eval-mode probe of the saves)
+        calls['n'] += self.training
+        return forward(self, hr_features, coords_lr * float('nan') if calls['n'] > 2 and self.training else coords_lr)
 
     monkeypatch.setattr(network.SSRDEFNet, 'hr_disparity', diverging)
     run = tmp_path / 'run'
@@ -188,6 +229,26 @@ def test_ctrl_c_and_sigterm_save_a_resumable_checkpoint(tmp_path, signum):
     rest = proc.communicate(timeout=300)[1]
     assert proc.returncode == INTERRUPTED, rest[-2000:]
     assert 'Continue with --resume' in rest and signal.Signals(signum).name in rest
+    saved = load(tmp_path / 'last.pth')
+    assert saved['epoch'] == 0 and saved['iteration'] >= 1
+
+
+def test_sigterm_to_the_whole_process_group_with_workers_saves_a_checkpoint(tmp_path):
+    """What `timeout`, Slurm and other schedulers do: SIGTERM to every process of the job, DataLoader workers
+    included. The workers ignore it (the main process stops them), so the running iteration ends and last.pth is
+    written, as when the main process alone is signalled."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    tiny = [a if a != '0' or i != TINY.index('--num_workers') + 1 else '1' for i, a in enumerate(TINY)]
+    proc = subprocess.Popen([sys.executable, 'train.py', *tiny, '--n_epochs', '1', '--max_iters_per_epoch', '50',
+                             '--checkpoint_dir', str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    for line in proc.stderr:                                          # wait until the first step is under way
+        if '/50 [' in line and 'it/s' in line or 's/it' in line:
+            break
+    os.killpg(proc.pid, signal.SIGTERM)
+    rest = proc.communicate(timeout=300)[1]
+    assert proc.returncode == INTERRUPTED, rest[-2000:]
+    assert 'Continue with --resume' in rest and 'a bug' not in rest
     saved = load(tmp_path / 'last.pth')
     assert saved['epoch'] == 0 and saved['iteration'] >= 1
 
@@ -283,6 +344,40 @@ def test_skip_nonfinite_skips_bad_batches_without_touching_the_weights(tmp_path,
     assert all(int(s['step']) == 1 for s in state.values())
 
 
+@pytest.mark.parametrize('model', ['ssrdefnet', 'ipassr'])
+def test_a_skipped_batch_leaves_no_trace_in_batchnorm_statistics(tmp_path, monkeypatch, caplog, model):
+    """A NaN input batch (step 2) reaches the BatchNorm layers before anything non-finite is noticed; --skip_nonfinite
+    puts their running statistics back, so the epoch ends with the statistics of step 1 and is saved."""
+    build, calls, after_step_1 = train.build_model, {'n': 0}, {}
+
+    def building(*args, **kwargs):   # NaN into the first BatchNorm layer's input on the second training step
+        model = build(*args, **kwargs)
+        norm = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        norm.register_forward_pre_hook(lambda module, inputs: (inputs[0] * float('nan'),)
+                                       if module.training and calls['n'] == 1 else None)
+        return model
+
+    step = training.loop.train_step
+
+    def recording(run, batch):
+        result = step(run, batch)
+        calls['n'] += 1
+        after_step_1.update({k: v.clone() for k, v in run.model.state_dict().items() if 'running' in k})
+        return result
+
+    monkeypatch.setattr(train, 'build_model', building)
+    monkeypatch.setattr(training.loop, 'train_step', recording)
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--model', model, '--n_epochs', '1', '--max_iters_per_epoch', '2', '--skip_nonfinite',
+                              '1', '--checkpoint_dir', str(run)]) == 0
+    assert 'batch skipped (1 of --skip_nonfinite 1)' in caplog.text
+    saved = load(run / 'last.pth')
+    assert saved['epoch'] == 1 and len(after_step_1) >= 2
+    for key, value in after_step_1.items():
+        assert torch.equal(saved['state_dict'][key], value), key
+    assert all(int(s['step']) == 1 for s in saved['optimizer']['state'].values())   # Adam stepped once
+
+
 def test_resume_keeps_the_runs_settings_and_says_what_the_command_line_changes(tmp_path, caplog):
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '1', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run),
@@ -334,3 +429,14 @@ def test_lr_crop_trains_on_small_patches_with_a_training_psnr(tmp_path):
     assert load(tmp_path / 'run' / 'last.pth')['args']['lr_crop'] == '8x8'
     assert training_psnr_label(tmp_path / 'run') == 'train, left (whole view)'     # the curves' legend
     assert training_psnr_label(tmp_path) == 'train, left (64 px cropped)'          # no args.json: full patches
+
+
+def test_default_workers_fit_the_usable_cpus():
+    """The default --num_workers is at most the CPUs the process may use (its affinity), not a fixed 4 that makes
+    torch warn every epoch on a 2-core machine."""
+    from training.config import DEFAULT_WORKERS, usable_cpus
+    assert 1 <= DEFAULT_WORKERS == min(4, usable_cpus()) <= len(os.sched_getaffinity(0))
+    one = subprocess.run(['taskset', '-c', '0', sys.executable, '-c',
+                          'from training.config import DEFAULT_WORKERS; print(DEFAULT_WORKERS)'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert one.stdout.strip() == '1', one.stderr[-500:]

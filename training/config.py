@@ -5,6 +5,7 @@ stores `TrainConfig.to_dict()` under 'args', in the format of the flat argparse 
 written before it still resume."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,20 @@ from models import REGISTRY, model_entry
 from models import perceptual as ntire   # the NTIRE 2023 recipe's terms (a TrainConfig field is named perceptual)
 from models.registry import option_values
 
-DEFAULT_WORKERS = 4
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what taskset, cgroups and schedulers allow), not the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+# DataLoader workers: 4, or fewer where fewer CPUs are usable (more workers than CPUs only compete, and torch warns
+# about it every epoch)
+DEFAULT_WORKERS = min(4, usable_cpus())
 # The roles of a field when a run is resumed (`resolve_config`): the checkpoint's value of a DEFINITION wins over the
 # command line (which is warned about); a SETTING is kept unless the command line gives it (and the change is said).
 DEFINITION, SETTING = 'definition', 'setting'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from models import perceptual as ntire   # the NTIRE 2023 recipe's terms (a Trai
 from models.checkpoint import read_checkpoint
 from training.config import DEFAULT_WORKERS, DEFINITION, OPTION_NAMES, PATH_FIELDS, SETTING, TrainConfig
 from training.trainsets import TRAINSETS, crop_size
-from utils import UsageError, add_device_args
+from utils import UsageError, add_device_args, non_negative_float, non_negative_int, positive_int
 
 log = logging.getLogger('train')
 
@@ -106,41 +107,42 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser, default=None)   # None: ssrdefnet, or the network of --resume
     group = parser.add_argument_group('optimisation (defaults = each network\'s published recipe)')
-    group.add_argument('--batch_size', type=int, default=None,
+    group.add_argument('--batch_size', type=positive_int, default=None,
                        help='global batch size, over all processes; ' + recipe_help('batch_size'))
     group.add_argument('--optimizer', choices=('adam', 'adamw'), default=None, help=recipe_help('optimizer'))
-    group.add_argument('--lr', type=float, default=None, help='learning rate; ' + recipe_help('lr'))
+    group.add_argument('--lr', type=positive_float, default=None, help='learning rate; ' + recipe_help('lr'))
     group.add_argument('--betas', type=float, nargs=2, default=None, metavar=('B1', 'B2'),
                        help='Adam/AdamW betas; ' + recipe_help('betas'))
     group.add_argument('--amsgrad', action=argparse.BooleanOptionalAction, default=None,
                        help='the AMSGrad variant of Adam/AdamW; ' + recipe_help('amsgrad'))
-    group.add_argument('--weight_decay', type=float, default=None, help=recipe_help('weight_decay'))
+    group.add_argument('--weight_decay', type=non_negative_float, default=None, help=recipe_help('weight_decay'))
     group.add_argument('--schedule', choices=('step', 'cosine'), default=None,
                        help='step: lr x gamma every n_steps epochs; cosine: annealed every iteration to eta_min over '
                             'the whole run; ' + recipe_help('schedule'))
-    group.add_argument('--n_steps', type=int, default=None, help='step schedule period (epochs); '
+    group.add_argument('--n_steps', type=positive_int, default=None, help='step schedule period (epochs); '
                        + recipe_help('n_steps'))
-    group.add_argument('--gamma', type=float, default=None, help='step schedule factor; ' + recipe_help('gamma'))
-    group.add_argument('--eta_min', type=float, default=None, help='cosine: final lr; ' + recipe_help('eta_min'))
-    group.add_argument('--n_epochs', type=int, default=None,
+    group.add_argument('--gamma', type=decay_factor, default=None, help='step schedule factor; ' + recipe_help('gamma'))
+    group.add_argument('--eta_min', type=non_negative_float, default=None,
+                       help='cosine: final lr; ' + recipe_help('eta_min'))
+    group.add_argument('--n_epochs', type=positive_int, default=None,
                        help='total number of epochs; given without --total_iters it also makes an iteration-based '
                             'recipe count epochs; ' + recipe_help('n_epochs'))
-    group.add_argument('--total_iters', type=int, default=None,
+    group.add_argument('--total_iters', type=non_negative_int, default=None,
                        help='train this many iterations (0: count epochs instead; it wins over --n_epochs); '
                             + recipe_help('total_iters'))
-    group.add_argument('--grad_clip', type=float, default=None,
+    group.add_argument('--grad_clip', type=non_negative_float, default=None,
                        help='clip the global gradient norm (0 = no); ' + recipe_help('grad_clip'))
     group.add_argument('--channel_shuffle', action=argparse.BooleanOptionalAction, default=None,
                        help='random RGB permutation, the same for both views and HR/LR; '
                             + recipe_help('channel_shuffle'))
-    group.add_argument('--grad_accum', type=int, default=1,
+    group.add_argument('--grad_accum', type=positive_int, default=1,
                        help='split each (per-process) batch into N micro-batches and accumulate gradients; '
                             'BatchNorm then sees the micro-batches, as it would on N GPUs')
     group = parser.add_argument_group('objective, stage and robustness (defaults: every paper\'s recipe)')
     group.add_argument('--loss_weight', action='append', default=[], metavar='TERM=W',
                        help='override a loss weight, e.g. --loss_weight disp_unsup=0.02 (terms and defaults: '
                             + '; '.join(f'{n}: {e.criterion.DEFAULT_WEIGHTS}' for n, e in REGISTRY.items()) + ')')
-    group.add_argument('--disp_supervision', type=float, default=0.0, metavar='W',
+    group.add_argument('--disp_supervision', type=non_negative_float, default=0.0, metavar='W',
                        help='add W x a supervised disparity loss (smooth L1 to the ground truth on its valid pixels) '
                             'where the training data has ground-truth disparity (--trainset synthetic or disparity); '
                             'for networks that estimate disparity. Off (0) in every paper\'s recipe; pretraining '
@@ -156,10 +158,10 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             'started from it with --init: only the modules the first LR disparity depends on run and '
                             'learn (SSRDE-FNet: features, matching features, parallax attention; about a third of a '
                             'joint step), with the supervised disparity loss of --disp_supervision (weight 1)')
-    group.add_argument('--skip_nonfinite', type=int, default=None, metavar='N',
+    group.add_argument('--skip_nonfinite', type=non_negative_int, default=None, metavar='N',
                        help='skip up to N batches whose loss or gradients are not finite (no update; each one logged) '
                             'before stopping the run (default 0: stop at the first, or the resumed run\'s)')
-    group.add_argument('--max_iters_per_epoch', type=int, default=0,
+    group.add_argument('--max_iters_per_epoch', type=non_negative_int, default=0,
                        help='stop each epoch after N iterations (0 = whole epoch); for quick experiments')
     group = parser.add_argument_group(
         'the NTIRE 2023 perceptual recipe (all off by default, so every paper\'s recipe is unchanged; any network; '
@@ -167,7 +169,7 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     group.add_argument('--perceptual', action='store_true', default=None,
                        help='add the perceptual term: distance between VGG-16 features of SR and HR, per view, '
                             'ImageNet-normalised input (term "perceptual")')
-    group.add_argument('--perceptual_weight', type=float, default=None,
+    group.add_argument('--perceptual_weight', type=non_negative_float, default=None,
                        help=f'its weight (default {ntire.PERCEPTUAL_WEIGHT:g}: NTIRE-23.yml loss_weight)')
     group.add_argument('--perceptual_layers', default=None, metavar='NAME[=W],...',
                        help='VGG-16 layers by name (conv3_3, relu4_3, pool2, ...), each with an optional weight '
@@ -178,7 +180,7 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     group.add_argument('--texture', action='store_true', default=None,
                        help='add the texture (style) term: MSE between Gram matrices F F^T / (c h w) of VGG-19 '
                             'features of SR and HR, per view (term "texture"; with gradients, unlike the seed code)')
-    group.add_argument('--texture_weight', type=float, default=None,
+    group.add_argument('--texture_weight', type=non_negative_float, default=None,
                        help=f'its weight (default {ntire.TEXTURE_WEIGHT:g}: NTIRE-23.yml loss_weight 5 on the '
                             'sum of both views = 10 on their mean, which is what the term here is)')
     group.add_argument('--texture_layers', default=None, metavar='NAME[=W],...',
@@ -186,7 +188,7 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             'indices 8/17/26/35)')
     group.add_argument('--texture_distance', choices=('l1', 'l2'), default=None,
                        help='distance between Gram matrices (default l2 = MSE: the seed code)')
-    group.add_argument('--texture_start', type=int, default=None, metavar='ITER',
+    group.add_argument('--texture_start', type=non_negative_int, default=None, metavar='ITER',
                        help='add the texture term from this iteration on (default 0; the seed training loop used '
                             f'{ntire.TEXTURE_START})')
     group.add_argument('--texture_input_norm', action=argparse.BooleanOptionalAction, default=None,
@@ -199,7 +201,7 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             '(default 1). Repeat for several teachers. Adds the term "distill" = sum_t W_t d(student, '
                             'teacher_t), the mean over both views, teachers run without gradient on the student\'s '
                             'own augmented batch')
-    group.add_argument('--distill_weight', type=float, default=None,
+    group.add_argument('--distill_weight', type=non_negative_float, default=None,
                        help=f'lambda, the weight of "distill" (default {ntire.DISTILL_WEIGHT:g}: spec section 3; '
                             'the write-up gives none)')
     group.add_argument('--distill_distance', choices=('l1', 'l2'), default=None,
@@ -224,10 +226,10 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     group = parser.add_argument_group('data')
     group.add_argument('--trainset', choices=tuple(TRAINSETS), default=None,
                        help='; '.join(f'{t.name}: {t.help}' for t in TRAINSETS.values()))
-    group.add_argument('--synthetic_size', type=int, default=4800,
+    group.add_argument('--synthetic_size', type=positive_int, default=4800,
                        help='synthetic patches per epoch (disparity-map networks: also the crops per epoch of '
                             '--trainset disparity)')
-    group.add_argument('--map_patch', type=int, default=LR_PATCH,
+    group.add_argument('--map_patch', type=positive_int, default=LR_PATCH,
                        help='disparity-map networks: LR side of the square training crops (HR side = this x scale)')
     group.add_argument('--map_pattern', default='*',
                        help='disparity-map networks, --trainset disparity: glob of the map files below '
@@ -245,7 +247,7 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             'e.g. 16x16: cheaper steps for the single-image networks on a CPU (ISRResCNet runs its '
                             'denoiser ten times at HR). Not in any paper\'s recipe; stereo networks need the whole '
                             'width for their disparity range (default: the whole patch)')
-    group.add_argument('--num_workers', type=int, default=None,
+    group.add_argument('--num_workers', type=non_negative_int, default=None,
                        help=f'DataLoader worker processes (default {DEFAULT_WORKERS}, or the resumed run\'s)')
     group = parser.add_argument_group('checkpoints, logging, validation')
     group.add_argument('--checkpoint_dir', type=Path, default=None,
@@ -257,11 +259,12 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             'pretraining run\'s last.pth or an --export, or an authors\' release by name, e.g. '
                             'cvhssr-t_x4, which also sets --model; the options its weights need, e.g. BGR input, are '
                             'applied) with a new optimiser and schedule: fine-tuning; ignored with --resume')
-    group.add_argument('--save_every', type=int, default=None,
+    group.add_argument('--save_every', type=non_negative_int, default=None,
                        help='also keep epoch_NNN.pth every N epochs (default 0 = no, or the resumed run\'s)')
     group.add_argument('--val_dir', type=Path, default=None, help='test-set root to validate on (test_sr.py layout); '
                        'checked at start-up')
-    group.add_argument('--val_every', type=int, default=None, help='validate every N epochs (default 0 = never, or '
+    group.add_argument('--val_every', type=non_negative_int, default=None,
+                       help='validate every N epochs (default 0 = never, or '
                        'the resumed run\'s); '
                        'the best mean (L+R)/2 PSNR is kept as best.pth')
     group.add_argument('--export', type=Path, default=None,
@@ -280,6 +283,24 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     return parser
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a finite number > 0')
+    return value
+
+
+def decay_factor(text: str) -> float:
+    """argparse type for --gamma: the step schedule multiplies the learning rate by it, so 0 < gamma <= 1 (above 1
+    the learning rate would grow every n_steps epochs until the run diverges)."""
+    value = non_negative_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not in (0, 1]: the step schedule multiplies the learning rate '
+                                         f'by it every n_steps epochs, and a factor above 1 makes it grow')
+    return value
+
+
 def named_values(items: list[str], known, flag: str, what: str, default: float | None = None) -> dict[str, float]:
     """['a=1', 'b=0.5'] -> {'a': 1.0, 'b': 0.5}; exits naming the flag on a bad item. `known` None: any name;
     `default`: the value of a bare NAME."""
@@ -293,4 +314,7 @@ def named_values(items: list[str], known, flag: str, what: str, default: float |
         if name is None or (known is not None and name not in known):
             raise UsageError(f'{flag} {item!r}: expected NAME=VALUE with NAME one of {what}'
                              + (f' {sorted(known)}' if known is not None else ''))
+        if not math.isfinite(values[name]) or values[name] < 0:
+            raise UsageError(f'{flag} {item!r}: a weight is a finite number >= 0 (a negative weight would maximise '
+                             f'its term)')
     return values

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,41 @@ from figures import pyplot
 
 
 def append_log(run_dir: Path, row: dict) -> None:
-    """One row per epoch in log.jsonl and log.csv (its header from the first row)."""
-    with open(run_dir / 'log.jsonl', 'a') as f:
-        f.write(json.dumps(row) + '\n')
-    csv_path = run_dir / 'log.csv'
-    new = not csv_path.exists()
-    with open(csv_path, 'a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(row), extrasaction='ignore')
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """Add the row of epoch row['epoch'] to log.jsonl and log.csv, dropping any rows of that epoch and later ones (an
+    epoch run again after a resume from an earlier checkpoint replaces them), so the logs hold one row per epoch,
+    consistent with the checkpoint. Both files are rewritten whole (a few kB), log.csv with the columns of every
+    row, and replaced atomically: an interrupt never leaves a half row or a header that does not fit."""
+    rows = [r for r in read_log(run_dir) if r.get('epoch', 0) < row['epoch']] + [row]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    for name in ('log.jsonl', 'log.csv'):
+        partial = run_dir / f'.{name}.partial'
+        with open(partial, 'w', newline='') as f:
+            if name == 'log.jsonl':
+                f.writelines(json.dumps(r) + '\n' for r in rows)
+            else:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        os.replace(partial, run_dir / name)
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    """The rows of <run_dir>/log.jsonl ([] when there is none); a line that is not JSON (a crash mid-write under an
+    older version) is left out."""
+    log_file = run_dir / 'log.jsonl'
+    rows = []
+    if log_file.is_file():
+        for line in log_file.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def plot_curves(run_dir: Path, task) -> None:
     """curves.png beside the log: the loss terms, and the task's step metric with the validation score."""
-    rows = [json.loads(line) for line in (run_dir / 'log.jsonl').read_text().splitlines() if line.strip()]
+    rows = read_log(run_dir)
     epochs = np.array([r['epoch'] for r in rows], dtype=np.float64)
     plt = pyplot()
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(11, 4))

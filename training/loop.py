@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
 
 import numpy as np
@@ -15,12 +16,22 @@ from tqdm import tqdm
 
 from models.checkpoint import unwrap_model
 from models.outputs import NonFiniteError
+from training.health import capture_probe
 from training.logs import append_log, plot_curves
 from training.state import INTERRUPTED, Run
 from training.trainsets import checked
 from utils import seed_worker
 
 log = logging.getLogger('train')
+
+
+def start_worker(worker_id: int) -> None:
+    """A DataLoader worker: seeded (utils.seed_worker), and deaf to Ctrl-C and SIGTERM, which a terminal or a
+    scheduler sends to the whole process group. The main process handles them (training/state.py Interrupt): it ends
+    the running iteration, saves, and shuts its workers down; a worker killed first would end the run unsaved."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    seed_worker(worker_id)
 
 
 def check_gradients(model: torch.nn.Module) -> None:
@@ -34,6 +45,24 @@ def check_gradients(model: torch.nn.Module) -> None:
 
 
 def train_step(run: Run, batch) -> tuple[list[str], torch.Tensor, dict[str, float]]:
+    """One optimisation step on a batch, or none: when a loss term, a gradient or a value the network checks is not
+    finite it raises NonFiniteError after putting back everything the batch touched (`guarded_step`)."""
+    buffers = [b.detach().clone() for b in run.model.buffers()]   # BatchNorm running statistics (a few kB)
+    scaler = run.scaler.state_dict()
+    try:
+        return guarded_step(run, batch)
+    except NonFiniteError:
+        # The forward pass has already written the bad batch into the BatchNorm running statistics; the optimiser
+        # has not stepped (every check comes before `scaler.step`) and its gradients are cleared by the caller.
+        with torch.no_grad():
+            for buffer, kept in zip(run.model.buffers(), buffers):
+                buffer.copy_(kept)
+        if run.scaler.is_enabled():
+            run.scaler.load_state_dict(scaler)
+        raise
+
+
+def guarded_step(run: Run, batch) -> tuple[list[str], torch.Tensor, dict[str, float]]:
     """One optimisation step on a batch (its parts as the task says, `batch_parts`), split into --grad_accum
     micro-batches. Returns (term names, mean term values, mean `step_metrics`); raises NonFiniteError when a
     loss term, or a value the network checks, is not finite."""
@@ -80,7 +109,7 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
     run.sampler.set_epoch(epoch)
     run.sampler.skip = run.start_iteration * run.local_batch
     loader = DataLoader(run.dataset, batch_size=run.local_batch, sampler=run.sampler, num_workers=config.num_workers,
-                        worker_init_fn=seed_worker, pin_memory=run.device.type == 'cuda', drop_last=False,
+                        worker_init_fn=start_worker, pin_memory=run.device.type == 'cuda', drop_last=False,
                         persistent_workers=False)
     iterations = run.iters_per_epoch
     if config.total_iters:   # the last epoch of an iteration-based recipe stops at total_iters
@@ -93,6 +122,8 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
         if iteration >= iterations:
             break
         run.global_step = epoch * run.iters_per_epoch + iteration
+        if run.probe is None:
+            run.probe = capture_probe(batch)
         try:
             names, values, metrics = train_step(run, batch)
         except NonFiniteError as err:
@@ -106,7 +137,7 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
                 bar.update()
                 continue
             bar.close()
-            log.error(f'{err} {where}. Stopping; the last good checkpoint is {run.run_dir / "last.pth"}'
+            log.error(f'{err} {where}. Stopping; {run.last_good()}'
                       + (f' (--skip_nonfinite {config.skip_nonfinite}: all {run.skipped} skips used)'
                          if config.skip_nonfinite else '; --skip_nonfinite N skips up to N such batches'))
             return 1
@@ -123,10 +154,11 @@ def train_epoch(run: Run, epoch: int) -> int | dict:
         run.steps += 1
         if config.stop_after and run.steps >= config.stop_after:
             run.interrupt.requested = True
-        if run.interrupt.requested:
+        if run.interrupt.requested and iteration + 1 < iterations:   # (on the last one the epoch ends as usual)
             sums['seconds'] += time.time() - started
             bar.close()
-            if not run.save('last.pth', epoch, iteration + 1, sums):
+            if not (run.healthy('last.pth', epoch + 1, run.global_step + 1, sums['total'] / sums['count'])
+                    and run.save('last.pth', epoch, iteration + 1, sums)):
                 return 1
             log.warning(f'interrupted at epoch {epoch + 1}, iteration {iteration + 1}; saved '
                         f'{run.run_dir / "last.pth"}. Continue with --resume {run.run_dir / "last.pth"}')
@@ -144,11 +176,16 @@ def end_epoch(run: Run, epoch: int, sums: dict) -> bool:
         run.scheduler.step()
     run.start_iteration = 0
     count = max(sums['count'], 1)
-    row = {'epoch': epoch + 1, 'lr': lr, **{f'loss_{n}': sums.get(n, 0.0) / count for n in run.last_terms},
+    # the loss terms: those of the last step, or, for an epoch whose steps all ran before a resume, the sums' own
+    terms = run.last_terms or [k for k in sums if k not in (*run.task.metrics, 'count', 'seconds')]
+    row = {'epoch': epoch + 1, 'lr': lr, **{f'loss_{n}': sums.get(n, 0.0) / count for n in terms},
            **{name: sums.get(name, 0.0) / count for name in run.task.metrics},
            'iterations': sums['count'], 'seconds': sums['seconds'],
            'iters_per_s': sums['count'] / max(sums['seconds'], 1e-9)}
     row.update(run.task.epoch_columns(run.dataset))
+    loss = sums['total'] / count if 'total' in sums else None
+    if not run.healthy('last.pth', epoch + 1, epoch * run.iters_per_epoch + sums['count'], loss):
+        return False
     if not run.save('last.pth', epoch + 1, 0):      # first: an interrupted validation must not cost the epoch
         return False
     if config.save_every and (epoch + 1) % config.save_every == 0:

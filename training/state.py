@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from models import perceptual
 from models.checkpoint import non_finite_tensors, save_checkpoint
 from training.config import TrainConfig
+from training.health import check_health
 from training.trainsets import ResumableSampler
 from utils import EXIT_INTERRUPTED
 
@@ -120,6 +122,7 @@ class Run:
     last_terms: list[str] = field(default_factory=list)
     teachers: list[dict] = field(default_factory=list)   # --teacher records (path, model, weight, sha256)
     global_step: int = 0                     # iterations done in the whole run before the current one
+    probe: list | None = None                # training/health.py: a fixed sample the weights are checked on
 
     @property
     def main_process(self) -> bool:
@@ -130,13 +133,37 @@ class Run:
         """Whether the NTIRE 2023 recipe's terms wrap the objective (they read the step and cached teachers)."""
         return isinstance(self.criterion, perceptual.RecipeObjective)
 
+    def last_good(self) -> str:
+        """What the run leaves to continue from: the checkpoints on disk (each one passed these checks when it was
+        written), or that there is none."""
+        kept = [str(self.run_dir / n) for n in ('last.pth', 'best.pth') if (self.run_dir / n).is_file()]
+        return f'the last good checkpoint{"s are" if len(kept) > 1 else " is"} {" and ".join(kept)}' if kept else \
+            'no checkpoint was written yet'
+
+    def healthy(self, name: str, epoch: int, step: int, loss: float | None) -> bool:
+        """Whether the current weights may replace <run_dir>/<name> (training/health.py: probe outputs finite and
+        bounded, `loss` not exploded against the previous epochs); if not, one line says why and the run stops. The
+        processes of a DDP run agree (any one failing stops all)."""
+        bad = non_finite_tensors(self.model.state_dict())
+        failure = f'{len(bad)} weight tensors are not finite (e.g. {bad[:3]})' if bad else check_health(self, loss)
+        if self.world > 1:
+            flag = torch.tensor([float(failure is not None)], device=self.device)
+            dist.all_reduce(flag)
+            if flag.item() and failure is None:
+                failure = 'another process\'s health check failed'
+        if failure is None:
+            return True
+        log.error(f'not saving {self.run_dir / name} at epoch {epoch}, step {step}: {failure}; the network has '
+                  f'diverged. Stopping; {self.last_good()} (lower --lr or set --grad_clip)')
+        return False
+
     def save(self, name: str, epoch: int, iteration: int, running=None) -> bool:
         """Write a checkpoint, unless a weight is NaN or Inf: then the file on disk (the last good state) stays and
         False is returned."""
         bad = non_finite_tensors(self.model.state_dict())
         if bad:
             log.error(f'not saving {self.run_dir / name}: {len(bad)} weight tensors are not finite (e.g. {bad[:3]}); '
-                      f'the last good checkpoint stays in place')
+                      f'{self.last_good()}')
             return False
         if self.main_process:   # (a failed write raises OSError saying why; the old file stays)
             save_checkpoint(self.run_dir / name, self.model, optimizer=self.optimizer.state_dict(),

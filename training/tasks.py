@@ -20,6 +20,7 @@ from models.outputs import Pair
 from models.parallax import coordinates_to_disparity
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from training.config import TrainConfig
+from training.health import PROBE_BOUND
 from training.trainsets import TRAINSETS, crop_shape, map_dataset, stereo_dataset
 
 log = logging.getLogger('train')
@@ -85,6 +86,11 @@ class StereoSR:
         return {'psnr_left': psnr(sr_left, hr_left, crop_left=boundary).mean().item(),
                 'psnr_right': psnr(sr_right[..., :width], hr_right[..., :width]).mean().item()}
 
+    def probe_values(self, out, tensors: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, float]]:
+        """The outputs training/health.py checks on its probe batch, each with its bound: SR views of images in
+        [0, 1]."""
+        return {'sr_left': (out.sr_left, PROBE_BOUND), 'sr_right': (out.sr_right, PROBE_BOUND)}
+
     def epoch_columns(self, dataset) -> dict:
         return {}
 
@@ -137,6 +143,10 @@ class MatchingWarmup(StereoSR):
         valid = torch.isfinite(truth) & (truth >= 0) & (truth < MAX_DISPARITY)
         return {'epe': (estimate - truth)[valid].abs().mean().item() if valid.any() else 0.0}
 
+    def probe_values(self, out, tensors: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, float]]:
+        """The left view's LR-matching disparity (HR pixels), bounded by the maximum disparity."""
+        return {'disparity': (coordinates_to_disparity(out.left.float(), 'left', None), PROBE_BOUND * MAX_DISPARITY)}
+
     def summary(self, row: dict) -> str:
         return f"train EPE {row['epe']:.2f} px (LR matching, left), "
 
@@ -168,6 +178,13 @@ class DisparityMapSR:
     def step_metrics(self, out, tensors: list[torch.Tensor]) -> dict[str, float]:
         _, hr_map, hr_valid = tensors
         return {'rmse': rmse(out.fused.detach().float(), hr_map, hr_valid.bool())}
+
+    def probe_values(self, out, tensors: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, float]]:
+        """The fused map (HR pixels), bounded by the range of the probe's HR map."""
+        hr_map = tensors[1].float()
+        finite = hr_map[torch.isfinite(hr_map)]
+        scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+        return {'fused': (out.fused, PROBE_BOUND * scale)}
 
     def epoch_columns(self, dataset) -> dict:
         return {'skipped_patches': dataset.skipped}   # crops redrawn for having no valid HR pixel, this epoch

@@ -1,0 +1,57 @@
+"""Interrupt a tiny run at every step and resume (issue 28, item 4): at each iteration of two epochs, including the
+last of each (where a stop used to save an epoch without its loss, so the resume crashed with KeyError 'loss_total'
+and log.csv took a header without the loss columns), the final weights equal an uninterrupted run's and the logs
+hold one well-formed row per epoch."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import train
+from training.state import INTERRUPTED
+
+# NAFSSR-T without stochastic depth: a cheap network whose steps use no random numbers of their own
+TINY = ['--model', 'nafssr-t', '--drop_path', '0', '--scale_factor', '2', '--trainset', 'sample', '--batch_size', '2',
+        '--num_workers', '0', '--n_epochs', '2', '--max_iters_per_epoch', '2']
+
+
+def weights(run) -> dict:
+    return torch.load(run / 'last.pth', map_location='cpu', weights_only=True)['state_dict']
+
+
+def check_logs(run) -> list[dict]:
+    rows = [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [1, 2]
+    with open(run / 'log.csv', newline='') as f:
+        table = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in table] == [1, 2]
+    for row, line in zip(rows, table):
+        assert row['iterations'] == 2 and row['loss_total'] > 0, row
+        assert float(line['loss_total']) == pytest.approx(row['loss_total'])
+        assert None not in line and all(value != '' for value in line.values()), line   # no misaligned columns
+    return rows
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp('straight')
+    assert train.main(TINY + ['--checkpoint_dir', str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize('stop_after', [1, 2, 3, 4])   # 2 and 4: the last iteration of an epoch (2: then the boundary)
+def test_interrupt_at_any_step_resumes_to_the_same_weights_and_logs(straight, tmp_path, stop_after):
+    run = tmp_path / 'cut'
+    status = train.main(TINY + ['--checkpoint_dir', str(run), '--stop_after', str(stop_after)])
+    assert status == (0 if stop_after == 4 else INTERRUPTED)
+    if status == INTERRUPTED:
+        assert train.main(['--resume', str(run / 'last.pth'), '--num_workers', '0']) == 0
+    expected, resumed = weights(straight), weights(run)
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), key
+    rows, reference = check_logs(run), check_logs(straight)
+    for row, ref in zip(rows, reference):
+        assert row['loss_total'] == pytest.approx(ref['loss_total'], rel=1e-6)
