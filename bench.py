@@ -187,9 +187,21 @@ def timed(step, device: torch.device) -> float:
 
 
 def count_flops(step) -> float:
-    """GFLOP of one call of step(), as torch.utils.flop_counter counts them (convolutions and matrix products)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
+    """GFLOP of one call of step(), as torch.utils.flop_counter counts them (convolutions and matrix products).
+    The counter has formulas for the CUDA attention kernels only: on the CPU, F.scaled_dot_product_attention (one
+    op in inference, the flash-for-CPU kernel under autograd) counted 0 FLOP, so EHFSSR's windows went uncounted.
+    Those ops get the counter's own sdpa formulas here."""
+    from torch.utils import flop_counter
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
+        aten.scaled_dot_product_attention: forward, aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
     with counter:
         step()
     return counter.get_total_flops() / 1e9

@@ -82,3 +82,17 @@ def test_roofline_end_to_end_and_the_count_of_one_case(tmp_path):
     expected = sum(p.numel() for p in build_model('nafssr-t', 4).parameters()) / 1e6
     assert counted['params_m'] == pytest.approx(expected) and counted['gflop'] == pytest.approx(rows[0]['gflop'])
     assert counted['params_m'] == pytest.approx(rows[0]['params_m']) and 'seconds' not in counted
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_flop_count_includes_cpu_attention(grad):
+    """F.scaled_dot_product_attention on the CPU counts as its two matrix products (torch's counter alone says 0)."""
+    q = torch.rand(3, 2, 64, 8, requires_grad=grad)
+    reference = 2 * (2 * 3 * 2 * 64 * 64 * 8)                     # q k^T and (scores) v, 2 FLOP per multiply-add
+
+    def step():
+        with torch.inference_mode(not grad):
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        if grad:
+            out.sum().backward()
+    assert bench.count_flops(step) * 1e9 == (reference * 3.5 if grad else reference)
