@@ -9,6 +9,8 @@ implementation.
         --scales 4 --rounds 1 --no-flops                 # minutes per run on a CPU: once each, ours_lowmem included
     NAFNET_OFFICIAL_DIR=/path/to/NAFNet python bench.py --model nafssr-s           # (IPASSR_OFFICIAL_DIR: iPASSR)
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
+    python bench.py --model cvhssr-t --cases infer --sizes 180x320 --scales 4 --count-only   # params, GFLOP only
+    python bench.py --model cvhssr-t --cases infer --sizes 94x311 --scales 4 --roofline      # + % of measured peak
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
 Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
@@ -18,7 +20,11 @@ the rounds of official time / variant time, so that a machine whose speed drifts
 it. (Never both in one process: on CPU whichever runs
 second inherits the heap the other grew and page-faults less, which made our training step look 15 % faster than it is.)
 GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not
-counted), so GFLOP/s is a lower bound of the work done.
+counted), so GFLOP/s is a lower bound of the work done. --roofline first calibrates the machine in its own process
+(`calibrate`: the best GFLOP/s of a dense 3x3 convolution 64->64 at the calibration size, NCHW and channels-last, and
+of its im2col GEMM, float32 and, where the hardware has it, bfloat16, at the thread count of the cases) and gives each
+row its fraction of the float32 convolution peak. A network scale the zoo does not build (SCGLANet: x4 only) is
+left out of --scales.
 """
 from __future__ import annotations
 
@@ -57,6 +63,11 @@ LONG_RUN_SECONDS = 30.0
 GLIBC_HEAP = {'MALLOC_MMAP_THRESHOLD_': str(1 << 32), 'MALLOC_TRIM_THRESHOLD_': str(1 << 36),
               'MALLOC_TOP_PAD_': str(1 << 30)}
 # Peak dense throughput in TFLOP/s by (device name fragment, dtype), from the vendors' data sheets (SXM, no sparsity).
+# --roofline calibration: the convolution every network here is mostly made of (64 channels, 3x3, stride 1),
+# at KITTI's x4 LR size by default; each configuration runs until CALIBRATION_SECONDS have passed, best time kept.
+CALIBRATION_CHANNELS = 64
+CALIBRATION_SIZE = (94, 311)
+CALIBRATION_SECONDS = 1.0
 PEAK_TFLOPS = {('H100', 'float32'): 67, ('H100', 'tf32'): 495, ('H100', 'bfloat16'): 989,
                ('H200', 'float32'): 67, ('H200', 'tf32'): 495, ('H200', 'bfloat16'): 989}
 
@@ -93,6 +104,17 @@ def parse_args(argv=None):
     parser.add_argument('--flops', action=argparse.BooleanOptionalAction, default=True,
                         help='count GFLOP (one more untimed run of ours and official per case)')
     parser.add_argument('--json', type=Path, default=None, help='also write the results here')
+    parser.add_argument('--count-only', action='store_true',
+                        help='parameters and GFLOP (torch.utils.flop_counter) of each case, no timing: one process '
+                             'per case and implementation, e.g. the zoo table\'s GFLOP at --sizes 180x320')
+    parser.add_argument('--roofline', action='store_true',
+                        help='calibrate the machine first (best GFLOP/s of a dense 3x3 convolution and a GEMM, '
+                             'float32 and bf16 where available, at the cases\' thread count) and report each '
+                             'row\'s GFLOP/s as a fraction of the float32 convolution peak')
+    parser.add_argument('--calibration-size', type=lr_size, default=CALIBRATION_SIZE,
+                        help='HxW of the calibration convolution (default: KITTI x4 LR, 94x311)')
+    parser.add_argument('--calibration-seconds', type=non_negative_float, default=CALIBRATION_SECONDS,
+                        help='seconds each calibration configuration is repeated for (best run kept)')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
     return parser.parse_args(argv)
 
@@ -114,7 +136,8 @@ def official_module_of(name: str):
 
 
 def build_step(spec: dict, variant: str):
-    """A closure running one inference or training step of `variant` on the case's fixed weights and inputs."""
+    """A closure running one inference or training step of `variant` on the case's fixed weights and inputs; its
+    `model` attribute is the network it runs."""
     kind, scale, batch, h, w = (spec[k] for k in ('kind', 'scale', 'batch', 'h', 'w'))
     device = torch.device(spec['device'])
     entry = model_entry(spec['model'])
@@ -136,6 +159,7 @@ def build_step(spec: dict, variant: str):
         def step():
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 return runner.infer(left, right) if runner else forward(left, right)
+        step.model = model
         return step
     model.train()
     criterion = entry.criterion(scale)
@@ -148,6 +172,7 @@ def build_step(spec: dict, variant: str):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss = criterion(forward(left, right), left, right, hr, hr)['total']
         loss.backward()
+    step.model = model
     return step
 
 
@@ -161,27 +186,92 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def count_flops(step) -> float:
+    """GFLOP of one call of step(), as torch.utils.flop_counter counts them (convolutions and matrix products).
+    The counter has formulas for the CUDA attention kernels only: on the CPU, F.scaled_dot_product_attention (one
+    op in inference, the flash-for-CPU kernel under autograd) counted 0 FLOP, so EHFSSR's windows went uncounted.
+    Those ops get the counter's own sdpa formulas here."""
+    from torch.utils import flop_counter
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
+        aten.scaled_dot_product_attention: forward, aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+    with counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
 def run_case(spec: dict) -> dict:
-    """Time (median), peak memory and GFLOP of one variant, alone in this process."""
+    """Time (median), peak memory, parameters and GFLOP of one variant, alone in this process (--count-only:
+    parameters and GFLOP only); a 'calibrate' spec runs `calibrate` instead."""
+    if spec['kind'] == 'calibrate':
+        return calibrate(spec['device'], spec['h'], spec['w'], spec['seconds'])
     device = torch.device(spec['device'])
     step = build_step(spec, spec['variant'])
+    params = sum(p.numel() for p in step.model.parameters()) / 1e6
+    if spec.get('count_only'):
+        return {'params_m': params, 'gflop': count_flops(step)}
     warm_up = timed(step, device)  # (and compilation)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     times = [warm_up] if warm_up >= LONG_RUN_SECONDS else [timed(step, device) for _ in range(spec['repeats'])]
     while sum(times) < spec.get('min_seconds', 0) and len(times) < MAX_RUNS:   # short cases: a steadier median
         times.append(timed(step, device))
-    result = {'seconds': statistics.median(times), 'all_seconds': times}
+    result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params}
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
         result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     if spec['variant'] in ('ours', 'official') and spec.get('flops', True):
-        from torch.utils.flop_counter import FlopCounterMode
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        result['gflop'] = counter.get_total_flops() / 1e9
+        result['gflop'] = count_flops(step)
+    return result
+
+
+def has_bf16(device: str) -> bool:
+    """Whether the device computes in bfloat16 natively: CUDA's own check, or the CPU's AVX-512 BF16 / AMX flags
+    (elsewhere torch emulates bf16 on the CPU, slower than float32)."""
+    if device.startswith('cuda'):
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return False
+    return ' avx512_bf16' in flags or ' amx_bf16' in flags
+
+
+def calibrate(device: str, h: int, w: int, seconds: float) -> dict:
+    """The roofline's ceilings, in GFLOP/s: the best of repeated runs (until `seconds` pass, at least 3) of
+    a dense 3x3 convolution CALIBRATION_CHANNELS -> CALIBRATION_CHANNELS on a (1, C, h, w) map, NCHW and
+    channels-last, and of the GEMM it lowers to (h*w x 9C) @ (9C x C); float32, and bfloat16 where `has_bf16`.
+    FLOP = 2 x multiply-adds, as torch.utils.flop_counter counts them. {'conv_nchw_float32': ..., 'threads': n}"""
+    dev = torch.device(device)
+    c = CALIBRATION_CHANNELS
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.rand(1, c, h, w, generator=g), torch.rand(c, c, 3, 3, generator=g) - 0.5
+    a, b = torch.rand(h * w, 9 * c, generator=g), torch.rand(9 * c, c, generator=g)
+    flop = 2 * c * c * 9 * h * w                           # the convolution and its GEMM do the same work
+    result = {'threads': torch.get_num_threads(), 'size': [h, w], 'channels': c}
+    for dtype in [torch.float32] + ([torch.bfloat16] if has_bf16(device) else []):
+        ops = {'conv_nchw': (torch.nn.functional.conv2d, x, weight),
+               'conv_channels_last': (torch.nn.functional.conv2d, x.to(memory_format=torch.channels_last),
+                                      weight.to(memory_format=torch.channels_last)),
+               'gemm': (torch.matmul, a, b)}
+        for name, (op, first, second) in ops.items():
+            first, second = first.to(dev, dtype), second.to(dev, dtype)
+            kwargs = {'padding': 1} if op is not torch.matmul else {}
+            with torch.inference_mode():
+                times = [timed(lambda: op(first, second, **kwargs), dev)]      # warm-up, not kept
+                times = []
+                while len(times) < 3 or sum(times) < seconds:
+                    times.append(timed(lambda: op(first, second, **kwargs), dev))
+            result[f'{name}_{str(dtype).removeprefix("torch.")}'] = flop / min(times) / 1e9
+    result['conv_peak_float32'] = max(result['conv_nchw_float32'], result['conv_channels_last_float32'])
     return result
 
 
@@ -211,8 +301,9 @@ def summarise(runs: list[dict], official: list[dict] | None) -> dict:
               'all_seconds': [r['seconds'] for r in ok]}
     if len(ok) < len(runs):   # a round that failed is reported, not silently left out of the median
         result['failed_rounds'] = [r['error'] for r in runs if 'error' in r]
-    if 'gflop' in ok[0]:
-        result['gflop'] = ok[0]['gflop']
+    for key in ('gflop', 'params_m'):
+        if key in ok[0]:
+            result[key] = ok[0][key]
     if official and runs is not official:
         ratios = [o['seconds'] / r['seconds'] for o, r in zip(official, runs) if 'error' not in o and 'error' not in r]
         if ratios:
@@ -247,13 +338,19 @@ def comma_list(text: str, flag: str, kind, what: str) -> list:
     return values
 
 
-def select_cases(args) -> list[tuple[str, int, int, int, int]]:
-    """The (kind, scale, batch, LR height, LR width) cases that --cases, --scales, --sizes and --batches ask for."""
+def select_cases(args, model_scales: tuple[int, ...] | None = None) -> list[tuple[str, int, int, int, int]]:
+    """The (kind, scale, batch, LR height, LR width) cases that --cases, --scales, --sizes and --batches ask for, at
+    the scales of `model_scales` only (the network's ModelEntry.scales; None: any)."""
     kinds = comma_list(args.cases, '--cases', str, 'infer or train')
     if set(kinds) - {'infer', 'train'}:
         raise UsageError(f'--cases {args.cases!r}: each item is infer or train')
     cases = [c for kind in kinds for c in (INFERENCE if kind == 'infer' else TRAINING)]
     scales = set(comma_list(args.scales, '--scales', int, 'an integer scale, e.g. 4,2'))
+    if model_scales is not None:
+        if not scales & set(model_scales):
+            raise UsageError(f'--scales {args.scales}: {args.model} is built at x'
+                             + ', x'.join(str(v) for v in model_scales) + ' only')
+        scales &= set(model_scales)
     cases = [c for c in cases if c[1] in scales]
     if args.sizes:
         sizes = comma_list(args.sizes, '--sizes', lr_size, 'an LR size HxW, e.g. 30x90,94x311')
@@ -298,11 +395,24 @@ def main(argv=None) -> list[dict]:
         raise UsageError(f'the official variant of {args.model} needs '
                          + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
                             'an official/<repository>.py module for it'))
-    cases = select_cases(args)
+    cases = select_cases(args, model_entry(args.model).scales)
     name, peak = device_peak(args.device)
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'
           + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
           (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
+    if args.count_only:
+        return count_cases(args, cases, [v for v in variants if v in ('ours', 'official')])
+    calibration = None
+    if args.roofline:
+        (ch, cw), seconds = args.calibration_size, args.calibration_seconds
+        calibration = measure(dict(kind='calibrate', device=args.device, h=ch, w=cw, seconds=seconds), args.timeout,
+                              args.glibc_heap)
+        if 'error' in calibration:
+            raise RuntimeError(f'--roofline calibration failed: {calibration["error"]}')
+        print(f'# calibration ({calibration["threads"]} threads, 3x3 conv {CALIBRATION_CHANNELS}->'
+              f'{CALIBRATION_CHANNELS} at {ch}x{cw}, its GEMM {ch * cw}x{9 * CALIBRATION_CHANNELS}x'
+              f'{CALIBRATION_CHANNELS}), best GFLOP/s: '
+              + ', '.join(f'{k} {v:.1f}' for k, v in calibration.items() if isinstance(v, float)))
     rows = []
     for kind, scale, batch, h, w in cases:
         case_variants = [v for v in variants if (v != 'ours_ckpt' or kind == 'train')     # recomputation: autograd
@@ -328,16 +438,20 @@ def main(argv=None) -> list[dict]:
     # table, with the ratios official / ours measured in this run
     reference = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r for r in rows
                  if r['variant'] == 'official' and 'error' not in r}
-    gflops = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r['gflop'] for r in rows if 'gflop' in r}
+    gflops = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r['gflop']   # ours' count, else the official's
+              for r in sorted(rows, key=lambda r: r['variant'] == 'ours') if 'gflop' in r}
+    if calibration:
+        add_roofline(rows, gflops, calibration['conv_peak_float32'])
     lines = ['', '| case | variant | time (s) | peak mem (GB) | GFLOP | GFLOP/s | speed-up vs official | '
-             'memory vs official |', '|---|---|---|---|---|---|---|---|']
+             'memory vs official |' + (' % of conv peak |' if calibration else ''),
+             '|---|---|---|---|---|---|---|---|' + ('---|' if calibration else '')]
     for r in rows:
         key = (r['kind'], r['scale'], r['batch'], r['h'], r['w'])
         case = f"{'inference' if r['kind'] == 'infer' else 'train step'} x{r['scale']} b{r['batch']} {r['h']}x{r['w']}"
         if 'error' in r:
-            lines.append(f"| {case} | {r['variant']} | {r['error']} | | | | | |")
+            lines.append(f"| {case} | {r['variant']} | {r['error']} | | | | | |" + (' |' if calibration else ''))
             continue
-        work = gflops.get(key)
+        work = r.get('gflop', gflops.get(key))
         rate = f"{work / r['seconds']:.1f}" if work else ''
         ref = reference.get(key)
         speed = f"{r['speedup']:.2f}x" if 'speedup' in r else ''
@@ -345,10 +459,42 @@ def main(argv=None) -> list[dict]:
         lines.append(f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | "
                      f"{work:.1f} | {rate} | {speed} | {memory} |" if work else
                      f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | | | {speed} | {memory} |")
+        if calibration:
+            lines[-1] += f" {100 * r['conv_peak_fraction']:.0f} % |" if 'conv_peak_fraction' in r else ' |'
     print('\n'.join(lines))
     if args.json:
         args.json.write_text(json.dumps({'model': args.model, 'device': name, 'torch': torch.__version__,
-                                         'rows': rows}, indent=2))
+                                         'calibration': calibration, 'rows': rows}, indent=2))
+    return rows
+
+
+def add_roofline(rows: list[dict], gflops: dict, conv_peak: float) -> None:
+    """Give each timed row its achieved GFLOP/s (its own count, else its case's) and that as a fraction of the
+    calibrated float32 convolution peak (GFLOP/s)."""
+    for r in rows:
+        work = r.get('gflop', gflops.get((r['kind'], r['scale'], r['batch'], r['h'], r['w'])))
+        if 'error' not in r and work:
+            r['gflop_per_s'] = work / r['seconds']
+            r['conv_peak_fraction'] = r['gflop_per_s'] / conv_peak
+
+
+def count_cases(args, cases: list, variants: list[str]) -> list[dict]:
+    """--count-only: parameters (M) and GFLOP of every case and implementation, one process each, as a table."""
+    rows = []
+    for kind, scale, batch, h, w in cases:
+        for variant in variants:
+            spec = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
+                        variant=variant, count_only=True)
+            rows.append({**spec, **measure(spec, args.timeout, args.glibc_heap)})
+    lines = ['', '| case | variant | parameters (M) | GFLOP |', '|---|---|---|---|']
+    for r in rows:
+        case = f"{'inference' if r['kind'] == 'infer' else 'train step'} x{r['scale']} b{r['batch']} {r['h']}x{r['w']}"
+        lines.append(f"| {case} | {r['variant']} | " + (f"{r['error']} | |" if 'error' in r else
+                                                         f"{r['params_m']:.3f} | {r['gflop']:.1f} |"))
+    print('\n'.join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({'model': args.model, 'device': device_peak(args.device)[0],
+                                         'torch': torch.__version__, 'rows': rows}, indent=2))
     return rows
 
 

@@ -20,6 +20,9 @@ Two conventions, each what one family of published numbers used:
   Y = 16 + (65.481 R + 128.553 G + 24.966 B) in 0-255 (not rounded), `scale` pixels cropped at every side; PSNR with
   range 255; SSIM with the 11x11 Gaussian window (sigma 1.5) of Wang et al., valid positions. Per view as `srnet`.
   `evaluate_image_folder` applies the single-image protocols to a folder of HR images (Set5, Set14, ...).
+* `swinfir` (SwinFIRSSR's published numbers, BasicSR calculate_psnr with crop_border = scale on uint8 RGB): SR rounded
+  to 8 bit; RGB PSNR per view without the `scale` outermost pixels of every side; (L+R)/2 = the mean of the views.
+  CVHSSR and EHFSSR publish under `nafssr` (their test ymls: crop_border 0, the same skimage SSIM).
 
 Scores are per scene, then averaged over scenes.
 
@@ -95,6 +98,12 @@ PROTOCOLS = {p.name: p for p in (
     Protocol('single', 'single-image: Y-channel (BT.601) PSNR/SSIM of rounded 8-bit SR without {psnr_border} border '
                        'pixels, SSIM 11x11 Gaussian; Left = the left view, (L+R)/2 = mean of views', rounded=True,
              per_view=True, channel='y', psnr_shave=0, ssim_shave=0, ssim_window='gaussian'),
+    # SwinFIR options/test/SwinFIRSSR/*.yml 76-80: calculate_psnr per view (uint8, RGB) with crop_border = scale,
+    # summed over L and R / 2N (swinfirssr_model.py 105-121). They publish no SSIM and no "Left".
+    Protocol('swinfir', 'SwinFIRSSR/BasicSR: RGB PSNR of rounded 8-bit SR without {psnr_border} border pixels per '
+                        'view, (L+R)/2 = mean of views; Left = the left view (not in their tables); SSIM (not in '
+                        'their tables) = skimage (7x7 box, sample covariance), whole view', rounded=True,
+             per_view=True, psnr_shave=0, ssim_sample_covariance=True),
 )}
 # Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
 SINGLE_IMAGE_PROTOCOLS = tuple(name for name, p in PROTOCOLS.items() if p.per_view)

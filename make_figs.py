@@ -7,7 +7,8 @@
 figs/demo_comparison.png   demo.py on Motorcycle at x4: LR, bicubic, SR, HR, disparity, ground truth, block matcher
 figs/demo_disparity.png    demo.py's disparity figure (SR left view and its HR disparity)
 figs/demo_training.png     the demo checkpoint's training curve: the per-epoch log train.py --export stores in it
-figs/bench.png             time and peak memory per case and variant (official code included when it was measured)
+figs/bench.png             time and peak memory per case and variant (official code included when it was measured);
+                           with --roofline, GFLOP/s against the calibrated peak
 figs/trained_motorcycle.png  the authors' CVHSSR-T and EHFSSR-S weights on Motorcycle x4 (demo.py), crops beside LR,
                            bicubic and HR; drawn only when both files are found (--authors_weights DIR, else by
                            release name in checkpoints/ or the weights cache)
@@ -161,7 +162,8 @@ def training_figure(checkpoint: Path, path: Path) -> bool:
 
 
 def bench_figure(bench_json: Path, path: Path) -> None:
-    """Horizontal bars: seconds and peak GB of every case and variant of a bench.py --json file."""
+    """Horizontal bars: seconds and peak GB of every case and variant of a bench.py --json file; with a --roofline
+    calibration, a third panel of achieved GFLOP/s against the calibrated float32 convolution peak (and bf16's)."""
     data = json.loads(bench_json.read_text())
     rows = [r for r in data['rows'] if 'error' not in r]
     if not rows:
@@ -169,15 +171,30 @@ def bench_figure(bench_json: Path, path: Path) -> None:
     labels = [f"{'infer' if r['kind'] == 'infer' else 'train'} x{r['scale']} b{r['batch']} {r['h']}x{r['w']} "
               f"{r['variant']}" for r in rows]
     colours = ['tab:grey' if r['variant'] == 'official' else 'tab:blue' for r in rows]
+    calibration = data.get('calibration')
+    panels = [('seconds', 'time (s)'), ('peak_gb', 'peak memory (GB)')] + (
+        [('gflop_per_s', 'GFLOP/s (counted FLOP / time)')] if calibration else [])
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * len(rows) + 1.5), sharey=True)
-    for ax, key, unit in zip(axes, ('seconds', 'peak_gb'), ('time (s)', 'peak memory (GB)')):
-        ax.barh(range(len(rows)), [r[key] for r in rows], color=colours)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.35 * len(rows) + 1.5), sharey=True)
+    for ax, (key, unit) in zip(axes, panels):
+        values = [r.get(key, 0.0) for r in rows]
+        ax.barh(range(len(rows)), values, color=colours)
         for i, r in enumerate(rows):
-            ax.text(r[key], i, f" {r[key]:.2f}" + (f" ({r['speedup']:.2f}x)" if key == 'seconds' and 'speedup' in r
-                                                    else ''), va='center', fontsize=7)
+            note = f" ({r['speedup']:.2f}x)" if key == 'seconds' and 'speedup' in r else ''
+            if key == 'gflop_per_s' and 'conv_peak_fraction' in r:
+                note = f" ({100 * r['conv_peak_fraction']:.0f} % of fp32 conv)"
+            ax.text(values[i], i, f" {values[i]:.2f}{note}", va='center', fontsize=7)
         ax.set(xlabel=unit)
         ax.grid(axis='x', alpha=0.3)
+    if calibration:
+        ceilings = [('conv_peak_float32', 'fp32 conv peak', 'tab:red'),
+                    ('conv_channels_last_bfloat16', 'bf16 conv (channels-last)', 'tab:purple')]
+        for key, label, colour in ceilings:
+            if key in calibration:
+                axes[-1].axvline(calibration[key], color=colour, linestyle='--', linewidth=1,
+                                 label=f'{label}: {calibration[key]:.0f}')
+        axes[-1].legend(fontsize=7, loc='lower right',
+                        title=f"calibration, {calibration['threads']} thread(s)", title_fontsize=7)
     axes[0].set_yticks(range(len(rows)), labels, fontsize=7)
     axes[0].invert_yaxis()
     fig.suptitle(f"bench.py --model {data['model']} on {data['device']}, torch {data['torch']} "
