@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from data.readers import image_size, read_image_uint8, write_image
 from data.testsets import Scene, list_scenes, load_ground_truth, load_pair
-from metrics import STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, psnr, quantize, rmse, ssim
+from metrics import D1_PIXELS, D1_RELATIVE, STEREO_BOUNDARY, bad_pixel_rate, d1_error, epe, psnr, quantize, rmse, ssim
 from models.dsdmsr import stage_targets
 from models.imresize import imresize, modcrop
 from models.inference import super_resolve
@@ -107,6 +107,62 @@ PROTOCOLS = {p.name: p for p in (
 )}
 # Protocols of single-image papers: scored per view on 8-bit SR, with their own border crops (`single_image_scores`).
 SINGLE_IMAGE_PROTOCOLS = tuple(name for name, p in PROTOCOLS.items() if p.per_view)
+
+
+MAX_DISPARITY = 192.0              # ground truth counted where 0 < d < 192 (official test_disp.py)
+
+
+@dataclass(frozen=True)
+class DisparityProtocol:
+    """One disparity scoring: which ground-truth pixels count, how estimates are clamped, which error rates are
+    reported. test_disp.py's masks, clamps, rates and header line read the entries of DISPARITY_PROTOCOLS."""
+
+    name: str
+    summary: str                        # test_disp.py's header line ({scale}, {max_disparity} are filled in)
+    max_disparity: float | None = None  # ground truth counted where 0 < d < this; None: every finite masked pixel
+    clamp: tuple[float, float] | None = None   # estimates clamped to [low, high] before scoring (None: not clamped)
+    bad_thresholds: tuple[float, ...] = (1.0, 3.0)   # '>t px' error rates, reported as bad{t:g}
+    d1_pixels: float = D1_PIXELS        # KITTI D1: error > d1_pixels and > d1_relative x the true disparity
+    d1_relative: float = D1_RELATIVE
+    regions: tuple[str, ...] = ()       # ground truths scored separately (test_disp.py: all = occ, noc)
+
+    def describe(self, scale: int | None = None) -> str:
+        return self.summary.format(scale=scale, max_disparity=f'{self.max_disparity:g}' if self.max_disparity else '')
+
+    def valid(self, gt: torch.Tensor) -> torch.Tensor:
+        """Pixels of a ground truth (any shape) that are scored: finite, and 0 < gt < max_disparity if it is set."""
+        mask = torch.isfinite(gt)
+        return mask if self.max_disparity is None else mask & (gt > 0) & (gt < self.max_disparity)
+
+    def clamped(self, disparity: torch.Tensor) -> torch.Tensor:
+        return disparity if self.clamp is None else disparity.clamp(*self.clamp)
+
+    def rates(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """The '>t px' rates (bad1, bad3, ...) and D1 of `pred` over `mask`."""
+        rates = {f'bad{t:g}': bad_pixel_rate(pred, gt, mask, t) for t in self.bad_thresholds}
+        rates['d1'] = d1_error(pred, gt, mask, self.d1_pixels, self.d1_relative)
+        return rates
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ('rmse', 'epe', *(f'bad{t:g}' for t in self.bad_thresholds), 'd1')
+
+
+DISPARITY_PROTOCOLS = {p.name: p for p in (
+    # SSRDE-FNet's test_disp.py: left view, occ (dispocc0) and noc (dispnoc0 & mask0nocc) ground truths, 0 < gt < 192,
+    # estimates clamped to [0, 192] in test mode.
+    DisparityProtocol('stereo', 'left-view EPE in HR px over 0 < gt < {max_disparity} (all = dispocc0 / PFM, noc = '
+                                'dispnoc0 / PFM & mask0nocc), disparities clamped to [0, {max_disparity}]; >1px, >3px, '
+                                'D1 (>3 px and >5 %) of the final HR disparity', max_disparity=MAX_DISPARITY,
+                      clamp=(0.0, MAX_DISPARITY), regions=('all', 'noc')),
+    # Disparity-map SR (DSDMSR, models/dsdmsr.py): every valid HR pixel of the map, no range, no clamp.
+    DisparityProtocol('map_sr', 'each ground-truth map cropped to a multiple of {scale}, downsampled x{scale} '
+                                'mask-aware (an LR pixel is the mean of the valid HR pixels of its block, / scale; LR '
+                                'holes filled with the nearest valid LR value), super-resolved; RMSE, EPE (px), >1px, '
+                                '>3px, D1 (>3 px and >5 %) over the valid HR pixels; stage k at its own resolution '
+                                'against the ground truth downsampled there, in its own pixels; nearest / bicubic: the '
+                                'same LR map upsampled, values x scale'),
+)}
 
 
 def protocol_entry(name: str) -> Protocol:
@@ -342,9 +398,6 @@ def disparity_baselines(lr_left: np.ndarray, lr_right: np.ndarray, scale: int, t
 
 # ---- perceptual and stereo-consistency scores (NTIRE 2023 Track 2)
 
-MAX_DISPARITY = 192.0              # ground truth counted where 0 < d < 192 (official test_disp.py)
-
-
 def warp_to_left(right: torch.Tensor, disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The right view seen from the left: right sampled at (x - d(x), y), linear interpolation along the row.
     right (B, C, H, W), disparity (B, 1, H, W) of the left view, positive, in pixels. Returns (warped, inside): inside
@@ -436,18 +489,19 @@ def network_disparity_estimator(model: torch.nn.Module, scale: int, device: torc
 # ---- disparity-map SR (DSDMSR, models/dsdmsr.py): masked map scores and the nearest / bicubic baselines of the
 # same LR map. Pure functions on tensors; scripts average per map.
 
-MAP_METRICS = ('rmse', 'epe', 'bad1', 'bad3', 'd1')
+MAP_PROTOCOL = DISPARITY_PROTOCOLS['map_sr']
+MAP_METRICS = MAP_PROTOCOL.metrics
 MAP_BASELINES = ('nearest', 'bicubic')
 
 
 def map_scores(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> dict[str, float] | None:
     """RMSE, EPE (pixels), >1 px and >3 px rates, KITTI D1 (> 3 px and > 5 % of the truth) of one map over `mask`
-    (any equal shapes). None when the mask selects no pixel: the caller skips and counts it (no NaN)."""
-    mask = mask.bool() & torch.isfinite(gt)
+    (any equal shapes), as DISPARITY_PROTOCOLS['map_sr'] says. None when the mask selects no pixel: the caller skips
+    and counts it (no NaN)."""
+    mask = mask.bool() & MAP_PROTOCOL.valid(gt)
     if not mask.any():
         return None
-    return {'rmse': rmse(pred, gt, mask), 'epe': epe(pred, gt, mask), 'bad1': bad_pixel_rate(pred, gt, mask, 1.0),
-            'bad3': bad_pixel_rate(pred, gt, mask, 3.0), 'd1': d1_error(pred, gt, mask)}
+    return {'rmse': rmse(pred, gt, mask), 'epe': epe(pred, gt, mask), **MAP_PROTOCOL.rates(pred, gt, mask)}
 
 
 def upsample_nearest(lr_map: torch.Tensor, scale: int) -> torch.Tensor:

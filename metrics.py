@@ -99,7 +99,8 @@ def bad_pixel_rate(pred: Tensor, gt: Tensor, mask: Tensor, threshold: float) -> 
     return (error > threshold).double().mean().item()
 
 
-def d1_error(pred: Tensor, gt: Tensor, mask: Tensor) -> float:
-    """KITTI D1: fraction of masked pixels with error > 3 px and > 5 % of the true disparity."""
+def d1_error(pred: Tensor, gt: Tensor, mask: Tensor, pixels: float = D1_PIXELS,
+             relative: float = D1_RELATIVE) -> float:
+    """KITTI D1: fraction of masked pixels with error > 3 px and > 5 % of the true disparity (`pixels`, `relative`)."""
     error, truth = _masked_errors(pred, gt, mask)
-    return ((error > D1_PIXELS) & (error > D1_RELATIVE * truth.abs())).double().mean().item()
+    return ((error > pixels) & (error > relative * truth.abs())).double().mean().item()

@@ -39,11 +39,10 @@ from tqdm import tqdm
 from data.disparity_maps import MAP_SUFFIXES, make_lr_map, read_disparity_map
 from data.readers import write_image, write_kitti_disparity
 from data.testsets import find_datasets, ground_truth_files, list_scenes, load_ground_truth, load_pair
-from evaluation import MAP_METRICS, score_table, upsample_bicubic
+from evaluation import DISPARITY_PROTOCOLS, MAP_METRICS, score_table, upsample_bicubic
 from models import DISPARITY_MODELS, MAP_MODELS, add_model_args, model_entry
-from models.ssrdefnet.cost_volume import MAX_DISPARITY
 from figures import colorize, save_figure
-from metrics import bad_pixel_rate, d1_error, epe, rmse
+from metrics import epe, rmse
 from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint,
                                results_name)
 from models.imresize import modcrop
@@ -57,6 +56,7 @@ ESTIMATES = ('hr_r2', 'hr_r1', 'lr_r2', 'lr_r1')
 ERROR_MAP_MAX = 5.0  # px, top of the error-map colour scale
 # --upsampler: the LR PAM disparity of recursion 2 brought to HR by bicubic upsampling and by the map network.
 UPSAMPLED = ('pam_bicubic', 'pam_upsampler')
+STEREO = DISPARITY_PROTOCOLS['stereo']   # valid range, clamp, rates and header line of the stereo table
 SAMPLE = 'sample'    # --datasets name of the built-in ground truth: Middlebury 2014 Motorcycle, from scikit-image
 
 
@@ -94,32 +94,30 @@ def estimates_of(out) -> dict[str, torch.Tensor]:
 
 def valid_mask(gt: torch.Tensor) -> torch.Tensor:
     """Pixels the official script evaluates: 0 < gt < 192 (also drops Middlebury's inf for unknown)."""
-    return torch.isfinite(gt) & (gt > 0) & (gt < MAX_DISPARITY)
+    return STEREO.valid(gt)
 
 
 def scene_metrics(estimates: dict, gt_all: torch.Tensor, gt_noc: torch.Tensor) -> dict:
     """EPE of every estimate (ESTIMATES, and UPSAMPLED with --upsampler; RMSE too for those and the two recursion-2
     estimates they are read against), and the standard metrics of the final HR disparity, on all / noc pixels."""
     metrics = {}
-    for region, gt in (('all', gt_all), ('noc', gt_noc)):
+    for region, gt in zip(STEREO.regions, (gt_all, gt_noc)):
         mask = valid_mask(gt)
         for key in estimates:
             metrics[f'epe_{region}_{key}'] = epe(estimates[key], gt, mask)
         if UPSAMPLED[0] in estimates:
             for key in ('lr_r2', *UPSAMPLED, 'hr_r2'):
                 metrics[f'rmse_{region}_{key}'] = rmse(estimates[key], gt, mask)
-                metrics[f'bad3_{region}_{key}'] = bad_pixel_rate(estimates[key], gt, mask, 3.0)
+                metrics[f'bad3_{region}_{key}'] = STEREO.rates(estimates[key], gt, mask)['bad3']
         final = estimates['hr_r2']
         metrics[f'epe_{region}'] = metrics[f'epe_{region}_hr_r2']
-        metrics[f'bad1_{region}'] = bad_pixel_rate(final, gt, mask, 1.0)
-        metrics[f'bad3_{region}'] = bad_pixel_rate(final, gt, mask, 3.0)
-        metrics[f'd1_{region}'] = d1_error(final, gt, mask)
+        metrics.update({f'{name}_{region}': rate for name, rate in STEREO.rates(final, gt, mask).items()})
     return metrics
 
 
 def save_pictures(out_dir: Path, name: str, left: np.ndarray, disparity: np.ndarray, gt: np.ndarray) -> None:
     """Colour-coded disparity, error map, a figure with colour bars, and the raw disparity as a KITTI 16-bit PNG."""
-    valid = np.isfinite(gt) & (gt > 0) & (gt < MAX_DISPARITY)
+    valid = STEREO.valid(torch.from_numpy(np.ascontiguousarray(gt))).numpy()
     top = float(np.percentile(gt[valid], 99)) if valid.any() else float(disparity.max())
     error = np.where(valid, np.abs(disparity - gt), np.nan)
     write_kitti_disparity(out_dir / f'{name}_disp16.png', disparity)
@@ -161,8 +159,8 @@ def upsampled_pam(out, upsampler: torch.nn.Module, scale: int) -> dict[str, torc
     pam = out.disp_pam[1].left.float()
     with torch.inference_mode():
         fused = upsampler(pam).fused.float()
-    return {'pam_bicubic': upsample_bicubic(pam.cpu(), scale)[0, 0].clamp(0, MAX_DISPARITY),
-            'pam_upsampler': fused[0, 0].cpu().clamp(0, MAX_DISPARITY)}
+    return {'pam_bicubic': STEREO.clamped(upsample_bicubic(pam.cpu(), scale)[0, 0]),
+            'pam_upsampler': STEREO.clamped(fused[0, 0].cpu())}
 
 
 # ---- disparity-map networks (DSDMSR): ground-truth maps downsampled, super-resolved, scored at HR
@@ -240,11 +238,7 @@ def evaluate_maps(args, model: torch.nn.Module, weights: str, run_name: str, dev
     super-resolved and scored (evaluation.score_table); per map, then averaged over a dataset's maps."""
     scale, title = args.scale_factor, model_entry(model.zoo_name).title
     sources = map_sources(args)
-    protocol = (f'each ground-truth map cropped to a multiple of {scale}, downsampled x{scale} mask-aware (an LR pixel '
-                'is the mean of the valid HR pixels of its block, / scale; LR holes filled with the nearest valid LR '
-                'value), super-resolved; RMSE, EPE (px), >1px, >3px, D1 (>3 px and >5 %) over the valid HR pixels; '
-                'stage k at its own resolution against the ground truth downsampled there, in its own pixels; '
-                'nearest / bicubic: the same LR map upsampled, values x scale')
+    protocol = DISPARITY_PROTOCOLS['map_sr'].describe(scale)
     header = [f'# Disparity-map SR x{scale}: {title}', f'weights: {weights}', f'protocol: {protocol}',
               f'device: {device}']
     log.info('\n'.join(header))
@@ -326,8 +320,7 @@ def main(argv=None) -> dict:
         raise UsageError(f'--datasets {unknown} not found under {args.testset_dir} (present: {present})')
 
     weights = describe_checkpoint(checkpoint, meta)
-    protocol = ('left-view EPE in HR px over 0 < gt < 192 (all = dispocc0 / PFM, noc = dispnoc0 / PFM & mask0nocc), '
-                'disparities clamped to [0, 192]; >1px, >3px, D1 (>3 px and >5 %) of the final HR disparity')
+    protocol = STEREO.describe(scale)
     header = [f'# Disparity x{scale}', f'weights: {weights}', f'protocol: {protocol}', f'device: {device}']
     if upsampler is not None:
         header.append(f'upsampler of the LR PAM disparity: {upsampler.describe}')

@@ -3,13 +3,14 @@
 20 log10(255 / sqrt(MSE))), then averaged over the two views as SwinFIR's swinfirssr_model.py 105-121 does."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from evaluation import protocol_entry, scene_scores
+from evaluation import DISPARITY_PROTOCOLS, MAP_METRICS, map_scores, protocol_entry, scene_scores
 
 
 def basicsr_psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
@@ -49,3 +50,38 @@ def test_swinfir_protocol_crops_exactly_scale_pixels(scale):
     assert entry.rounded and entry.channel == 'rgb'                # on uint8 RGB, as calculate_psnr
     assert entry.describe(scale).count(f'without {scale} border pixels') == 1
 
+
+# ---- disparity scorings: DISPARITY_PROTOCOLS entries drive test_disp.py's masks, clamps, rates and header lines
+
+def test_stereo_disparity_header_is_the_published_protocol_line():
+    assert DISPARITY_PROTOCOLS['stereo'].describe(4) == (
+        'left-view EPE in HR px over 0 < gt < 192 (all = dispocc0 / PFM, noc = dispnoc0 / PFM & mask0nocc), '
+        'disparities clamped to [0, 192]; >1px, >3px, D1 (>3 px and >5 %) of the final HR disparity')
+    assert DISPARITY_PROTOCOLS['map_sr'].describe(2).startswith('each ground-truth map cropped to a multiple of 2, '
+                                                                'downsampled x2 mask-aware')
+    assert MAP_METRICS == ('rmse', 'epe', 'bad1', 'bad3', 'd1')
+
+
+def test_stereo_valid_mask_and_clamp_come_from_the_entry():
+    import test_disp
+    gt = torch.tensor([float('nan'), float('inf'), -1.0, 0.0, 0.5, 100.0, 191.9, 192.0, 300.0])
+    expected = torch.tensor([False, False, False, False, True, True, True, False, False])
+    assert torch.equal(test_disp.valid_mask(gt), expected)
+    narrow = dataclasses.replace(test_disp.STEREO, max_disparity=100.0, clamp=(0.0, 100.0))
+    assert torch.equal(narrow.valid(gt), expected & (gt < 100))
+    assert narrow.clamped(torch.tensor([-5.0, 50.0, 250.0])).tolist() == [0.0, 50.0, 100.0]
+    assert torch.equal(DISPARITY_PROTOCOLS['map_sr'].valid(gt), torch.isfinite(gt))   # no range for map SR
+
+
+def test_d1_and_error_rates_follow_the_entry():
+    import test_disp
+    gt = torch.tensor([10.0, 10.0, 100.0, 100.0, 100.0])
+    pred = gt + torch.tensor([0.5, 2.0, 3.5, 4.0, 6.0])   # D1: > 3 px and > 5 % (100 -> 5 px): only the last
+    mask = torch.ones_like(gt, dtype=torch.bool)
+    scores = test_disp.scene_metrics({'hr_r2': pred, 'hr_r1': pred, 'lr_r2': pred, 'lr_r1': pred}, gt, gt)
+    assert [scores[f'{k}_all'] for k in ('bad1', 'bad3', 'd1')] == pytest.approx([0.8, 0.6, 0.2])
+    assert scores['d1_noc'] == scores['d1_all']
+    assert map_scores(pred, gt, mask)['d1'] == pytest.approx(0.2)
+    looser = dataclasses.replace(test_disp.STEREO, bad_thresholds=(2.0,), d1_pixels=1.0, d1_relative=0.03)
+    rates = looser.rates(pred, gt, mask)   # > 1 px and > 3 %: 2 px of 10, and 3.5, 4, 6 px of 100
+    assert rates == pytest.approx({'bad2': 0.6, 'd1': 0.8})
