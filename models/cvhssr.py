@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.nafssr import (CHANNEL_ORDERS, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, DropPath, LayerNorm2d, TLCPool,
-                           simple_gate)
+                           release_options, simple_gate)  # release_options: BasicSR {'params'} files are BGR
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -265,11 +265,6 @@ OPTIONS = (
              "{'params': ...} files); a project checkpoint records its own"),
         of_weights=True),
 )
-
-
-def release_options(checkpoint: dict) -> dict:
-    """Options implied by a checkpoint: the authors' BasicSR files ({'params': state_dict}) were trained on BGR."""
-    return {'channel_order': 'bgr'} if isinstance(checkpoint, dict) and 'params' in checkpoint else {}
 
 
 def builder(variant: str):

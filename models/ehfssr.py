@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.nafssr import LayerNorm2d
+from models.nafssr import LayerNorm2d, release_options  # release_options: BasicSR {'params'} files are BGR
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -469,11 +469,6 @@ OPTIONS = (
              "{'params': ...} files); a project checkpoint records its own"),
         of_weights=True),
 )
-
-
-def release_options(checkpoint: dict) -> dict:
-    """Options implied by a checkpoint: the authors' BasicSR files ({'params': state_dict}) were tested on BGR."""
-    return {'channel_order': 'bgr'} if isinstance(checkpoint, dict) and 'params' in checkpoint else {}
 
 
 def builder(variant: str):
