@@ -6,7 +6,9 @@
 
 figs/demo_comparison.png   demo.py on Motorcycle at x4: LR, bicubic, SR, HR, disparity, ground truth, block matcher
 figs/demo_disparity.png    demo.py's disparity figure (SR left view and its HR disparity)
-figs/demo_training.png     the demo checkpoint's training curve: the per-epoch log train.py --export stores in it
+figs/demo_training.png     the demo checkpoint's training curve: the per-epoch log train.py --export stores in it,
+                           with its teacher's PSNR on fresh patches of the same trainset as a reference line (when
+                           the run had a teacher and its file is here, with the recorded SHA-256)
 figs/bench.png             time and peak memory per case and variant (official code included when it was measured);
                            with --roofline, GFLOP/s against the calibrated peak
 figs/trained_motorcycle.png  the authors' CVHSSR-T and EHFSSR-S weights on Motorcycle x4 (demo.py), crops beside LR,
@@ -21,12 +23,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 import demo
 from figures import pyplot
-from models.checkpoint import read_checkpoint
+from models.checkpoint import file_sha256, load_model, read_checkpoint
 from data.readers import read_image_uint8
 from models import model_entry
 from models.imresize import imresize, modcrop
@@ -107,6 +110,45 @@ def training_phases(stored: dict) -> list[tuple[str, list[dict]]]:
     return phases
 
 
+def teacher_reference(stored: dict, count: int = 32) -> tuple[str, float] | None:
+    """(label, PSNR) of an exported run's first --teacher on `count` fresh patches of the run's own trainset (the
+    same generator, crop and scale; an epoch no run of it saw), scored as the training PSNR is (left view, the
+    boundary columns cropped, `training.tasks.StereoSR.step_metrics`): the level the student's training PSNR climbs
+    towards. None, said in one line, when the run had no teacher or its file is not here as the run recorded it."""
+    args = stored.get('args', {})
+    records = stored.get('teachers') or []
+    if not args.get('teacher') or not records:
+        return None
+    record = records[0]
+    candidates = [Path(record['path']), Path(__file__).resolve().parent / record['path']]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        print(f"no teacher line in the training figure: {record['path']} (the run's teacher) is not here")
+        return None
+    if record.get('sha256') and file_sha256(found) != record['sha256']:
+        print(f"no teacher line in the training figure: {found} is not the file the run was trained with (sha256 "
+              f"{record['sha256'][:12]}... recorded)")
+        return None
+    import torch
+    from training.tasks import StereoSR
+    from training.trainsets import stereo_dataset
+
+    config = SimpleNamespace(**{k: args.get(k) for k in ('trainset', 'scale_factor', 'synthetic_size', 'seed',
+                                                          'texture_dir', 'lr_crop', 'trainset_dir', 'map_patch',
+                                                          'map_pattern')},
+                             augment=False, channel_shuffle=False)
+    dataset = stereo_dataset(config)
+    dataset.epoch = 10 ** 6       # scenes of an epoch the run never reached
+    network, _ = load_model(found, args['scale_factor'], 'cpu', record['model'])
+    scores = []
+    with torch.no_grad():
+        for index in range(min(count, len(dataset))):
+            hr_left, hr_right, lr_left, lr_right = (t[None] for t in dataset[index][:4])
+            scores.append(StereoSR().step_metrics(network(lr_left, lr_right), [hr_left, hr_right])['psnr_left'])
+    return f"teacher {record['model']} on {len(scores)} fresh --trainset {args.get('trainset')} patches", \
+        float(np.mean(scores))
+
+
 def training_figure(checkpoint: Path, path: Path) -> bool:
     """Loss terms, train PSNR and (warm-up) matching EPE against optimisation steps, from the logs stored in an
     exported checkpoint, one shaded span per run of its history."""
@@ -147,6 +189,10 @@ def training_figure(checkpoint: Path, path: Path) -> bool:
         offset = steps[-1]
     ax_loss.set(xlabel='optimisation step', ylabel='training loss (epoch mean)', yscale='log')
     ax_psnr.set(xlabel='optimisation step', ylabel='PSNR (dB)')
+    reference = teacher_reference(stored)
+    if reference is not None:
+        ax_psnr.axhline(reference[1], color='tab:green', ls='--', lw=1.5,
+                        label=f'{reference[0]}: {reference[1]:.2f} dB')
     for ax in (ax_loss, ax_psnr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc='upper right' if ax is ax_loss else 'lower right')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -261,3 +262,40 @@ def test_export_carries_the_runs_it_started_from(tmp_path):
     assert phases[1][0].endswith('disp_supervision 0.01') and [len(rows) for _, rows in phases] == [1, 1]
     assert make_figs.training_figure(tmp_path / 'demo.pth', tmp_path / 'curve.png')
     assert iio.imread(tmp_path / 'curve.png').shape[:2] == (405, 1080)
+
+
+def test_training_figure_teacher_line_is_the_teachers_score_on_fresh_patches(tmp_path, capsys):
+    """make_figs.teacher_reference: the recorded teacher scored on patches of the run's trainset from an epoch the run
+    never saw, as the training PSNR is; no line when the file is missing or is not the one the run recorded."""
+    import make_figs
+    from models import build_model
+    from models.checkpoint import file_sha256, save_checkpoint
+    from metrics import psnr
+    from training.tasks import training_boundary
+    from training.trainsets import stereo_dataset
+    torch.manual_seed(0)
+    teacher = build_model('nafssr-t', 2).eval()
+    save_checkpoint(tmp_path / 'teacher.pth', teacher, args={'model': 'nafssr-t', 'scale_factor': 2})
+    args = {'trainset': 'synthetic', 'scale_factor': 2, 'synthetic_size': 3, 'seed': 5, 'lr_crop': None,
+            'teacher': [[str(tmp_path / 'teacher.pth'), 'nafssr-t', '1']]}
+    stored = {'args': args, 'teachers': [{'path': str(tmp_path / 'teacher.pth'), 'model': 'nafssr-t', 'weight': 1.0,
+                                          'sha256': file_sha256(tmp_path / 'teacher.pth')}]}
+    label, value = make_figs.teacher_reference(stored, count=2)
+    assert label == 'teacher nafssr-t on 2 fresh --trainset synthetic patches'
+    # the same score computed here directly: left views, the unmatched first columns cropped
+    dataset = stereo_dataset(SimpleNamespace(**args, augment=False, channel_shuffle=False))
+    dataset.epoch = 10 ** 6
+    expected = []
+    with torch.no_grad():
+        for index in range(2):
+            hr_left, _, lr_left, lr_right = (t[None] for t in dataset[index][:4])
+            sr = teacher(lr_left, lr_right).sr_left.clamp(0, 1)
+            expected.append(psnr(sr, hr_left, crop_left=training_boundary(hr_left.shape[-1])).item())
+    assert value == pytest.approx(np.mean(expected), abs=1e-6) and 5 < value < 60
+    assert make_figs.teacher_reference({'args': {**args, 'teacher': None}, 'teachers': []}) is None
+    (tmp_path / 'teacher.pth').write_bytes((tmp_path / 'teacher.pth').read_bytes() + b'x')
+    assert make_figs.teacher_reference(stored) is None
+    assert 'is not the file the run was trained with' in capsys.readouterr().out
+    (tmp_path / 'teacher.pth').unlink()
+    assert make_figs.teacher_reference(stored) is None
+    assert "(the run's teacher) is not here" in capsys.readouterr().out
