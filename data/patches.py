@@ -5,14 +5,13 @@ On disk (the layout the authors' loader reads): <trainset_dir>/patches_x<s>/<id>
 """
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from data.readers import image_size, read_disparity, read_image_uint8
 from data.testsets import find_datasets, list_scenes
@@ -164,6 +163,17 @@ class PatchFolder(StereoPatches):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of every patch file's name, size and modification time (a stat per file, no pixels read): what
+        a teacher cache built on these patches checks (data/teacher_cache.py)."""
+        digest = hashlib.sha256()
+        for sample in self.samples:
+            for name in PATCH_FILES:
+                path = sample / name
+                stat = path.stat() if path.is_file() else None
+                digest.update(f'{sample.name}/{name} {stat and stat.st_size} {stat and stat.st_mtime_ns}\n'.encode())
+        return digest.hexdigest()
+
     def load(self, index: int) -> tuple[np.ndarray, ...]:
         folder = self.samples[index]
         try:
@@ -185,6 +195,15 @@ class PatchList(StereoPatches):
 
     def __len__(self) -> int:
         return len(self.patches)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the patches' pixels and shapes (they are in memory)."""
+        digest = hashlib.sha256()
+        for views in self.patches:
+            for view in views:
+                digest.update(f'{view.shape} {view.dtype}'.encode())
+                digest.update(np.ascontiguousarray(view).tobytes())
+        return digest.hexdigest()
 
     def load(self, index: int) -> tuple[np.ndarray, ...]:
         return self.patches[index]
@@ -253,71 +272,3 @@ class SceneCrops(StereoPatches):
         truth = np.where(np.isfinite(truth) & (truth > 0), truth, np.nan).astype(np.float32)
         return (views[0][hr], views[1][hr], views[2][lr], views[3][lr], truth[hr],
                 np.full(truth[hr].shape, np.nan, dtype=np.float32))
-
-
-# ---- teacher outputs computed once (train.py --teacher_cache DIR)
-
-TEACHER_CACHE_FILE, TEACHER_CACHE_META = 'teacher_outputs.npy', 'meta.json'
-
-
-class TeacherCache:
-    """The `extras` source of a dataset from a teacher cache folder: <dir>/teacher_outputs.npy, an (N, T, 2, H, W, 3)
-    float32 or float16 array (patch, teacher, view, HR pixels, RGB) read by memory map, and <dir>/meta.json.
-    `cache(index)` -> [(left, right)] per teacher, un-augmented (the dataset augments them with the HR views).
-    Picklable for DataLoader workers (each opens its own memory map)."""
-
-    def __init__(self, folder: str | Path):
-        self.path = Path(folder) / TEACHER_CACHE_FILE
-        self.array = None
-
-    def __getstate__(self):
-        return {'path': self.path, 'array': None}
-
-    def __call__(self, index: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        if self.array is None:
-            self.array = np.load(self.path, mmap_mode='r')
-        return [(np.asarray(t[0]), np.asarray(t[1])) for t in self.array[index]]
-
-
-def read_teacher_meta(folder: str | Path) -> dict | None:
-    """meta.json of a teacher cache, None when there is none."""
-    path = Path(folder) / TEACHER_CACHE_META
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
-
-
-def write_teacher_cache(dataset: StereoPatches, predict, folder: str | Path, meta: dict, batch_size: int = 8,
-                        dtype: str = 'float32') -> None:
-    """One pass over `dataset` (read without augmentation or channel shuffle) writing every patch's teacher outputs:
-    predict(lr_left, lr_right) -> list of (sr_left, sr_right) (B, 3, sH, sW) tensors, one per teacher. meta.json is
-    written with 'complete': True only at the end, so an interrupted pass is redone, not trusted."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / TEACHER_CACHE_META).write_text(json.dumps({**meta, 'complete': False}, indent=2))
-    saved = dataset.augment, dataset.channel_shuffle, dataset.extras
-    dataset.augment, dataset.channel_shuffle, dataset.extras = False, False, None
-    try:
-        hr = dataset[0][0]
-        array = None
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-        start = 0
-        for batch in tqdm(loader, desc=f'teacher cache {folder}', unit='batch'):
-            outputs = predict(batch[2], batch[3])
-            if array is None:
-                array = np.lib.format.open_memmap(folder / TEACHER_CACHE_FILE, mode='w+', dtype=dtype,
-                                                  shape=(len(dataset), len(outputs), 2, *hr.shape[1:], 3))
-            stacked = torch.stack([torch.stack([left, right], 1) for left, right in outputs], 1)  # B T 2 3 H W
-            if stacked.shape[-2:] != hr.shape[1:]:
-                raise ValueError(f'teacher outputs of {tuple(stacked.shape[-2:])} pixels for HR patches of '
-                                 f'{tuple(hr.shape[1:])}: the teacher cache needs patches of one size')
-            array[start:start + stacked.shape[0]] = stacked.permute(0, 1, 2, 4, 5, 3).float().cpu().numpy()
-            start += stacked.shape[0]
-        array.flush()
-        del array
-    finally:
-        dataset.augment, dataset.channel_shuffle, dataset.extras = saved
-    (folder / TEACHER_CACHE_META).write_text(json.dumps({**meta, 'complete': True}, indent=2))

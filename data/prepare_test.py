@@ -15,7 +15,13 @@ Presets and the raw layouts they read:
 With ground truth (KITTI *training* folders), the disparity set of the official test_disp.py is written too
 (K2012 / K2015: hr/<scene>/{hr0,hr1,dispocc0,dispnoc0}.png, the ground truth cropped like the HR images).
 Middlebury ground truth goes into the Middlebury set itself (disp0GT.pfm, mask0nocc.png), halved with the images.
-A --src that is already in the authors' layout (has hr/) is used as is: only missing lr_x<s> images are made.
+A --src that is already in the authors' layout (has hr/) is used as is: its lr_x<s> folder is made when it is
+missing (an incomplete one is refused, or remade whole with --overwrite).
+
+Existing output is refused: when <out>/<Dataset> (or the KITTI disparity set) already holds files, the script stops
+before any work and names it, since it may be a test set downloaded from the authors; --overwrite replaces it whole.
+Every dataset folder is written into a temporary folder beside it (<out>/.partial-*) and renamed into place at the
+end, so a run that fails or is interrupted leaves the previous output untouched and no temporary folder behind.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from data.readers import (read_disparity, read_image_uint8, write_image, write_kitti_disparity,  # noqa: E402
                           write_pfm)
+from data.staging import holds_output, staged_output  # noqa: E402
 from data.testsets import KITTI_GT, PFM_GT  # noqa: E402
 from models.imresize import imresize, modcrop  # noqa: E402
 from utils import UsageError, run_script  # noqa: E402
@@ -171,21 +178,28 @@ def prepare_pair(pair: RawPair, preset: Preset, out_dir: Path, dataset: str, sca
         write_image(scene_dir / PFM_GT[1], fit(mask, shape, False).astype(np.uint8) * 255)
 
 
-def complete_authors_layout(dataset_dir: Path, scale: int) -> int:
-    """Make the missing lr_x<s> images of a folder already in the authors' layout. Returns how many were made."""
-    made = 0
-    for scene in tqdm(sorted(p for p in (dataset_dir / 'hr').iterdir() if p.is_dir()), desc=dataset_dir.name):
-        for view in range(2):
-            lr_path = dataset_dir / f'lr_x{scale}' / scene.name / f'lr{view}.png'
-            if lr_path.is_file():
-                continue
-            hr = read_image_uint8(scene / f'hr{view}.png')
-            if hr.shape[0] % scale or hr.shape[1] % scale:
-                raise ValueError(f'{scene / f"hr{view}.png"} is {hr.shape[0]}x{hr.shape[1]}, not a multiple of '
-                                 f'{scale}; the authors\' layout expects modcropped HR images')
-            write_image(lr_path, imresize(hr, 1 / scale))
-            made += 1
-    return made
+def complete_authors_layout(dataset_dir: Path, scale: int, overwrite: bool = False) -> int:
+    """Make the lr_x<s> folder of a folder already in the authors' layout, whole: when it is missing, or with
+    `overwrite` (replacing it). A complete one is left alone; an incomplete one is refused (it would mix images of two
+    makings). Returns how many images were made."""
+    scenes = sorted(p for p in (dataset_dir / 'hr').iterdir() if p.is_dir())
+    lr_dir = dataset_dir / f'lr_x{scale}'
+    wanted = [lr_dir / scene.name / f'lr{view}.png' for scene in scenes for view in range(2)]
+    if holds_output(lr_dir) and not overwrite:
+        missing = [path for path in wanted if not path.is_file()]
+        if not missing:
+            return 0
+        raise UsageError(f'{lr_dir} lacks {len(missing)} of its {len(wanted)} images (e.g. {missing[0]}); '
+                         f'--overwrite remakes the whole folder from hr/')
+    with staged_output(dataset_dir, [lr_dir.name]) as staging:
+        for scene in tqdm(scenes, desc=dataset_dir.name):
+            for view in range(2):
+                hr = read_image_uint8(scene / f'hr{view}.png')
+                if hr.shape[0] % scale or hr.shape[1] % scale:
+                    raise ValueError(f'{scene / f"hr{view}.png"} is {hr.shape[0]}x{hr.shape[1]}, not a multiple of '
+                                     f'{scale}; the authors\' layout expects modcropped HR images')
+                write_image(staging / lr_dir.name / scene.name / f'lr{view}.png', imresize(hr, 1 / scale))
+    return len(wanted)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -194,7 +208,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'is already in the authors\' layout)')
     parser.add_argument('--src', type=Path, required=True, help='raw dataset folder (for KITTI: training or testing)')
     parser.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale of the LR images')
-    parser.add_argument('--out', type=Path, default=Path('./data/test'), help='test-set root to write into')
+    parser.add_argument('--out', type=Path, default=Path('./data/test'),
+                        help='test-set root to write into; a dataset folder there that already holds files is refused '
+                             '(see --overwrite)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace existing dataset folders under --out whole (default: refuse them; a folder in '
+                             'the authors\' layout: remake its lr_x<s> whole). The old output stays until the new one '
+                             'is complete')
     parser.add_argument('--name', help='dataset folder name (default: the preset\'s, e.g. KITTI2012)')
     parser.add_argument('--scenes', help='comma-separated scene names to keep (default: all pairs found)')
     parser.add_argument('--halve', action=argparse.BooleanOptionalAction, default=None,
@@ -206,8 +226,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     if (args.src / 'hr').is_dir():
-        made = complete_authors_layout(args.src, args.scale_factor)
-        log.info(f'{args.src} is already in the authors\' layout; made {made} missing lr_x{args.scale_factor} images')
+        made = complete_authors_layout(args.src, args.scale_factor, args.overwrite)
+        log.info(f'{args.src} is already in the authors\' layout; ' + (
+            f'made its {made} lr_x{args.scale_factor} images' if made else
+            f'its lr_x{args.scale_factor} images are all there (--overwrite remakes them)'))
         return
     if args.preset is None:
         raise UsageError(f'{args.src} is not in the authors\' layout (no hr/ folder); choose a --preset')
@@ -223,9 +245,16 @@ def main(argv=None) -> None:
         pairs = [p for p in pairs if p.name in wanted]
     dataset = args.name or preset.dataset
     halve = preset.halve if args.halve is None else args.halve
-    for pair in tqdm(pairs, desc=f'{dataset} x{args.scale_factor}'):
-        prepare_pair(pair, preset, args.out, dataset, args.scale_factor, halve)
     with_gt = sum(p.gt_all is not None for p in pairs)
+    names = [dataset] + ([preset.disparity_dataset] if with_gt and preset.disparity_dataset else [])
+    existing = [str(args.out / name) for name in names if holds_output(args.out / name)]
+    if existing and not args.overwrite:
+        raise UsageError(f'{" and ".join(existing)} already hold{"s" if len(existing) == 1 else ""} a test set; '
+                         f'--overwrite replaces {"it" if len(existing) == 1 else "them"} whole, or choose another '
+                         f'--out or --name')
+    with staged_output(args.out, names) as staging:
+        for pair in tqdm(pairs, desc=f'{dataset} x{args.scale_factor}'):
+            prepare_pair(pair, preset, staging, dataset, args.scale_factor, halve)
     log.info(f'wrote {len(pairs)} pairs to {args.out / dataset}' + (
         f', {with_gt} with ground truth to {args.out / (preset.disparity_dataset or dataset)}' if with_gt else ''))
 

@@ -8,6 +8,11 @@ Flickr1024 pairs). As in the MATLAB script: files are paired consecutively in so
 images are first halved with MATLAB bicubic; then HR = modcrop(scale), LR = MATLAB-bicubic downscale; LR patches of
 30x90 every 20 pixels from (1-based) index 3, with the co-located HR patches; one running counter over both datasets
 gives the folder names <out>/patches_x<s>/000001/{hr0,hr1,lr0,lr1}.png, ...
+
+An existing <out>/patches_x<s> is replaced whole (the patches are a function of --src and the scale alone; no old
+patch survives beside new ones). The patches are written into a temporary folder beside it, <out>/.partial-*, renamed
+into place at the end: a run that fails or is interrupted leaves the previous patches untouched and no temporary
+folder behind.
 """
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from data.patches import PATCH_FILES, extract_patches, make_hr_lr  # noqa: E402
+from data.patches import PATCH_FILES, PATCH_HEIGHT, PATCH_WIDTH, extract_patches, make_hr_lr  # noqa: E402
 from data.readers import read_image_uint8, write_image  # noqa: E402
+from data.staging import holds_output, staged_output  # noqa: E402
 from utils import run_script  # noqa: E402
 
 log = logging.getLogger('prepare_train')
@@ -49,7 +55,8 @@ def prepare(argv=None) -> int:
                         help='folder holding Middlebury/ and Flickr1024/ with the raw training PNGs')
     parser.add_argument('--scale_factor', type=int, default=4, choices=(2, 4), help='SR scale of the patches')
     parser.add_argument('--out', type=Path, default=Path('./data/train/Flickr1024_patches'),
-                        help='patch root; patches go to <out>/patches_x<s>/ (train.py --trainset_dir)')
+                        help='patch root; patches go to <out>/patches_x<s>/ (train.py --trainset_dir). An existing '
+                             'patches_x<s> is replaced whole, and only once every new patch is written')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
 
@@ -61,17 +68,24 @@ def prepare(argv=None) -> int:
                                     f'training data)')
         jobs += [(pair, halve) for pair in find_pairs(folder)]
     out = args.out / f'patches_x{args.scale_factor}'
+    replaced = holds_output(out)
     count = 0
-    for (left_path, right_path), halve in tqdm(jobs, desc=f'patches x{args.scale_factor}', unit='pair'):
-        left, right = read_image_uint8(left_path), read_image_uint8(right_path)
-        if left.shape != right.shape:
-            raise ValueError(f'{left_path} and {right_path} differ in size; are the files paired correctly?')
-        views = make_hr_lr(left, right, args.scale_factor, halve)
-        for patch in extract_patches(*views, args.scale_factor):
-            count += 1
-            for name, img in zip(PATCH_FILES, patch):
-                write_image(out / f'{count:06d}' / name, img)
-    log.info(f'wrote {count} patches from {len(jobs)} pairs to {out}')
+    with staged_output(args.out, [out.name]) as staging:
+        for (left_path, right_path), halve in tqdm(jobs, desc=f'patches x{args.scale_factor}', unit='pair'):
+            left, right = read_image_uint8(left_path), read_image_uint8(right_path)
+            if left.shape != right.shape:
+                raise ValueError(f'{left_path} and {right_path} differ in size; are the files paired correctly?')
+            views = make_hr_lr(left, right, args.scale_factor, halve)
+            for patch in extract_patches(*views, args.scale_factor):
+                count += 1
+                for name, img in zip(PATCH_FILES, patch):
+                    write_image(staging / out.name / f'{count:06d}' / name, img)
+        if not count:   # (an empty set never replaces patches: train.py would find none)
+            kept = f'; {out} is left as it was' if replaced else ''
+            raise ValueError(f'no patch cut from the {len(jobs)} pairs under {args.src}: LR images must be at least '
+                             f'{PATCH_WIDTH + 6}x{PATCH_HEIGHT + 6} pixels{kept}')
+    log.info(f'wrote {count} patches from {len(jobs)} pairs to {out}' + (' (replacing the previous ones)'
+                                                                          if replaced else ''))
     return count
 
 

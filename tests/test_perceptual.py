@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import train
-from data.patches import PatchList, TeacherCache, sample_patches, write_teacher_cache
+from data.patches import PatchList, sample_patches
+from data.teacher_cache import TeacherCache, write_teacher_cache
 from evaluation import (block_matching_estimator, consistency_scorer, disparity_mae, ntire_track2_score,
                         stereo_consistency_error, warp_to_left)
 from models import build_model, perceptual
@@ -229,8 +230,13 @@ def test_cached_teacher_outputs_equal_online_ones_after_augmentation(tmp_path, d
         with torch.no_grad():
             out = teacher(left, right)
         return [(out.sr_left, out.sr_right), (out.sr_left * 0.5, out.sr_right * 0.5)]   # two "teachers"
-    write_teacher_cache(dataset, predict, tmp_path, {'test': True}, batch_size=1, dtype=dtype)
-    assert json.loads((tmp_path / 'meta.json').read_text()) == {'test': True, 'complete': True}
+    write_teacher_cache(dataset, predict, tmp_path, {'test': True, 'dtype': dtype}, batch_size=1)
+    meta = json.loads((tmp_path / 'meta.json').read_text())
+    assert meta['complete'] and meta['source'] == {'test': True, 'dtype': dtype}
+    size = {'float32': 4, 'float16': 2}[dtype] * 6 * 2 * 2 * 60 * 180 * 3
+    assert meta['arrays']['teacher_outputs.npy'] == {'shape': [6, 2, 2, 60, 180, 3], 'dtype': np.dtype(dtype).str,
+                                                     'bytes': (tmp_path / 'teacher_outputs.npy').stat().st_size}
+    assert meta['arrays']['teacher_outputs.npy']['bytes'] - size in (128, 256)       # the .npy header
     dataset.extras = TeacherCache(tmp_path)
     seen = set()
     for epoch in range(2):
@@ -307,14 +313,14 @@ def test_teacher_cache_run_builds_once_then_reuses(tmp_path, teacher_checkpoint,
     assert train.main(argv + ['--checkpoint_dir', str(tmp_path / 'a')]) == 0
     meta = json.loads((cache / 'meta.json').read_text())
     outputs = np.load(cache / 'teacher_outputs.npy', mmap_mode='r')
-    assert meta['complete'] and meta['patches'] == 4 and outputs.shape == (4, 1, 2, 60, 180, 3)
-    assert meta['teachers'][0]['model'] == 'nafssr-s' and meta['paths'] == [str(teacher_checkpoint)]
+    assert meta['complete'] and meta['source']['trainset_patches'] == 4 and outputs.shape == (4, 1, 2, 60, 180, 3)
+    assert meta['source']['teacher_networks'] == ['nafssr-s'] and meta['paths'] == [str(teacher_checkpoint)]
     stamp = (cache / 'teacher_outputs.npy').stat().st_mtime_ns
     assert train.main(argv + ['--checkpoint_dir', str(tmp_path / 'b')]) == 0
     assert 'teacher cache: reusing' in caplog.text and (cache / 'teacher_outputs.npy').stat().st_mtime_ns == stamp
     row = json.loads((tmp_path / 'b' / 'log.jsonl').read_text())
     assert row['loss_distill'] > 0
-    with pytest.raises(FAILS, match=r'holds the outputs of other teachers or data \(differs in dtype\)'):
+    with pytest.raises(FAILS, match=r'meta.json: dtype differs \(cache .float32., this run .float16.\)'):
         train.main(argv + ['--checkpoint_dir', str(tmp_path / 'c'), '--teacher_cache_dtype', 'float16'])
 
 

@@ -89,6 +89,7 @@ class TrainConfig:
     distill_distance: str = _field('l1', DEFINITION)
     teacher_cache: Path | None = _field(None, SETTING)
     teacher_cache_dtype: str = _field('float32', SETTING)
+    teacher_cache_rebuild: bool = _field(False)
     vgg_weights: str | None = _field(None, SETTING)
     download_weights: bool = _field(False)
     # ---- data

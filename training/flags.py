@@ -207,13 +207,18 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
     group.add_argument('--distill_distance', choices=('l1', 'l2'), default=None,
                        help='d: mean L1 (default; the usual SR distillation) or MSE (the seed KD ymls)')
     group.add_argument('--teacher_cache', type=Path, default=None, metavar='DIR',
-                       help='compute the teachers\' outputs once (one pass over the un-augmented patches) into DIR, '
-                            'then read them back with the same flips and channel shuffle as the ground truth: no '
-                            'teacher runs during training. Reused while its meta.json matches the teachers and data. '
-                            'Not for --trainset synthetic or disparity (new patches every epoch)')
+                       help='compute the teachers\' outputs once (one pass over the un-augmented whole patches; '
+                            '--lr_crop crops them later) into DIR, then read them back with the same flips and channel '
+                            'shuffle as the ground truth: no teacher runs during training. Reused only while meta.json '
+                            'matches the teacher files (SHA-256), the scale, the patch files (names, sizes, times) and '
+                            'the array\'s recorded size and header; anything else stops the run naming the file and '
+                            'what differs. Not for --trainset synthetic or disparity (new patches every epoch)')
     group.add_argument('--teacher_cache_dtype', choices=('float32', 'float16'), default=None,
                        help='storage of the cached outputs (float32, the default, equals the online outputs bit for '
                             'bit; float16 halves the file: N x T x 2 x sH x sW x 3 values)')
+    group.add_argument('--teacher_cache_rebuild', action='store_true',
+                       help='rebuild --teacher_cache DIR when it holds other teachers\' or data\'s outputs, or is '
+                            'damaged (default: stop and say why; a cache whose build was interrupted is always redone)')
     group.add_argument('--vgg_weights', default=None, metavar='DIR|random',
                        help=f'folder holding {ntire.WEIGHT_FILES["vgg16"]} (perceptual) and '
                             f'{ntire.WEIGHT_FILES["vgg19"]} (texture), torchvision\'s ImageNet files under their '

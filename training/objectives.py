@@ -8,7 +8,7 @@ import logging
 import torch
 import torch.distributed as dist
 
-from data.patches import TeacherCache, read_teacher_meta, write_teacher_cache
+from data import teacher_cache
 from models import REGISTRY
 from models import perceptual
 from models.checkpoint import file_sha256, load_model
@@ -129,31 +129,47 @@ def load_teachers(config: TrainConfig, device, checkpoint: dict | None) -> tuple
 
 def attach_teacher_cache(config: TrainConfig, run_dataset, networks: list[torch.nn.Module], records: list[dict], device,
                          rank: int, world: int, use_amp: bool, amp_dtype) -> None:
-    """--teacher_cache DIR: reuse DIR when its meta.json matches these teachers and data, else compute the teachers'
-    outputs once (main process; the others wait), then read them as the dataset's extras."""
+    """--teacher_cache DIR: reuse DIR when check_teacher_cache verifies it against these teachers and data (meta.json,
+    array sizes and header); else compute the teachers' outputs once (main process; the others wait) when there is no
+    cache, its build was interrupted, or --teacher_cache_rebuild allows replacing it; otherwise stop with the line
+    that names the file and what differs. Then read the outputs as the dataset's extras."""
     if not TRAINSETS[config.trainset].fixed:
         fixed = ' or '.join(t.name for t in TRAINSETS.values() if t.fixed)
         raise UsageError(f'--teacher_cache cannot be used with --trainset {config.trainset}: its patches are new '
                          f'every epoch (random scenes or crops), so there is nothing to compute once; drop '
                          f'--teacher_cache (the teachers then run online) or train on fixed patches (--trainset '
                          f'{fixed})')
-    meta = {'teachers': [{'model': r['model'], 'sha256': r['sha256']} for r in records],
-            'scale_factor': config.scale_factor, 'trainset': config.trainset, 'trainset_dir': str(config.trainset_dir),
-            'patches': len(run_dataset), 'dtype': config.teacher_cache_dtype}
-    existing = read_teacher_meta(config.teacher_cache)
-    if existing is not None and existing.get('complete'):
-        differ = [k for k in meta if existing.get(k) != meta[k]]
-        if differ:
-            raise ValueError(f'--teacher_cache {config.teacher_cache} holds the outputs of other teachers or data '
-                             f'(differs in {", ".join(differ)}); use another folder or delete this one')
-        log.info(f'teacher cache: reusing {config.teacher_cache} ({len(run_dataset)} patches, {len(records)} teachers)')
-    elif rank == 0:
-        def predict(lr_left, lr_right):
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                outs = [net(lr_left.to(device), lr_right.to(device)) for net in networks]
-            return [(o.sr_left.float(), o.sr_right.float()) for o in outs]
-        write_teacher_cache(run_dataset, predict, config.teacher_cache, {**meta, 'paths': [r['path'] for r in records]},
-                            batch_size=max(1, config.batch_size // world), dtype=config.teacher_cache_dtype)
+    folder, s = config.teacher_cache, config.scale_factor
+    lr_shape = tuple(run_dataset.load(0)[2].shape[:2])       # the whole patch: --lr_crop crops the outputs later
+    source = {'teacher_networks': [r['model'] for r in records], 'teacher_sha256': [r['sha256'] for r in records],
+              'scale_factor': s, 'trainset': config.trainset, 'trainset_patches': len(run_dataset),
+              'trainset_digest': run_dataset.fingerprint(), 'lr_patch': list(lr_shape),
+              'dtype': config.teacher_cache_dtype,
+              'precision': (str(amp_dtype).removeprefix('torch.') + ' autocast') if use_amp else 'float32'}
+    shape = (len(run_dataset), len(records), 2, lr_shape[0] * s, lr_shape[1] * s, 3)
+    state, reason = teacher_cache.check_teacher_cache(folder, source, shape)
     if world > 1:
-        dist.barrier()
-    run_dataset.extras = TeacherCache(config.teacher_cache)
+        dist.barrier()       # every process has looked before the main one may replace anything
+    hint = '--teacher_cache_rebuild replaces it, or give another folder'
+    if state == teacher_cache.VALID:
+        log.info(f'teacher cache: reusing {folder} ({len(run_dataset)} patches, {len(records)} teachers; '
+                 f'record and array sizes verified)')
+    elif state == teacher_cache.INVALID and not config.teacher_cache_rebuild:
+        raise ValueError(f'--teacher_cache: {reason}; {hint}')
+    else:
+        if state != teacher_cache.ABSENT:
+            log.warning(f'teacher cache: rebuilding {folder}: {reason}')
+        if rank == 0:
+            def predict(lr_left, lr_right):
+                with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    outs = [net(lr_left.to(device), lr_right.to(device)) for net in networks]
+                return [(o.sr_left.float(), o.sr_right.float()) for o in outs]
+            info = {'paths': [r['path'] for r in records], 'trainset_dir': str(config.trainset_dir)}
+            teacher_cache.write_teacher_cache(run_dataset, predict, folder, source, info,
+                                              batch_size=max(1, config.batch_size // world))
+        if world > 1:
+            dist.barrier()
+        state, reason = teacher_cache.check_teacher_cache(folder, source, shape)
+        if state != teacher_cache.VALID:          # (what was just written reads back as recorded)
+            raise ValueError(f'--teacher_cache: {reason or folder} after building it')
+    run_dataset.extras = teacher_cache.TeacherCache(folder)
