@@ -253,5 +253,13 @@ def read_disparity(path: PathLike) -> np.ndarray:
             raise ValueError(f'{path}: a disparity PFM has one channel, this one has three')
         return disparity
     if suffix == '.npy':
-        return np.load(path).astype(np.float32)
+        try:      # allow_pickle stays off: an object array would run code from the file
+            disparity = np.load(path)
+        except (ValueError, OSError, EOFError):    # numpy's own text advises loading it unsafely
+            raise ValueError(f'{path}: cannot read this .npy disparity map: not a NumPy array file, or one of '
+                             f'pickled Python objects (not loaded: unpickling can run code)') from None
+        if disparity.dtype.kind not in 'fiu' or disparity.ndim != 2:
+            raise ValueError(f'{path}: a disparity map is a 2-D array of numbers, this .npy holds a '
+                             f'{disparity.ndim}-D array of {disparity.dtype}')
+        return disparity.astype(np.float32)
     raise ValueError(f'{path}: unknown disparity format {suffix!r} (expected .png, .pfm or .npy)')
