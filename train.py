@@ -77,6 +77,13 @@ def setup(config: TrainConfig, checkpoint: dict | None = None, exporting: bool =
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
+    # ---- what the flags and --init alone can refuse, before any data is read (consumes no random numbers)
+    if config.options.get('drop_path') and not any(o.name == 'drop_path' for o in entry.options):
+        with_it = [n for n, e in REGISTRY.items() if any(o.name == 'drop_path' for o in e.options)]
+        raise UsageError(f'--drop_path: {config.model} has no stochastic depth (networks with it: '
+                         f'{", ".join(with_it)})')
+    init = init_weights(config, entry) if checkpoint is None and config.init is not None else None
+
     # ---- data (the task's: stereo patches or disparity maps)
     dataset = task.build_dataset(config)
     check_validation_data(task, config)
@@ -98,11 +105,6 @@ def setup(config: TrainConfig, checkpoint: dict | None = None, exporting: bool =
                          f'to export it as it is')
 
     # ---- model
-    if config.options.get('drop_path') and not any(o.name == 'drop_path' for o in entry.options):
-        with_it = [n for n, e in REGISTRY.items() if any(o.name == 'drop_path' for o in e.options)]
-        raise UsageError(f'--drop_path: {config.model} has no stochastic depth (networks with it: '
-                         f'{", ".join(with_it)})')
-    init = init_weights(config, entry) if checkpoint is None and config.init is not None else None
     model = build_model(config.model, config.scale_factor, **config.model_options).to(device)
     if config.stage == 'matching':
         if not hasattr(model, 'matching'):

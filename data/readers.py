@@ -32,7 +32,8 @@ def _read_raw(path: PathLike) -> np.ndarray:
     would otherwise drop K as if it were alpha); 16-bit colour PNGs, which Pillow cuts to 8 bits, are decoded here."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'image not found: {path}')
+        raise FileNotFoundError(f'{path} is a folder, not an image file' if path.is_dir() else
+                                f'image not found: {path}')
     try:
         with open(path, 'rb') as f:
             head = f.read(33)
@@ -116,7 +117,8 @@ def image_size(path: PathLike) -> tuple[int, int]:
     """(height, width) of an image file, read from its header without decoding the pixels."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'image not found: {path}')
+        raise FileNotFoundError(f'{path} is a folder, not an image file' if path.is_dir() else
+                                f'image not found: {path}')
     try:
         shape = iio.improps(path).shape
     except Exception as err:
@@ -200,7 +202,8 @@ def read_pfm(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'disparity file not found: {path}')
+        raise FileNotFoundError(f'{path} is a folder, not a disparity file' if path.is_dir() else
+                                f'disparity file not found: {path}')
     with open(path, 'rb') as f:
         header = f.readline().strip()
         if header not in (b'PF', b'Pf'):

@@ -61,7 +61,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f'{path} is a folder, not a checkpoint file' if path.is_dir() else
+                                f'checkpoint not found: {path}')
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:

@@ -121,3 +121,23 @@ def test_an_iteration_based_run_once_finished_says_it_is_not_extended_by_resumin
     # --export alone still exports a finished run (exit 0)
     assert train.main(['--resume', str(run / 'last.pth'), '--export', str(tmp_path / 'again.pth')]) == 0
     assert read_checkpoint(tmp_path / 'again.pth')[1]['args']['total_iters'] == 1
+
+
+def test_a_folder_where_a_file_is_expected_is_called_a_folder(tmp_path, capsys):
+    from data.readers import read_image, read_pfm
+    from weights import resolve_checkpoint
+    for read, what in ((read_checkpoint, 'checkpoint file'), (read_image, 'image file'),
+                       (read_pfm, 'disparity file'), (resolve_checkpoint, 'checkpoint file')):
+        with pytest.raises(FileNotFoundError, match=f'{tmp_path} is a folder, not an? {what}'):
+            read(tmp_path)
+    import demo
+    code, err = outcome(demo.main, ['--checkpoint', str(tmp_path), '--out', str(tmp_path / 'out')], capsys)
+    assert code == 1 and f'error: {tmp_path} is a folder, not a checkpoint file' in err, err
+
+
+def test_an_init_of_another_network_is_refused_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    from training.tasks import StereoSR
+    monkeypatch.setattr(StereoSR, 'build_dataset', lambda *a: pytest.fail('the training data was read first'))
+    argv = TINY + ['--init', str(DSDMSR_X4), '--checkpoint_dir', str(tmp_path / 'run')]
+    code, err = outcome(train.main, argv, capsys)
+    assert code == 1 and f'--init {DSDMSR_X4} is a checkpoint of dsdmsr, not nafssr-t' in err, err
