@@ -46,7 +46,7 @@ from metrics import epe, rmse
 from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint,
                                results_name)
 from models.imresize import modcrop
-from utils import UsageError, add_device_args, print_report, resolve_device, run_script
+from utils import UsageError, add_device_args, check_output_file, print_report, resolve_device, run_script
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -291,6 +291,7 @@ def evaluate_maps(args, model: torch.nn.Module, weights: str, run_name: str, dev
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_output_file(args.json, '--json')              # before the evaluation
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device = resolve_device(args.device)
     scale = args.scale_factor

@@ -85,8 +85,8 @@ def unreadable_file_message(path: str | os.PathLike, err: BaseException, what: s
     weights_only=False (which would run code from the file: a checkpoint of ours never needs it)."""
     message = str(err)
     if isinstance(err, pickle.UnpicklingError) and 'Weights only load failed' in message:
-        found = re.search(r'Unsupported global: GLOBAL (\S+)', message) or re.search(r'Unsupported operand \S+', message)
-        obj = f' ({found.group(1) if found.groups() else found.group(0)})' if found else ''
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', message)
+        obj = f' ({found.group(1)})' if found else ''
         return (f'{path}: this {what} holds pickled Python objects{obj} besides tensors, which are not loaded from '
                 f'a file because unpickling them can run code; save the weights alone, e.g. '
                 f'torch.save({{"state_dict": model.state_dict()}}, file)')

@@ -141,3 +141,20 @@ def test_an_init_of_another_network_is_refused_before_the_data_is_read(tmp_path,
     argv = TINY + ['--init', str(DSDMSR_X4), '--checkpoint_dir', str(tmp_path / 'run')]
     code, err = outcome(train.main, argv, capsys)
     assert code == 1 and f'--init {DSDMSR_X4} is a checkpoint of dsdmsr, not nafssr-t' in err, err
+
+
+def test_a_json_path_that_is_a_folder_is_refused_before_the_evaluation(tmp_path, capsys, monkeypatch):
+    import bench
+    import test_disp
+    import test_sr
+    monkeypatch.setattr(bench, 'run_case', lambda *a: pytest.fail('a case ran before --json was checked'))
+    for main, argv in ((test_sr.main, ['--model', 'bicubic', '--scale_factor', '4', '--datasets', 'sample']),
+                       (test_disp.main, ['--model', 'dsdmsr', '--scale_factor', '4', '--checkpoint', str(DSDMSR_X4)]),
+                       (bench.main, ['--model', 'nafssr-t', '--count-only', '--sizes', '30x90', '--cases', 'infer'])):
+        code, err = outcome(main, argv + ['--json', str(tmp_path)], capsys)
+        assert code == 2 and f'error: --json {tmp_path} is a folder; give a file name' in err, (main, err)
+    blocked = tmp_path / 'file'
+    blocked.write_text('not a folder')
+    code, err = outcome(test_sr.main, ['--model', 'bicubic', '--datasets', 'sample', '--json', str(blocked / 'x.json')],
+                        capsys)
+    assert code == 1 and f'error: --json {blocked / "x.json"}: cannot create its folder' in err, err
