@@ -306,9 +306,13 @@ def main(argv=None) -> dict:
         raise UsageError(f'--upsampler super-resolves the LR disparity of a network that estimates one from a pair '
                          f'(--model {", ".join(DISPARITY_MODELS)}), not of {args.model}')
     checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
-                                f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
+    missing = [] if checkpoint.is_file() else [
+        f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in checkpoints/, or pass '
+        f'--checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)']
+    if args.upsampler is not None and not args.upsampler.is_file():
+        missing.append(f'--upsampler {args.upsampler} not found')
+    if missing:     # every missing weight file at once
+        raise FileNotFoundError('; '.join(missing))
     model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
     run_name = args.run_name or results_name(checkpoint, meta, scale)
     if model_entry(model.zoo_name).modality == 'disparity_map':

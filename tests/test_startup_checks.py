@@ -158,3 +158,11 @@ def test_a_json_path_that_is_a_folder_is_refused_before_the_evaluation(tmp_path,
     code, err = outcome(test_sr.main, ['--model', 'bicubic', '--datasets', 'sample', '--json', str(blocked / 'x.json')],
                         capsys)
     assert code == 1 and f'error: --json {blocked / "x.json"}: cannot create its folder' in err, err
+
+
+def test_test_disp_names_a_missing_checkpoint_and_upsampler_together(tmp_path, capsys):
+    import test_disp
+    code, err = outcome(test_disp.main, ['--checkpoint', str(tmp_path / 'net.pth'), '--upsampler',
+                                         str(tmp_path / 'up.pth')], capsys)
+    assert code == 1 and f'checkpoint {tmp_path / "net.pth"} not found' in err, err
+    assert f'--upsampler {tmp_path / "up.pth"} not found' in err and len(error_lines(err)) == 1
