@@ -165,7 +165,8 @@ def read_bench(bench_json: Path) -> dict:
     """A bench.py --json file, checked before any figure is made (the demo figures take a minute): a JSON object with
     the run's 'model', 'device', 'torch' and at least one successful row of 'rows'. Errors name the file."""
     if not bench_json.is_file():
-        raise FileNotFoundError(f'--bench {bench_json} not found (make it with python bench.py --json FILE)')
+        raise FileNotFoundError(f'--bench {bench_json} ' + ('is a folder' if bench_json.is_dir() else 'not found')
+                                + ' (make the file with python bench.py --json FILE)')
     try:
         data = json.loads(bench_json.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -240,7 +241,10 @@ def main(argv=None) -> int:
                              'or the weights cache; skipped when missing)')
     args = parser.parse_args(argv)
     bench = read_bench(args.bench) if args.bench is not None else None    # before the minute of demo run
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'--out {args.out}: cannot create the output folder ({err.strerror or err})') from None
     metrics = demo_figures(args.checkpoint, args.out)
     training_figure(args.checkpoint, args.out / 'demo_training.png')
     if bench is not None:

@@ -166,3 +166,13 @@ def test_test_disp_names_a_missing_checkpoint_and_upsampler_together(tmp_path, c
                                          str(tmp_path / 'up.pth')], capsys)
     assert code == 1 and f'checkpoint {tmp_path / "net.pth"} not found' in err, err
     assert f'--upsampler {tmp_path / "up.pth"} not found' in err and len(error_lines(err)) == 1
+
+
+def test_make_figs_names_its_flag_for_an_output_folder_or_bench_file_it_cannot_use(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(make_figs, 'demo_figures', lambda *a: pytest.fail('the demo ran first'))
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    code, err = outcome(make_figs.main, ['--out', str(blocker / 'figs')], capsys)
+    assert code == 1 and f'error: --out {blocker / "figs"}: cannot create the output folder' in err, err
+    code, err = outcome(make_figs.main, ['--bench', str(tmp_path), '--out', str(tmp_path / 'figs')], capsys)
+    assert code == 1 and f'error: --bench {tmp_path} is a folder' in err, err
