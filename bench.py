@@ -43,7 +43,7 @@ import torch
 
 from models import MODEL_NAMES, build_model, model_entry
 from models.registry import modality_error
-from utils import UsageError, non_negative_float, positive_int, run_script
+from utils import UsageError, check_output_file, non_negative_float, positive_int, run_script
 
 ROOT = Path(__file__).resolve().parent
 # Cases: (kind, scale, batch, LR height, LR width). KITTI: 375x1242 pairs -> LR 94x311 at x4 (x2 needs even sizes).
@@ -375,6 +375,7 @@ def main(argv=None) -> list[dict]:
         spec = json.loads(args.case)
         print(json.dumps(run_case(spec)))
         return []
+    check_output_file(args.json, '--json')              # before the cases run
     if args.model not in MODEL_NAMES:
         raise UsageError(f'--model {args.model!r} is not in the zoo; choose one of {", ".join(MODEL_NAMES)}')
     if modality_error(model_entry(args.model), 'bench.py'):     # its cases are stereo pairs

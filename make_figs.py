@@ -207,13 +207,39 @@ def training_figure(checkpoint: Path, path: Path) -> bool:
     return True
 
 
-def bench_figure(bench_json: Path, path: Path) -> None:
-    """Horizontal bars: seconds and peak GB of every case and variant of a bench.py --json file; with a --roofline
-    calibration, a third panel of achieved GFLOP/s against the calibrated float32 convolution peak (and bf16's)."""
-    data = json.loads(bench_json.read_text())
-    rows = [r for r in data['rows'] if 'error' not in r]
+def read_bench(bench_json: Path) -> dict:
+    """A bench.py --json file, checked before any figure is made (the demo figures take a minute): a JSON object with
+    the run's 'model', 'device', 'torch' and at least one successful row of 'rows'. Errors name the file."""
+    if not bench_json.is_file():
+        raise FileNotFoundError(f'--bench {bench_json} ' + ('is a folder' if bench_json.is_dir() else 'not found')
+                                + ' (make the file with python bench.py --json FILE)')
+    try:
+        data = json.loads(bench_json.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f'--bench {bench_json}: not a JSON file ({err})') from None
+    keys = ('model', 'device', 'torch', 'rows')
+    if not isinstance(data, dict) or any(k not in data for k in keys) or not isinstance(data['rows'], list):
+        raise ValueError(f'--bench {bench_json}: not a bench.py --json file (expected an object with '
+                         f'{", ".join(keys)}: a list of measurements)')
+    rows = [r for r in data['rows'] if isinstance(r, dict) and 'error' not in r]
     if not rows:
-        raise ValueError(f'{bench_json}: no successful measurement to draw')
+        raise ValueError(f'--bench {bench_json}: no successful measurement to draw ({len(data["rows"])} rows, '
+                         f'none without an error)')
+    if not any('seconds' in r for r in rows):     # else drawn as bars of 0 s, labelled "time (s)"
+        raise ValueError(f'--bench {bench_json}: holds no timings (a bench.py --count-only run); time the cases with '
+                         f'bench.py --json FILE without --count-only')
+    needed = ('kind', 'scale', 'batch', 'h', 'w', 'variant', 'seconds')
+    if any(k not in r for r in rows for k in needed):
+        raise ValueError(f'--bench {bench_json}: a row lacks one of {", ".join(needed)} (not written by bench.py?)')
+    return {**data, 'rows': rows}
+
+
+def bench_figure(data: dict | Path, path: Path) -> None:
+    """Horizontal bars: seconds and peak GB of every case and variant of a bench.py --json file (`read_bench`); with
+    a --roofline calibration, a third panel of achieved GFLOP/s against the calibrated float32 convolution peak (and
+    bf16's)."""
+    data = read_bench(data) if isinstance(data, Path) else data
+    rows = data['rows']
     labels = [f"{'infer' if r['kind'] == 'infer' else 'train'} x{r['scale']} b{r['batch']} {r['h']}x{r['w']} "
               f"{r['variant']}" for r in rows]
     colours = ['tab:grey' if r['variant'] == 'official' else 'tab:blue' for r in rows]
@@ -260,13 +286,15 @@ def main(argv=None) -> int:
                              'names) for figs/trained_motorcycle.png (default: found by release name in checkpoints/ '
                              'or the weights cache; skipped when missing)')
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    bench = read_bench(args.bench) if args.bench is not None else None    # before the minute of demo run
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'--out {args.out}: cannot create the output folder ({err.strerror or err})') from None
     metrics = demo_figures(args.checkpoint, args.out)
     training_figure(args.checkpoint, args.out / 'demo_training.png')
-    if args.bench is not None:
-        if not args.bench.is_file():
-            raise FileNotFoundError(f'--bench {args.bench} not found (make it with python bench.py --json FILE)')
-        bench_figure(args.bench, args.out / 'bench.png')
+    if bench is not None:
+        bench_figure(bench, args.out / 'bench.png')
     trained_figure(args.authors_weights, args.out / 'trained_motorcycle.png')
     print(f"figures in {args.out}: " + ', '.join(sorted(p.name for p in args.out.glob('*.png')))
           + f"; SR {metrics.get('psnr_gain_over_bicubic', float('nan')):+.2f} dB over bicubic")

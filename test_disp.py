@@ -46,7 +46,7 @@ from metrics import epe, rmse
 from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint,
                                results_name)
 from models.imresize import modcrop
-from utils import UsageError, add_device_args, print_report, resolve_device, run_script
+from utils import UsageError, add_device_args, check_output_file, print_report, resolve_device, run_script
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -291,6 +291,7 @@ def evaluate_maps(args, model: torch.nn.Module, weights: str, run_name: str, dev
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_output_file(args.json, '--json')              # before the evaluation
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device = resolve_device(args.device)
     scale = args.scale_factor
@@ -305,9 +306,13 @@ def main(argv=None) -> dict:
         raise UsageError(f'--upsampler super-resolves the LR disparity of a network that estimates one from a pair '
                          f'(--model {", ".join(DISPARITY_MODELS)}), not of {args.model}')
     checkpoint = args.checkpoint or OFFICIAL_CHECKPOINT
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in '
-                                f'checkpoints/, or pass --checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)')
+    missing = [] if checkpoint.is_file() else [
+        f'checkpoint {checkpoint} not found. Put the authors\' SSRDEF_4xSR_epoch80.pth.tar in checkpoints/, or pass '
+        f'--checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)']
+    if args.upsampler is not None and not args.upsampler.is_file():
+        missing.append(f'--upsampler {args.upsampler} not found')
+    if missing:     # every missing weight file at once
+        raise FileNotFoundError('; '.join(missing))
     model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
     run_name = args.run_name or results_name(checkpoint, meta, scale)
     if model_entry(model.zoo_name).modality == 'disparity_map':

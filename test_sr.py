@@ -40,7 +40,8 @@ from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
-from utils import UsageError, add_device_args, positive_int, print_report, resolve_device, run_script
+from utils import (UsageError, add_device_args, check_output_file, positive_int, print_report, resolve_device,
+                   run_script)
 from weights import resolve_checkpoint
 
 log = logging.getLogger('test_sr')
@@ -116,6 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_output_file(args.json, '--json')              # before the evaluation
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device = resolve_device(args.device)
     scale = args.scale_factor

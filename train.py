@@ -38,7 +38,7 @@ from models.registry import ModelEntry
 from training.config import TrainConfig
 from training.flags import build_parser, resolve_config
 from training.loop import end_epoch, train_epoch
-from training.objectives import attach_teacher_cache, build_criterion, load_teachers
+from training.objectives import attach_teacher_cache, build_criterion, load_teachers, teacher_records
 from training.state import INTERRUPTED, Interrupt, Run, RunLock, export
 from training.tasks import check_validation_data, task_for
 from training.trainsets import ResumableSampler, crop_shape
@@ -48,9 +48,10 @@ from weights import resolve_checkpoint
 log = logging.getLogger('train')
 
 
-def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
+def setup(config: TrainConfig, checkpoint: dict | None = None, exporting: bool = False) -> Run:
     """Processes and device, seed, data, model, objective, optimiser and schedule; `checkpoint` is the one being
-    resumed (`resolve_config`), whose weights and optimiser state are loaded."""
+    resumed (`resolve_config`), whose weights and optimiser state are loaded. `exporting`: --export was given on the
+    command line (resuming a finished run then only exports it)."""
     interrupt = Interrupt()
     # ---- processes and device (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
     world = int(os.environ.get('WORLD_SIZE', 1))
@@ -76,6 +77,13 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
+    # ---- what the flags and --init alone can refuse, before any data is read (consumes no random numbers)
+    if config.options.get('drop_path') and not any(o.name == 'drop_path' for o in entry.options):
+        with_it = [n for n, e in REGISTRY.items() if any(o.name == 'drop_path' for o in e.options)]
+        raise UsageError(f'--drop_path: {config.model} has no stochastic depth (networks with it: '
+                         f'{", ".join(with_it)})')
+    init = init_weights(config, entry) if checkpoint is None and config.init is not None else None
+
     # ---- data (the task's: stereo patches or disparity maps)
     dataset = task.build_dataset(config)
     check_validation_data(task, config)
@@ -86,13 +94,17 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
         iters_per_epoch = min(iters_per_epoch, config.max_iters_per_epoch)
     if config.total_iters > 0:   # an iteration-based recipe: as many epochs as the iterations need
         config.n_epochs = math.ceil(config.total_iters / iters_per_epoch)
+    if checkpoint is not None and checkpoint['epoch'] >= config.n_epochs and not exporting:
+        done = checkpoint['epoch']   # nothing to train: say so rather than print "done" over an untouched run
+        if config.total_iters > 0:   # a DEFINITION of the run (its cosine schedule ends there): not extended
+            more = (f'its {config.total_iters} iterations (--total_iters is part of the run: its learning-rate '
+                    f'schedule ends there); to train further start a new run from it with --init {config.resume}')
+        else:
+            more = f'its {done} epoch(s); to train it further pass --n_epochs above {done}'
+        raise UsageError(f'--resume {config.resume}: this run has already finished {more}, or pass --export FILE '
+                         f'to export it as it is')
 
     # ---- model
-    if config.options.get('drop_path') and not any(o.name == 'drop_path' for o in entry.options):
-        with_it = [n for n, e in REGISTRY.items() if any(o.name == 'drop_path' for o in e.options)]
-        raise UsageError(f'--drop_path: {config.model} has no stochastic depth (networks with it: '
-                         f'{", ".join(with_it)})')
-    init = init_weights(config, entry) if checkpoint is None and config.init is not None else None
     model = build_model(config.model, config.scale_factor, **config.model_options).to(device)
     if config.stage == 'matching':
         if not hasattr(model, 'matching'):
@@ -175,21 +187,23 @@ def setup(config: TrainConfig, checkpoint: dict | None = None) -> Run:
     return run
 
 
-def resolve_weight_names(args) -> None:
+def resolve_weight_names(args) -> list[str]:
     """--init and --teacher may name an authors' release (docs/weights.md, e.g. cvhssr-t_x4): each becomes the file
     found in checkpoints/ or the cache folder (SHA-256 checked; downloaded with --download_weights) and the network
     the release holds (--init: the run's --model when none is given). Paths pass through. Not on --resume, whose
-    teachers and weights are the run's own."""
+    teachers and weights are the run's own. Returns what is missing or unreadable, one message per file, so that
+    all of them are reported at once (`check_weight_files`)."""
+    missing = []
     if args.resume is not None:
-        return
+        return missing
     if args.init is not None:
         try:
             init = resolve_checkpoint(args.init, args.model, args.scale_factor, args.download_weights)
+            args.init, args.model = init.path, init.model
         except UsageError:
             raise
         except (FileNotFoundError, ValueError) as err:
-            raise ValueError(f'--init: {err}') from None
-        args.init, args.model = init.path, init.model
+            missing.append(f'--init: {err}')
     for item in args.teacher or []:
         named = [t for t in item[1:] if t in REGISTRY]
         try:
@@ -198,9 +212,51 @@ def resolve_weight_names(args) -> None:
         except UsageError as err:
             raise UsageError(f'--teacher: {err}') from None
         except (FileNotFoundError, ValueError) as err:
-            raise ValueError(f'--teacher: {err}') from None
+            missing.append(f'--teacher: {err}')
+            continue
         if teacher.release is not None:     # the file, and the network the release holds
             item[:] = [str(teacher.path), teacher.model, *(t for t in item[1:] if t not in REGISTRY)]
+    return missing
+
+
+def args_missing(path: str, missing: list[str]) -> bool:
+    return not Path(path).is_file() and any(path in m for m in missing)
+
+
+def check_weight_files(config: TrainConfig, missing: list[str]) -> None:
+    """Before any work (no data read, no network built): the VGG files of --perceptual / --texture beside the --init /
+    --teacher files already looked for (`missing`), every file that is missing or unreadable named in one message;
+    then each teacher must be a network of the student's kind (a disparity-map network outputs no SR image)."""
+    student = model_entry(config.model)
+    kinds = {}
+    for record in teacher_records(config):
+        if args_missing(record['path'], missing):
+            continue          # already named by resolve_weight_names
+        try:
+            _, stored = read_checkpoint(record['path'])
+        except (FileNotFoundError, ValueError) as err:
+            missing.append(f'--teacher: {err}')
+            continue
+        name = record['model'] or checkpoint_model_name(stored)
+        if name is not None:
+            kinds[record['path']] = model_entry(name)
+    for name, arch in (('perceptual', 'vgg16'), ('texture', 'vgg19')):
+        if getattr(config, name) and config.vgg_weights != perceptual.RANDOM:
+            try:
+                perceptual.find_weights(perceptual.WEIGHT_FILES[arch], config.vgg_weights, '--vgg_weights',
+                                        f'--{name} (ImageNet {arch.upper()})', config.download_weights)
+            except FileNotFoundError as err:
+                missing.append(str(err))
+    if len(missing) == 1:
+        raise FileNotFoundError(missing[0])
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} weight files are missing or unreadable: '
+                                + ' | '.join(f'({k + 1}) {m}' for k, m in enumerate(missing)))
+    for path, teacher in kinds.items():
+        if teacher.modality != student.modality:
+            raise UsageError(f'--teacher {path} is {teacher.name}, a {teacher.modality.replace("_", "-")} network: '
+                             f'a teacher must output what the student {config.model} does (a '
+                             f'{student.modality.replace("_", "-")} network), e.g. a stereo SR network of the zoo')
 
 
 def init_weights(config: TrainConfig, entry: ModelEntry) -> dict:
@@ -249,9 +305,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if int(os.environ.get('RANK', 0)) == 0 else logging.WARNING,
                         format='%(message)s')
     args = build_parser(__doc__).parse_args(argv)
-    resolve_weight_names(args)                            # release names of --init and --teacher -> files
+    missing = resolve_weight_names(args)                  # release names of --init and --teacher -> files
     config, checkpoint = resolve_config(args)             # recipe < checkpoint < flags
-    run = setup(config, checkpoint)
+    check_weight_files(config, missing)                   # every missing weight file at once, before any work
+    run = setup(config, checkpoint, exporting=args.export is not None)
     try:
         return run_epochs(run)
     finally:

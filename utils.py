@@ -136,6 +136,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_output_file(path: Path | None, flag: str) -> None:
+    """At start-up, before the work whose numbers it will hold: a file a script writes at its end (e.g. --json) is not
+    a folder and its folder can be made, so that a bad path costs nothing. OSError / UsageError naming the flag."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f'{flag} {path} is a folder; give a file name, e.g. {path / "results.json"}')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'{flag} {path}: cannot create its folder ({err.strerror or err})') from None
+    if not os.access(path.parent, os.W_OK):
+        raise OSError(f'{flag} {path}: its folder {path.parent} is not writable')
+
+
 def print_report(lines: list[str], results: dict, json_path: Path | None) -> None:
     """The evaluation scripts' ending: the markdown report on stdout, and `results` as JSON at `json_path` (its
     folder made) when one is given, saying where."""

@@ -187,6 +187,8 @@ def resolve_weights(name_or_path: str | os.PathLike, download: bool = False, fol
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise FileNotFoundError(f'{path} is a folder, not a checkpoint file')
     folders = default_folders() if folders is None else tuple(Path(f) for f in folders)
     release = find_release(name_or_path, releases)
     if release is None:

@@ -32,7 +32,8 @@ def _read_raw(path: PathLike) -> np.ndarray:
     would otherwise drop K as if it were alpha); 16-bit colour PNGs, which Pillow cuts to 8 bits, are decoded here."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'image not found: {path}')
+        raise FileNotFoundError(f'{path} is a folder, not an image file' if path.is_dir() else
+                                f'image not found: {path}')
     try:
         with open(path, 'rb') as f:
             head = f.read(33)
@@ -116,7 +117,8 @@ def image_size(path: PathLike) -> tuple[int, int]:
     """(height, width) of an image file, read from its header without decoding the pixels."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'image not found: {path}')
+        raise FileNotFoundError(f'{path} is a folder, not an image file' if path.is_dir() else
+                                f'image not found: {path}')
     try:
         shape = iio.improps(path).shape
     except Exception as err:
@@ -200,7 +202,8 @@ def read_pfm(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'disparity file not found: {path}')
+        raise FileNotFoundError(f'{path} is a folder, not a disparity file' if path.is_dir() else
+                                f'disparity file not found: {path}')
     with open(path, 'rb') as f:
         header = f.readline().strip()
         if header not in (b'PF', b'Pf'):
@@ -253,5 +256,13 @@ def read_disparity(path: PathLike) -> np.ndarray:
             raise ValueError(f'{path}: a disparity PFM has one channel, this one has three')
         return disparity
     if suffix == '.npy':
-        return np.load(path).astype(np.float32)
+        try:      # allow_pickle stays off: an object array would run code from the file
+            disparity = np.load(path)
+        except (ValueError, OSError, EOFError):    # numpy's own text advises loading it unsafely
+            raise ValueError(f'{path}: cannot read this .npy disparity map: not a NumPy array file, or one of '
+                             f'pickled Python objects (not loaded: unpickling can run code)') from None
+        if disparity.dtype.kind not in 'fiu' or disparity.ndim != 2:
+            raise ValueError(f'{path}: a disparity map is a 2-D array of numbers, this .npy holds a '
+                             f'{disparity.ndim}-D array of {disparity.dtype}')
+        return disparity.astype(np.float32)
     raise ValueError(f'{path}: unknown disparity format {suffix!r} (expected .png, .pfm or .npy)')

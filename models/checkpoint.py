@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -60,12 +61,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f'{path} is a folder, not a checkpoint file' if path.is_dir() else
+                                f'checkpoint not found: {path}')
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise ValueError(f"{path}: cannot read this checkpoint ({type(err).__name__}: {err}). The file may be "
-                         f"truncated (an interrupted download or copy) or not a PyTorch checkpoint") from None
+        raise ValueError(unreadable_file_message(path, err)) from None
     key = next((k for k in WEIGHT_KEYS if isinstance(checkpoint, dict) and isinstance(checkpoint.get(k), dict)), None)
     if key is not None:
         state_dict = checkpoint[key]
@@ -76,6 +77,22 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
         raise ValueError(f"{path}: not a model checkpoint: expected a dict with a 'state_dict' or 'params' entry or a "
                          f"bare state_dict, found {keys}")
     return strip_wrapper_prefixes(state_dict), checkpoint
+
+
+def unreadable_file_message(path: str | os.PathLike, err: BaseException, what: str = 'checkpoint') -> str:
+    """One line, naming the file, for a `torch.load(weights_only=True)` that failed. A file that pickles Python
+    objects besides tensors is refused by name of the object, without torch's advice to load it with
+    weights_only=False (which would run code from the file: a checkpoint of ours never needs it)."""
+    message = str(err)
+    if isinstance(err, pickle.UnpicklingError) and 'Weights only load failed' in message:
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', message)
+        obj = f' ({found.group(1)})' if found else ''
+        return (f'{path}: this {what} holds pickled Python objects{obj} besides tensors, which are not loaded from '
+                f'a file because unpickling them can run code; save the weights alone, e.g. '
+                f'torch.save({{"state_dict": model.state_dict()}}, file)')
+    first = next((line.strip() for line in message.splitlines() if line.strip()), '')
+    return (f'{path}: cannot read this {what} ({type(err).__name__}: {first[:200]}). The file may be truncated '
+            f'(an interrupted download or copy) or not a PyTorch {what}')
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from models.checkpoint import unreadable_file_message
 from models.outputs import Pair
 
 # ImageNet statistics of torchvision's classifiers (RGB in [0, 1]); BasicSR VGGFeatureExtractor use_input_norm.
@@ -106,8 +107,7 @@ def load_file(path: Path) -> dict:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:  # noqa: BLE001  any unreadable file: say which one
-        raise ValueError(f'{path}: cannot read it ({type(err).__name__}: {str(err)[:200]}); truncated download?') \
-            from None
+        raise ValueError(unreadable_file_message(path, err, 'weights file')) from None
     if not isinstance(state, dict):
         raise ValueError(f'{path}: not a state_dict')
     return state

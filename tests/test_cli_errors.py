@@ -65,7 +65,7 @@ def test_scripts_raise_and_only_the_handler_prints():
     (bench.main, ['--model', 'srnet', '--variants', 'ours_lowmem'], 2, 'srnet has no memory options'),
     (bench.main, ['--repeats', '0'], 2, "argument --repeats: '0' is not an integer >= 1"),
     (bench.main, ['--model', 'nope'], 2, "error: --model 'nope' is not in the zoo"),
-    (make_figs.main, ['--bench', 'missing.json', '--checkpoint', 'nothing.pth'], 1, 'error: checkpoint nothing.pth'),
+    (make_figs.main, ['--bench', 'missing.json', '--checkpoint', 'nothing.pth'], 1, 'error: --bench missing.json not'),
     (prepare_test.main, ['--src', 'nowhere', '--preset', 'middlebury'], 1, 'error: --src nowhere is not a folder'),
     (prepare_train.main, ['--src', 'nowhere'], 1, 'error: nowhere/Middlebury not found'),
     (train.main, ['--batch_size', '3', '--grad_accum', '2', '--trainset', 'sample'], 2, 'must split into'),
