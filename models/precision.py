@@ -1,10 +1,11 @@
 """Inference number format (`--precision`): float32, or bfloat16 autocast where the hardware computes in bfloat16.
 
 Under `autocast` the convolutions and matrix products run in bfloat16 (twice the float32 rate on a CPU with AVX-512
-BF16, more on a GPU's tensor cores) and the element-wise work between them follows their dtype. What must stay float32
-for accuracy stays float32 inside the networks, as small `torch.autocast(enabled=False)` islands or explicit
-promotions, each commented with what it measured (reports/2026-12-07-bf16.md). Scripts turn every output to float32
-before clamping and scoring, so metrics are never computed in bfloat16.
+BF16, more on a GPU's tensor cores) and the element-wise work between them follows their dtype. What stays float32
+inside the networks is promoted there: the parallax-attention scores, softmax and coordinates of SSRDE-FNet and
+iPASSR (bfloat16 coordinates, 4 px apart at 740 px, crashed SSRDE-FNet's cost volume), the HR cost volume
+(`correlation`, `sample_columns`) and grid_sample (autocast's own float32 list). The scripts turn every output to
+float32 before clamping and scoring, so metrics are never computed in bfloat16. Measured: reports/2026-12-07-bf16.md.
 """
 from __future__ import annotations
 
@@ -48,8 +49,3 @@ def autocast(device: str | torch.device, precision: str = 'fp32'):
     if precision == 'fp32':
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def full_precision(device_type: str):
-    """An island of float32 inside an autocast region (its inputs must be cast with `.float()` by the caller)."""
-    return torch.autocast(device_type, enabled=False)

@@ -19,7 +19,7 @@ import test_disp
 import test_sr
 from evaluation import scene_scores
 from metrics import epe
-from models import precision
+from models import build_model, precision
 from models.checkpoint import load_model
 from models.inference import predict
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
@@ -86,7 +86,7 @@ def test_authors_weights_in_bf16_within_the_bounds(name, file):
 def test_fp32_is_the_plain_forward():
     """--precision fp32 runs the network as it is: no autocast, outputs identical to a plain call."""
     torch.manual_seed(0)
-    model = bench.build_model('nafssr-t', 4).eval()
+    model = build_model('nafssr-t', 4).eval()
     left, right = torch.rand(2, 1, 3, 12, 16)
     with torch.inference_mode():
         expected = model(left, right).sr_left.clamp(0, 1)
@@ -96,7 +96,7 @@ def test_fp32_is_the_plain_forward():
 @needs_bf16
 def test_bf16_runs_the_convolutions_in_bfloat16_and_returns_float32():
     torch.manual_seed(0)
-    model = bench.build_model('nafssr-t', 4).eval()
+    model = build_model('nafssr-t', 4).eval()
     left, right = torch.rand(2, 1, 3, 12, 16)
     dtypes = []
     hook = model.intro.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
