@@ -11,6 +11,7 @@ implementation.
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
     python bench.py --model cvhssr-t --cases infer --sizes 180x320 --scales 4 --count-only   # params, GFLOP only
     python bench.py --model cvhssr-t --cases infer --sizes 94x311 --scales 4 --roofline      # + % of measured peak
+    python bench.py --model nafssr-s --cases infer --sizes 94x311 --scales 4 --precision bf16  # bf16 / fp32 ratio
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
 Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
@@ -23,8 +24,10 @@ GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (gr
 counted), so GFLOP/s is a lower bound of the work done. --roofline first calibrates the machine in its own process
 (`calibrate`: the best GFLOP/s of a dense 3x3 convolution 64->64 at the calibration size, NCHW and channels-last, and
 of its im2col GEMM, float32 and, where the hardware has it, bfloat16, at the thread count of the cases) and gives each
-row its fraction of the float32 convolution peak. A network scale the zoo does not build (SCGLANet: x4 only) is
-left out of --scales.
+row its fraction of the float32 convolution peak. --precision bf16 adds the ours_amp variant (bfloat16 autocast, the
+scripts' --precision bf16: models/precision.py) and runs it in turns with ours, --rounds processes each; its speed-up
+over float32 is the median over the rounds of ours time / ours_amp time. A network scale the zoo does not build
+(SCGLANet: x4 only) is left out of --scales.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from pathlib import Path
 import torch
 
 from models import MODEL_NAMES, build_model, model_entry
+from models.precision import PRECISIONS, autocast, has_bf16, precision_error
 from models.registry import modality_error
 from utils import UsageError, check_output_file, non_negative_float, positive_int, run_script
 
@@ -87,8 +91,12 @@ def parse_args(argv=None):
                         help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint, networks '
                              'that have it), ours_lowmem (inference with the network\'s memory options, same '
                              'results: ModelEntry.memory_options, e.g. ISRResCNet --isrrescnet_band), ours_amp (bf16 '
-                             'autocast, CUDA), ours_compile (torch.compile, CUDA), official. Default: everything that '
-                             'applies')
+                             'autocast, as --precision bf16; CUDA, or a CPU with bf16 arithmetic), ours_compile '
+                             '(torch.compile, CUDA), official. Default: everything that applies')
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                        help='bf16: also time ours in bfloat16 autocast (the ours_amp variant, as the scripts\' '
+                             '--precision bf16), in turns with ours, and report the speed-up over float32 (CUDA, or '
+                             'a CPU with AVX-512 BF16 / AMX; refused elsewhere)')
     parser.add_argument('--repeats', type=positive_int, default=3, help='timed runs per process (median reported)')
     parser.add_argument('--min-seconds', type=non_negative_float, default=10.0,
                         help=f'more timed runs (at most {MAX_RUNS}) until they add up to this many seconds: short '
@@ -157,7 +165,7 @@ def build_step(spec: dict, variant: str):
         model.eval()
 
         def step():
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.inference_mode(), autocast(device, 'bf16' if amp else 'fp32'):
                 return runner.infer(left, right) if runner else forward(left, right)
         step.model = model
         return step
@@ -169,7 +177,7 @@ def build_step(spec: dict, variant: str):
         if runner:
             loss = runner.train_loss(left, right, hr, hr)
         else:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, 'bf16' if amp else 'fp32'):
                 loss = criterion(forward(left, right), left, right, hr, hr)['total']
         loss.backward()
     step.model = model
@@ -233,18 +241,6 @@ def run_case(spec: dict) -> dict:
     return result
 
 
-def has_bf16(device: str) -> bool:
-    """Whether the device computes in bfloat16 natively: CUDA's own check, or the CPU's AVX-512 BF16 / AMX flags
-    (elsewhere torch emulates bf16 on the CPU, slower than float32)."""
-    if device.startswith('cuda'):
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path('/proc/cpuinfo').read_text()
-    except OSError:
-        return False
-    return ' avx512_bf16' in flags or ' amx_bf16' in flags
-
-
 def calibrate(device: str, h: int, w: int, seconds: float) -> dict:
     """The roofline's ceilings, in GFLOP/s: the best of repeated runs (until `seconds` pass, at least 3) of
     a dense 3x3 convolution CALIBRATION_CHANNELS -> CALIBRATION_CHANNELS on a (1, C, h, w) map, NCHW and
@@ -292,8 +288,9 @@ def measure(spec: dict, timeout: int, glibc_heap: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def summarise(runs: list[dict], official: list[dict] | None) -> dict:
-    """One variant's processes -> median time, largest peak memory, and the per-round ratios official / variant."""
+def summarise(runs: list[dict], official: list[dict] | None, float32: list[dict] | None = None) -> dict:
+    """One variant's processes -> median time, largest peak memory, the per-round ratios official / variant and, for
+    ours_amp when `float32` (ours' processes of the same rounds) is given, ours / ours_amp ('bf16_speedup')."""
     ok = [r for r in runs if 'error' not in r]
     if not ok:
         return {'error': runs[0]['error']}
@@ -308,6 +305,10 @@ def summarise(runs: list[dict], official: list[dict] | None) -> dict:
         ratios = [o['seconds'] / r['seconds'] for o, r in zip(official, runs) if 'error' not in o and 'error' not in r]
         if ratios:
             result.update(speedup=statistics.median(ratios), ratios=ratios)
+    if float32 and runs is not float32:
+        ratios = [f['seconds'] / r['seconds'] for f, r in zip(float32, runs) if 'error' not in f and 'error' not in r]
+        if ratios:
+            result.update(bf16_speedup=statistics.median(ratios), bf16_ratios=ratios)
     return result
 
 
@@ -388,6 +389,10 @@ def main(argv=None) -> list[dict]:
     variants = args.variants.split(',') if args.variants else \
         ['ours'] + (['ours_ckpt'] if recomputes else []) + (['ours_lowmem'] if low_memory else []) \
         + (['ours_amp', 'ours_compile'] if cuda else []) + (['official'] if official else [])
+    if args.precision == 'bf16':
+        variants = list(dict.fromkeys(['ours', 'ours_amp'] + variants))
+    if 'ours_amp' in variants and precision_error('bf16', args.device):
+        raise UsageError(precision_error('bf16', args.device) + ' (bench.py: the ours_amp variant)')
     unknown = set(variants) - {'ours', 'ours_ckpt', 'ours_lowmem', 'ours_amp', 'ours_compile', 'official'}
     if unknown or ('ours_lowmem' in variants and not low_memory):
         raise UsageError(f'--variants {args.variants}: ' + (f'unknown {", ".join(sorted(unknown))}' if unknown else
@@ -422,17 +427,21 @@ def main(argv=None) -> list[dict]:
                     repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds,
                     flops=args.flops)
         runs = {v: [] for v in case_variants}
-        for _ in range(args.rounds if 'official' in case_variants else 1):
+        in_turns = 'official' in case_variants or args.precision == 'bf16'   # ratios of processes run in turns
+        for _ in range(args.rounds if in_turns else 1):
             for variant in sorted(case_variants, key=lambda v: v != 'official'):
                 runs[variant].append(measure({**base, 'variant': variant}, args.timeout, args.glibc_heap))
         for variant in case_variants:
-            rows.append({**base, 'variant': variant, **summarise(runs[variant], runs.get('official'))})
+            rows.append({**base, 'variant': variant, **summarise(runs[variant], runs.get('official'),
+                                                                 runs.get('ours') if variant == 'ours_amp' else None)})
             result = rows[-1]
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
                   (result['error'] if 'error' in result else
                    f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
                    (f", {result['speedup']:.2f}x vs official ({len(result['ratios'])} rounds)"
                     if 'speedup' in result else '') +
+                   (f", {result['bf16_speedup']:.2f}x vs ours in float32 ({len(result['bf16_ratios'])} rounds)"
+                    if 'bf16_speedup' in result else '') +
                    ''.join(f'; a round failed: {e}' for e in result.get('failed_rounds', []))),
                   file=sys.stderr, flush=True)
 
@@ -443,14 +452,17 @@ def main(argv=None) -> list[dict]:
               for r in sorted(rows, key=lambda r: r['variant'] == 'ours') if 'gflop' in r}
     if calibration:
         add_roofline(rows, gflops, calibration['conv_peak_float32'])
+    bf16 = any('bf16_speedup' in r for r in rows)
     lines = ['', '| case | variant | time (s) | peak mem (GB) | GFLOP | GFLOP/s | speed-up vs official | '
-             'memory vs official |' + (' % of conv peak |' if calibration else ''),
-             '|---|---|---|---|---|---|---|---|' + ('---|' if calibration else '')]
+             'memory vs official |' + (' % of conv peak |' if calibration else '') + (' bf16 / fp32 speed |' if bf16
+                                                                                       else ''),
+             '|---|---|---|---|---|---|---|---|' + ('---|' if calibration else '') + ('---|' if bf16 else '')]
     for r in rows:
         key = (r['kind'], r['scale'], r['batch'], r['h'], r['w'])
         case = f"{'inference' if r['kind'] == 'infer' else 'train step'} x{r['scale']} b{r['batch']} {r['h']}x{r['w']}"
         if 'error' in r:
-            lines.append(f"| {case} | {r['variant']} | {r['error']} | | | | | |" + (' |' if calibration else ''))
+            lines.append(f"| {case} | {r['variant']} | {r['error']} | | | | | |" + (' |' if calibration else '')
+                         + (' |' if bf16 else ''))
             continue
         work = r.get('gflop', gflops.get(key))
         rate = f"{work / r['seconds']:.1f}" if work else ''
@@ -462,6 +474,8 @@ def main(argv=None) -> list[dict]:
                      f"| {case} | {r['variant']} | {r['seconds']:.3f} | {r['peak_gb']:.2f} | | | {speed} | {memory} |")
         if calibration:
             lines[-1] += f" {100 * r['conv_peak_fraction']:.0f} % |" if 'conv_peak_fraction' in r else ' |'
+        if bf16:
+            lines[-1] += f" {r['bf16_speedup']:.2f}x |" if 'bf16_speedup' in r else ' |'
     print('\n'.join(lines))
     if args.json:
         args.json.write_text(json.dumps({'model': args.model, 'device': name, 'torch': torch.__version__,

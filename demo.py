@@ -39,7 +39,7 @@ from metrics import bad_pixel_rate, d1_error, epe
 from models.checkpoint import (checkpoint_model_name, describe_checkpoint, infer_scale_factor, load_model,
                                read_checkpoint)
 from models.imresize import imresize, modcrop
-from utils import UsageError, add_device_args, non_negative_int, resolve_device, run_script
+from utils import UsageError, add_device_args, non_negative_int, resolve_device, resolve_precision, run_script
 from weights import resolve_checkpoint
 
 log = logging.getLogger('demo')
@@ -154,6 +154,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     started = time.time()
     device = resolve_device(args.device)
+    precision = resolve_precision(args, device)
     if args.checkpoint == DEMO_CHECKPOINT and not args.checkpoint.is_file():
         raise FileNotFoundError(f'checkpoint {args.checkpoint} not found (the demo checkpoint ships with the '
                                 f'repository: checkpoints/ssrdefnet_demo_x4.pth)')
@@ -175,15 +176,15 @@ def main(argv=None) -> dict:
     lr_left, lr_right = (to_batch(x, device) for x in inputs['lr'])
     h, w = lr_left.shape[-2:]
     log.info(f'input: {inputs["name"]}, LR {w}x{h} -> x{scale} -> {w * scale}x{h * scale}\n'
-             f'weights: {describe_checkpoint(args.checkpoint, meta)}\ndevice: {device}'
+             f'weights: {describe_checkpoint(args.checkpoint, meta)}\ndevice: {device}, {precision}'
              + (f', bands of {args.tile} LR rows' if args.tile else ''))
 
     # ---- super-resolution and disparity
     try:
         check_memory((h, w), getattr(model, 'eval_bytes_per_lr_pixel', {}).get(scale), args.tile, device)
         t0 = time.time()
-        out = (predict_tiled(model, lr_left, lr_right, args.tile, args.overlap, args.amp) if args.tile else
-               predict(model, lr_left, lr_right, args.amp))
+        out = (predict_tiled(model, lr_left, lr_right, args.tile, args.overlap, precision) if args.tile else
+               predict(model, lr_left, lr_right, precision))
         seconds = time.time() - t0
     except (MemoryError, torch.OutOfMemoryError) as err:
         raise MemoryError(f'out of memory: {err}' if isinstance(err, MemoryError) else
@@ -212,6 +213,7 @@ def main(argv=None) -> dict:
 
     # ---- metrics
     metrics = {'input': inputs['name'], 'scale_factor': scale, 'lr_size': [h, w], 'seconds_network': seconds,
+               'precision': precision,
                'weights': describe_checkpoint(args.checkpoint, meta), 'tile': args.tile}
     lines = []
     if 'hr' in inputs:
@@ -254,7 +256,7 @@ def main(argv=None) -> dict:
 
     # ---- report
     report = [f'\n{title} x{scale} on {inputs["name"]} ({w}x{h} -> {w * scale}x{h * scale}) in {seconds:.1f} s '
-              f'on {device}']
+              f'on {device} ({precision})']
     if lines:
         report += ['', '| method | Left PSNR | Left SSIM | (L+R)/2 PSNR | (L+R)/2 SSIM |', '|---|---|---|---|---|',
                    *lines,

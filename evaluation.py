@@ -268,13 +268,15 @@ def bicubic_sr(scale: int) -> SRFunction:
     return run
 
 
-def network_sr(model: torch.nn.Module, device: torch.device, tta: bool = False, amp: bool = False) -> SRFunction:
-    """SR function of a network of the zoo: the final output of a batch of equal-size scenes, clamped, on the CPU."""
+def network_sr(model: torch.nn.Module, device: torch.device, tta: bool = False,
+               precision: str = 'fp32') -> SRFunction:
+    """SR function of a network of the zoo: the final output of a batch of equal-size scenes, clamped, on the CPU, in
+    float32 (`precision`: that of the network, models/precision.py)."""
     def run(scenes: list[Scene]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pairs = [load_pair(s.lr) for s in scenes]
         left = torch.stack([to_tensor(a) for a, _ in pairs]).to(device)
         right = torch.stack([to_tensor(b) for _, b in pairs]).to(device)
-        out = super_resolve(model, left, right, tta=tta, amp=amp)
+        out = super_resolve(model, left, right, tta=tta, precision=precision)
         return list(zip(out.left.float().cpu(), out.right.float().cpu()))
     return run
 
@@ -325,12 +327,12 @@ def evaluate_dataset(sr_fn: SRFunction, dataset_dir: Path, scale: int, batch_siz
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
-def network_single_sr(model: torch.nn.Module, device: torch.device, amp: bool = False) -> Callable:
+def network_single_sr(model: torch.nn.Module, device: torch.device, precision: str = 'fp32') -> Callable:
     """SR function of a single-image network of the zoo on one LR image (3, h, w) in [0, 1]: the image is given
     as both views (the network treats them independently) and the left output returned, clamped, on the CPU."""
     def run(lr: torch.Tensor) -> torch.Tensor:
         x = lr[None].to(device)
-        return super_resolve(model, x, x, amp=amp).left[0].float().cpu()
+        return super_resolve(model, x, x, precision=precision).left[0].float().cpu()
     return run
 
 

@@ -46,7 +46,9 @@ from metrics import epe, rmse
 from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_model, read_checkpoint,
                                results_name)
 from models.imresize import modcrop
-from utils import UsageError, add_device_args, check_output_file, print_report, resolve_device, run_script
+from models.precision import autocast
+from utils import (UsageError, add_device_args, check_output_file, print_report, resolve_device, resolve_precision,
+                   run_script)
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -251,7 +253,7 @@ def evaluate_maps(args, model: torch.nn.Module, weights: str, run_name: str, dev
                 skipped.append(name)
                 continue
             lr = torch.from_numpy(make_lr_map(hr, valid, scale)[0])[None, None]
-            with torch.inference_mode(), torch.autocast(device.type, enabled=args.amp and device.type == 'cuda'):
+            with torch.inference_mode(), autocast(device, args.precision):
                 out = model(lr.to(device))
             out.stages, out.fused = [x.float().cpu() for x in out.stages], out.fused.float().cpu()
             hr_t, valid_t = torch.from_numpy(hr)[None, None], torch.from_numpy(valid)[None, None]
@@ -294,6 +296,7 @@ def main(argv=None) -> dict:
     check_output_file(args.json, '--json')              # before the evaluation
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device = resolve_device(args.device)
+    args.precision = resolve_precision(args, device)
     scale = args.scale_factor
     entry = model_entry(args.model)
     if entry.modality == 'disparity_map' and args.checkpoint is None:
@@ -326,7 +329,8 @@ def main(argv=None) -> dict:
 
     weights = describe_checkpoint(checkpoint, meta)
     protocol = STEREO.describe(scale)
-    header = [f'# Disparity x{scale}', f'weights: {weights}', f'protocol: {protocol}', f'device: {device}']
+    header = [f'# Disparity x{scale}', f'weights: {weights}', f'protocol: {protocol}',
+              f'device: {device}, {args.precision}']
     if upsampler is not None:
         header.append(f'upsampler of the LR PAM disparity: {upsampler.describe}')
     log.info('\n'.join(header))
@@ -341,7 +345,7 @@ def main(argv=None) -> dict:
         per_scene = {}
         for scene in tqdm(scenes, desc=name, unit='pair'):
             left, right = (torch.from_numpy(x.transpose(2, 0, 1))[None].to(device) for x in load_pair(scene.lr))
-            with torch.inference_mode(), torch.autocast(device.type, enabled=args.amp and device.type == 'cuda'):
+            with torch.inference_mode(), autocast(device, args.precision):
                 out = model(left, right)
             estimates = {k: v.float().cpu() for k, v in estimates_of(out).items()}
             if upsampler is not None:

@@ -41,6 +41,7 @@ from models.registry import modality_error
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
 from utils import (UsageError, add_device_args, check_output_file, positive_int, print_report, resolve_device,
+                   resolve_precision,
                    run_script)
 from weights import resolve_checkpoint
 
@@ -120,6 +121,7 @@ def main(argv=None) -> dict:
     check_output_file(args.json, '--json')              # before the evaluation
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     device = resolve_device(args.device)
+    precision = resolve_precision(args, device)
     scale = args.scale_factor
     batch_size = args.batch_size or (4 if device.type == 'cuda' else 1)
 
@@ -161,14 +163,14 @@ def main(argv=None) -> dict:
     protocol = PROTOCOLS[args.protocol].describe(scale, args.quantize)
     protocol += ', stereo TTA x4' if args.tta else ''
     header = [f'# Stereo SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}',
-              f'device: {device}']
+              f'device: {device}, {precision}']
     log.info('\n'.join(header))
 
     scorers, extra_header = perceptual_scorers(args, device)
     header += extra_header
     if extra_header:
         log.info('\n'.join(extra_header))
-    sr_fn = bicubic_sr(scale) if args.model == 'bicubic' else network_sr(model, device, args.tta, args.amp)
+    sr_fn = bicubic_sr(scale) if args.model == 'bicubic' else network_sr(model, device, args.tta, precision)
     results = {}
     with tempfile.TemporaryDirectory(prefix='sample_') as scratch:
         for name in names:
@@ -261,7 +263,7 @@ def evaluate_image_folders(args, model, device, weights: str) -> dict:
             lr8 = (lr.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
             return torch.from_numpy(imresize(lr8, scale).transpose(2, 0, 1)).float() / 255
     else:
-        sr_fn = network_single_sr(model, device, args.amp)
+        sr_fn = network_single_sr(model, device, resolve_precision(args, device))
     results = {}
     for folder in args.images:
         results[folder.name] = evaluate_image_folder(sr_fn, folder, scale, protocol)

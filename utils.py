@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.precision import PRECISIONS, precision_error
+
 # ----------------------------------------------------------------------------------------------------------------
 # Scripts: one way to fail. Every script's `if __name__ == '__main__'` is `sys.exit(run_script(main))`.
 
@@ -116,11 +118,15 @@ def seed_worker(worker_id: int) -> None:
 # Devices
 
 def add_device_args(parser) -> None:
-    """--device (default: cuda when available) and --amp, shared by every script."""
+    """--device (default: cuda when available), --precision and --amp, shared by every script."""
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)')
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                        help='inference number format: fp32, or bf16 (bfloat16 autocast; attention softmax, cost '
+                             'volume, disparity regression and metrics stay fp32) on CUDA and on CPUs with AVX-512 '
+                             'BF16 or AMX, refused elsewhere (default: fp32)')
     parser.add_argument('--amp', action='store_true',
-                        help='mixed precision (autocast) on CUDA; ignored on CPU')
+                        help='on CUDA: the same as --precision bf16; ignored on CPU')
     parser.add_argument('--debug', action='store_true',
                         help='show the Python traceback of an error (default: one line, error: ...)')
 
@@ -149,6 +155,16 @@ def check_output_file(path: Path | None, flag: str) -> None:
         raise OSError(f'{flag} {path}: cannot create its folder ({err.strerror or err})') from None
     if not os.access(path.parent, os.W_OK):
         raise OSError(f'{flag} {path}: its folder {path.parent} is not writable')
+
+
+def resolve_precision(args, device: torch.device) -> str:
+    """The inference precision that --precision (and --amp, bf16 on CUDA) ask for on `device`; UsageError when the
+    device has no bfloat16 arithmetic."""
+    precision = 'bf16' if args.amp and device.type == 'cuda' else args.precision
+    reason = precision_error(precision, device)
+    if reason:
+        raise UsageError(reason)
+    return precision
 
 
 def print_report(lines: list[str], results: dict, json_path: Path | None) -> None:

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from models.outputs import Pair
+from models.precision import autocast
 
 
 def stereo_flips(left: Tensor, right: Tensor, horizontal: bool, vertical: bool) -> Pair:
@@ -18,12 +19,13 @@ def stereo_flips(left: Tensor, right: Tensor, horizontal: bool, vertical: bool) 
 
 
 @torch.inference_mode()
-def super_resolve(model: nn.Module, left: Tensor, right: Tensor, tta: bool = False, amp: bool = False) -> Pair:
-    """Final SR pair (B, 3, sH, sW), clamped to [0, 1]. `tta`: mean over the 4 stereo-aware flips (self-ensemble)."""
+def super_resolve(model: nn.Module, left: Tensor, right: Tensor, tta: bool = False, precision: str = 'fp32') -> Pair:
+    """Final SR pair (B, 3, sH, sW) in float32, clamped to [0, 1]. `tta`: mean over the 4 stereo-aware flips
+    (self-ensemble). `precision`: 'fp32' or 'bf16' (models/precision.py; the caller checks the device has it)."""
     flips = [(h, v) for h in (False, True) for v in (False, True)] if tta else [(False, False)]
     total = None
     for h, v in flips:
-        with torch.autocast(left.device.type, enabled=amp and left.device.type == 'cuda'):
+        with autocast(left.device, precision):
             out = model(*stereo_flips(left, right, h, v))
         sr = stereo_flips(out.sr_left.float(), out.sr_right.float(), h, v)
         total = sr if total is None else Pair(total.left + sr.left, total.right + sr.right)
@@ -62,13 +64,14 @@ def global_inputs(model: nn.Module, left: Tensor, right: Tensor) -> dict[str, Te
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, left: Tensor, right: Tensor, amp: bool = False, **inputs: Tensor) -> dict[str, Tensor]:
+def predict(model: nn.Module, left: Tensor, right: Tensor, precision: str = 'fp32',
+            **inputs: Tensor) -> dict[str, Tensor]:
     """Final SR images (clamped) and, for networks that estimate it, HR disparities of an LR pair of any size >= 1 px
     (padded as needed): {'sr_left', 'sr_right': (B, 3, sH, sW)[, 'disp_left', 'disp_right': (B, 1, sH, sW)]}.
-    `inputs`: extra keyword inputs of the network (`global_inputs`)."""
+    `inputs`: extra keyword inputs of the network (`global_inputs`). Outputs are float32 whatever `precision`."""
     scale = model.scale
     (left_p, right_p), (h, w) = pad_to_valid(left, right, model)
-    with torch.autocast(left.device.type, enabled=amp and left.device.type == 'cuda'):
+    with autocast(left.device, precision):
         out = model(left_p, right_p, **inputs)
     crop = (..., slice(0, h * scale), slice(0, w * scale))
     result = {'sr_left': out.sr_left.float()[crop].clamp(0, 1), 'sr_right': out.sr_right.float()[crop].clamp(0, 1)}
@@ -96,7 +99,7 @@ def band_starts(height: int, band: int, overlap: int) -> list[int]:
 
 
 def predict_tiled(model: nn.Module, left: Tensor, right: Tensor, band: int, overlap: int = 8,
-                  amp: bool = False) -> dict[str, Tensor]:
+                  precision: str = 'fp32') -> dict[str, Tensor]:
     """`predict` on horizontal bands of `band` LR rows (full image width: the parallax search needs whole rows),
     blended linearly over `overlap` shared rows. Peak memory is that of one band. Channel attention and the pyramid
     pooling see one band at a time, so the result differs slightly from a whole-image pass. What a network computes
@@ -111,7 +114,7 @@ def predict_tiled(model: nn.Module, left: Tensor, right: Tensor, band: int, over
     total, weight_sum = None, torch.zeros(h * scale, device=left.device)
     for i, top in enumerate(starts):
         bottom = min(h, top + band)
-        part = predict(model, left[..., top:bottom, :], right[..., top:bottom, :], amp, **inputs)
+        part = predict(model, left[..., top:bottom, :], right[..., top:bottom, :], precision, **inputs)
         before = (starts[i - 1] + band - top) if i > 0 else 0
         after = (bottom - starts[i + 1]) if i + 1 < len(starts) else 0
         weight = band_weights((bottom - top) * scale, max(before, 0) * scale, max(after, 0) * scale, left.device)

@@ -115,7 +115,8 @@ class StereoSR:
         model.eval()
         scores = {}
         for name in (n for n in find_datasets(config.val_dir) if n not in DISPARITY_DATASETS):
-            result = evaluate_dataset(network_sr(model, device, amp=config.amp), config.val_dir / name,
+            precision = 'bf16' if config.amp and device.type == 'cuda' else 'fp32'    # --amp: CUDA only
+            result = evaluate_dataset(network_sr(model, device, precision=precision), config.val_dir / name,
                                       config.scale_factor)
             scores.update({f'val_{name}_psnr_avg': result['psnr_avg'], f'val_{name}_psnr_left': result['psnr_left']})
         model.train()

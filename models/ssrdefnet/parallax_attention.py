@@ -74,7 +74,9 @@ class ParallaxAttention(nn.Module):
         score = None
         for block in (self.pab1, self.pab2, self.pab3, self.pab4):
             features, stage_score = block(features)
-            # Accumulated in (at least) float32 as the official float32 `cost` buffers do, also under autocast.
+            # Accumulated in (at least) float32 as the official float32 `cost` buffers do, also under autocast: with
+            # the softmax in bfloat16 the coordinates below come out bfloat16 (4 px apart at 740 px, Motorcycle x4)
+            # and the HR cost volume's column indices overflow (measured: reports/2026-12-07-bf16.md).
             stage_score = stage_score.to(torch.promote_types(stage_score.dtype, torch.float32))
             score = stage_score if score is None else score + stage_score
         right_to_left = torch.softmax(score, dim=-1)                  # (N, W_left, W_right)
