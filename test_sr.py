@@ -41,8 +41,7 @@ from models.registry import modality_error
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
 from utils import (UsageError, add_device_args, check_output_file, positive_int, print_report, resolve_device,
-                   resolve_precision,
-                   run_script)
+                   resolve_precision, run_script)
 from weights import resolve_checkpoint
 
 log = logging.getLogger('test_sr')
