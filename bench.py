@@ -11,6 +11,7 @@ implementation.
     python bench.py --glibc-heap                      # CPU: every variant without fresh page faults (see GLIBC_HEAP)
     python bench.py --model cvhssr-t --cases infer --sizes 180x320 --scales 4 --count-only   # params, GFLOP only
     python bench.py --model cvhssr-t --cases infer --sizes 94x311 --scales 4 --roofline      # + % of measured peak
+    python bench.py --model scglanet --no-scglanet_self_ensemble --cases infer --sizes 94x311   # a network's options
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
 Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
@@ -20,7 +21,8 @@ the rounds of official time / variant time, so that a machine whose speed drifts
 it. (Never both in one process: on CPU whichever runs
 second inherits the heap the other grew and page-faults less, which made our training step look 15 % faster than it is.)
 GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not
-counted), so GFLOP/s is a lower bound of the work done. --roofline first calibrates the machine in its own process
+counted), so GFLOP/s is a lower bound of the work done; cases above LARGE_CASE_PIXELS are counted on fake tensors
+(the same count, nothing computed: see count_flops). --roofline first calibrates the machine in its own process
 (`calibrate`: the best GFLOP/s of a dense 3x3 convolution 64->64 at the calibration size, NCHW and channels-last, and
 of its im2col GEMM, float32 and, where the hardware has it, bfloat16, at the thread count of the cases) and gives each
 row its fraction of the float32 convolution peak. A network scale the zoo does not build (SCGLANet: x4 only) is
@@ -42,7 +44,7 @@ from pathlib import Path
 import torch
 
 from models import MODEL_NAMES, build_model, model_entry
-from models.registry import modality_error
+from models.registry import REGISTRY, modality_error, option_values
 from utils import UsageError, non_negative_float, positive_int, run_script
 
 ROOT = Path(__file__).resolve().parent
@@ -51,6 +53,8 @@ ROOT = Path(__file__).resolve().parent
 INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 184, 256),
              ('infer', 2, 1, 30, 90), ('infer', 2, 1, 94, 310), ('infer', 2, 1, 368, 512)]
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
+# Cases above this many LR pixels run once per process (not --repeats times) and count their FLOP on fake tensors.
+LARGE_CASE_PIXELS = 30 * 90 * 16
 # Most timed runs per process when --min-seconds asks for more than --repeats.
 MAX_RUNS = 50
 # A warm-up run that takes at least this long is the measurement (its one-time costs are small beside it), so that a
@@ -116,6 +120,11 @@ def parse_args(argv=None):
     parser.add_argument('--calibration-seconds', type=non_negative_float, default=CALIBRATION_SECONDS,
                         help='seconds each calibration configuration is repeated for (best run kept)')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
+    # The networks' own options (models/<network>.py Option; as models.add_model_args adds them, whose --model and
+    # --scale_factor bench.py replaces with its own --model and --scales), e.g. --no-scglanet_self_ensemble.
+    group = parser.add_argument_group("the networks' own options (each applies to its network only)")
+    for name, kwargs in {o.name: o.kwargs for entry in REGISTRY.values() for o in entry.options}.items():
+        group.add_argument('--' + name, **kwargs)
     return parser.parse_args(argv)
 
 
@@ -143,7 +152,7 @@ def build_step(spec: dict, variant: str):
     entry = model_entry(spec['model'])
     torch.manual_seed(0)
     options = {'ours_ckpt': {'grad_checkpoint': True}, 'ours_lowmem': entry.memory_options}.get(variant, {})
-    ours = build_model(spec['model'], scale, **options)
+    ours = build_model(spec['model'], scale, **{**spec.get('options', {}), **options})
     runner = official_module_of(spec['model']).official_runner(spec['model'], scale, ours) \
         if variant == 'official' else None
     model = (runner.model if runner else ours).to(device)
@@ -186,11 +195,20 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def count_flops(step) -> float:
+def count_flops(step, fake: bool = False) -> float:
     """GFLOP of one call of step(), as torch.utils.flop_counter counts them (convolutions and matrix products).
     The counter has formulas for the CUDA attention kernels only: on the CPU, F.scaled_dot_product_attention (one
     op in inference, the flash-for-CPU kernel under autograd) counted 0 FLOP, so EHFSSR's windows went uncounted.
-    Those ops get the counter's own sdpa formulas here."""
+    Those ops get the counter's own sdpa formulas here.
+
+    fake: count on fake tensors (FakeTensorMode: every op gives its output's shape and nothing is computed), so a
+    count takes the same time at any size (tens of seconds of overhead), where running SCGLANet's evaluation on a
+    320x180 pair (six passes of a 25M network) took hours on a CPU; the counts are those of the real run (the
+    counter sees the same ops and shapes).
+    The stereo input check of real values (models/outputs.py validate_pair) is skipped, as it is in an export.
+    A step that needs values (the official SCGLANet self-ensemble goes through NumPy) is counted for real."""
+    from unittest import mock
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils import flop_counter
     aten = torch.ops.aten
 
@@ -199,12 +217,22 @@ def count_flops(step) -> float:
 
     def backward(grad_out, query, key, value, *args, **kwargs) -> int:
         return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
-    counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
-        aten.scaled_dot_product_attention: forward, aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
-    with counter:
-        step()
-    return counter.get_total_flops() / 1e9
+
+    def count() -> float:
+        counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
+            aten.scaled_dot_product_attention: forward, aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+        with counter:
+            step()
+        return counter.get_total_flops() / 1e9
+    if fake:
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True), mock.patch.object(torch.compiler, 'is_exporting',
+                                                                               return_value=True):
+                return count()
+        except Exception:   # noqa: BLE001 (an op that needs values; a genuine error recurs in the real run)
+            pass
+    return count()
 
 
 def run_case(spec: dict) -> dict:
@@ -215,8 +243,9 @@ def run_case(spec: dict) -> dict:
     device = torch.device(spec['device'])
     step = build_step(spec, spec['variant'])
     params = sum(p.numel() for p in step.model.parameters()) / 1e6
+    fake = spec['h'] * spec['w'] > LARGE_CASE_PIXELS
     if spec.get('count_only'):
-        return {'params_m': params, 'gflop': count_flops(step)}
+        return {'params_m': params, 'gflop': count_flops(step, fake)}
     warm_up = timed(step, device)  # (and compilation)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -229,7 +258,7 @@ def run_case(spec: dict) -> dict:
     else:
         result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     if spec['variant'] in ('ours', 'official') and spec.get('flops', True):
-        result['gflop'] = count_flops(step)
+        result['gflop'] = count_flops(step, fake)
     return result
 
 
@@ -418,8 +447,8 @@ def main(argv=None) -> list[dict]:
         case_variants = [v for v in variants if (v != 'ours_ckpt' or kind == 'train')     # recomputation: autograd
                          and (v != 'ours_lowmem' or kind == 'infer')]                   # banded evaluation
         base = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds,
-                    flops=args.flops)
+                    repeats=args.repeats if h * w <= LARGE_CASE_PIXELS else 1, min_seconds=args.min_seconds,
+                    flops=args.flops, options=option_values(model_entry(args.model), vars(args)))
         runs = {v: [] for v in case_variants}
         for _ in range(args.rounds if 'official' in case_variants else 1):
             for variant in sorted(case_variants, key=lambda v: v != 'official'):
@@ -484,7 +513,7 @@ def count_cases(args, cases: list, variants: list[str]) -> list[dict]:
     for kind, scale, batch, h, w in cases:
         for variant in variants:
             spec = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                        variant=variant, count_only=True)
+                        variant=variant, count_only=True, options=option_values(model_entry(args.model), vars(args)))
             rows.append({**spec, **measure(spec, args.timeout, args.glibc_heap)})
     lines = ['', '| case | variant | parameters (M) | GFLOP |', '|---|---|---|---|']
     for r in rows:

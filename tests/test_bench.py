@@ -96,3 +96,13 @@ def test_flop_count_includes_cpu_attention(grad):
         if grad:
             out.sum().backward()
     assert bench.count_flops(step) * 1e9 == (reference * 3.5 if grad else reference)
+
+
+def test_fake_tensor_count_equals_the_real_count_and_network_options_reach_the_model():
+    """Large cases count their FLOP on fake tensors (nothing computed); the count is the real run's. The networks'
+    own flags (here --no-tlc) are passed to the model bench.py builds."""
+    spec = dict(model='nafssr-t', kind='infer', scale=4, batch=1, h=8, w=12, device='cpu',
+                options=bench.option_values(bench.model_entry('nafssr-t'), vars(bench.parse_args(['--no-tlc']))))
+    step = bench.build_step(spec, 'ours')
+    assert step.model.config.tlc is False and bench.build_step({**spec, 'options': {}}, 'ours').model.config.tlc
+    assert bench.count_flops(step, fake=True) == bench.count_flops(step) > 0
