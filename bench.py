@@ -21,7 +21,7 @@ the rounds of official time / variant time, so that a machine whose speed drifts
 it. (Never both in one process: on CPU whichever runs
 second inherits the heap the other grew and page-faults less, which made our training step look 15 % faster than it is.)
 GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not
-counted), so GFLOP/s is a lower bound of the work done; cases above LARGE_CASE_PIXELS are counted on fake tensors
+counted), so GFLOP/s is a lower bound of the work done; cases above FAKE_COUNT_PIXELS are counted on fake tensors
 (the same count, nothing computed: see count_flops). --roofline first calibrates the machine in its own process
 (`calibrate`: the best GFLOP/s of a dense 3x3 convolution 64->64 at the calibration size, NCHW and channels-last, and
 of its im2col GEMM, float32 and, where the hardware has it, bfloat16, at the thread count of the cases) and gives each
@@ -53,8 +53,11 @@ ROOT = Path(__file__).resolve().parent
 INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 184, 256),
              ('infer', 2, 1, 30, 90), ('infer', 2, 1, 94, 310), ('infer', 2, 1, 368, 512)]
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
-# Cases above this many LR pixels run once per process (not --repeats times) and count their FLOP on fake tensors.
+# Cases above this many LR pixels run once per process (not --repeats times).
 LARGE_CASE_PIXELS = 30 * 90 * 16
+# Cases above this many LR pixels count their FLOP on fake tensors (count_flops), which costs a fixed 10-60 s on a
+# CPU: the time of counting a real SSRDE-FNet forward at 30x30.
+FAKE_COUNT_PIXELS = 30 * 90
 # Most timed runs per process when --min-seconds asks for more than --repeats.
 MAX_RUNS = 50
 # A warm-up run that takes at least this long is the measurement (its one-time costs are small beside it), so that a
@@ -243,7 +246,7 @@ def run_case(spec: dict) -> dict:
     device = torch.device(spec['device'])
     step = build_step(spec, spec['variant'])
     params = sum(p.numel() for p in step.model.parameters()) / 1e6
-    fake = spec['h'] * spec['w'] > LARGE_CASE_PIXELS
+    fake = spec['h'] * spec['w'] > FAKE_COUNT_PIXELS
     if spec.get('count_only'):
         return {'params_m': params, 'gflop': count_flops(step, fake)}
     warm_up = timed(step, device)  # (and compilation)
