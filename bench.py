@@ -14,7 +14,8 @@ implementation.
     python bench.py --model scglanet --no-scglanet_self_ensemble --cases infer --sizes 94x311   # a network's options
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
-Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
+Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up
+(wall clock; the JSON also has each variant's CPU seconds, `cpu_seconds`, what a shared CPU measures best),
 more runs while they add up to less than --min-seconds; a warm-up of 30 s or more is itself the one timed run. With the
 official code, each case runs --rounds rounds of one process per variant, the official first; speed-up = median over
 the rounds of official time / variant time, so that a machine whose speed drifts, as shared machines do, cannot bias
@@ -188,13 +189,16 @@ def build_step(spec: dict, variant: str):
     return step
 
 
-def timed(step, device: torch.device) -> float:
+def timed(step, device: torch.device, cpu_seconds: list | None = None) -> float:
+    """Wall-clock seconds of step(); appends the process's CPU seconds (all its threads) to `cpu_seconds`."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step()
     if device.type == 'cuda':
         torch.cuda.synchronize()
+    if cpu_seconds is not None:
+        cpu_seconds.append(time.process_time() - cpu_start)
     return time.perf_counter() - start
 
 
@@ -249,13 +253,19 @@ def run_case(spec: dict) -> dict:
     fake = spec['h'] * spec['w'] > FAKE_COUNT_PIXELS
     if spec.get('count_only'):
         return {'params_m': params, 'gflop': count_flops(step, fake)}
-    warm_up = timed(step, device)  # (and compilation)
+    # CPU seconds beside the wall-clock ones: on a machine shared by more processes than cores, the wall clock
+    # measures the scheduler too; at one thread the process's CPU time is the work it did (its cache misses included).
+    cpu = []
+    warm_up = timed(step, device, cpu)  # (and compilation)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    times = [warm_up] if warm_up >= LONG_RUN_SECONDS else [timed(step, device) for _ in range(spec['repeats'])]
+    if warm_up < LONG_RUN_SECONDS:
+        cpu = []
+    times = [warm_up] if warm_up >= LONG_RUN_SECONDS else [timed(step, device, cpu) for _ in range(spec['repeats'])]
     while sum(times) < spec.get('min_seconds', 0) and len(times) < MAX_RUNS:   # short cases: a steadier median
-        times.append(timed(step, device))
-    result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params}
+        times.append(timed(step, device, cpu))
+    result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params,
+              'cpu_seconds': statistics.median(cpu)}
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
@@ -336,6 +346,8 @@ def summarise(runs: list[dict], official: list[dict] | None) -> dict:
     for key in ('gflop', 'params_m'):
         if key in ok[0]:
             result[key] = ok[0][key]
+    if all('cpu_seconds' in r for r in ok):
+        result['cpu_seconds'] = statistics.median(r['cpu_seconds'] for r in ok)
     if official and runs is not official:
         ratios = [o['seconds'] / r['seconds'] for o, r in zip(official, runs) if 'error' not in o and 'error' not in r]
         if ratios:
@@ -461,7 +473,8 @@ def main(argv=None) -> list[dict]:
             result = rows[-1]
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
                   (result['error'] if 'error' in result else
-                   f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
+                   f"{result['seconds']:.3f} s ({result.get('cpu_seconds', 0):.3f} s CPU), "
+                   f"{result['peak_gb']:.2f} GB" +
                    (f", {result['speedup']:.2f}x vs official ({len(result['ratios'])} rounds)"
                     if 'speedup' in result else '') +
                    ''.join(f'; a round failed: {e}' for e in result.get('failed_rounds', []))),

@@ -71,6 +71,7 @@ def test_roofline_end_to_end_and_the_count_of_one_case(tmp_path):
                        '--repeats', '1', '--min-seconds', '0', '--json', str(tmp_path / 'b.json')])
     data = json.loads((tmp_path / 'b.json').read_text())
     assert data['calibration']['size'] == [6, 8] and data['calibration']['conv_peak_float32'] > 0
+    assert 0 < rows[0]['cpu_seconds'] and data['rows'][0]['cpu_seconds'] == rows[0]['cpu_seconds']
     assert len(rows) == 1 and data['rows'][0]['conv_peak_fraction'] == pytest.approx(
         rows[0]['gflop'] / rows[0]['seconds'] / data['calibration']['conv_peak_float32'])
     if importlib.util.find_spec('matplotlib'):                  # make_figs' bench chart draws the roofline panel
