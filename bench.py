@@ -12,16 +12,19 @@ implementation.
     python bench.py --model cvhssr-t --cases infer --sizes 180x320 --scales 4 --count-only   # params, GFLOP only
     python bench.py --model cvhssr-t --cases infer --sizes 94x311 --scales 4 --roofline      # + % of measured peak
     python bench.py --model nafssr-s --cases infer --sizes 94x311 --scales 4 --precision bf16  # bf16 / fp32 ratio
+    python bench.py --model scglanet --no-scglanet_self_ensemble --cases infer --sizes 94x311   # a network's options
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
-Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up,
+Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up
+(wall clock; the JSON also has each variant's CPU seconds, `cpu_seconds`, what a shared CPU measures best),
 more runs while they add up to less than --min-seconds; a warm-up of 30 s or more is itself the one timed run. With the
 official code, each case runs --rounds rounds of one process per variant, the official first; speed-up = median over
 the rounds of official time / variant time, so that a machine whose speed drifts, as shared machines do, cannot bias
 it. (Never both in one process: on CPU whichever runs
 second inherits the heap the other grew and page-faults less, which made our training step look 15 % faster than it is.)
 GFLOP = convolutions and matrix products counted by torch.utils.flop_counter (grid_sample and element-wise work are not
-counted), so GFLOP/s is a lower bound of the work done. --roofline first calibrates the machine in its own process
+counted), so GFLOP/s is a lower bound of the work done; cases above FAKE_COUNT_PIXELS are counted on fake tensors
+(the same count, nothing computed: see count_flops). --roofline first calibrates the machine in its own process
 (`calibrate`: the best GFLOP/s of a dense 3x3 convolution 64->64 at the calibration size, NCHW and channels-last, and
 of its im2col GEMM, float32 and, where the hardware has it, bfloat16, at the thread count of the cases) and gives each
 row its fraction of the float32 convolution peak. --precision bf16 adds the ours_amp variant (bfloat16 autocast, the
@@ -46,7 +49,7 @@ import torch
 
 from models import MODEL_NAMES, build_model, model_entry
 from models.precision import PRECISIONS, autocast, has_bf16, precision_error
-from models.registry import modality_error
+from models.registry import REGISTRY, modality_error, option_values
 from utils import UsageError, check_output_file, non_negative_float, positive_int, run_script
 
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +58,11 @@ ROOT = Path(__file__).resolve().parent
 INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 184, 256),
              ('infer', 2, 1, 30, 90), ('infer', 2, 1, 94, 310), ('infer', 2, 1, 368, 512)]
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
+# Cases above this many LR pixels run once per process (not --repeats times).
+LARGE_CASE_PIXELS = 30 * 90 * 16
+# Cases above this many LR pixels count their FLOP on fake tensors (count_flops), which costs a fixed 10-60 s on a
+# CPU: the time of counting a real SSRDE-FNet forward at 30x30.
+FAKE_COUNT_PIXELS = 30 * 90
 # Most timed runs per process when --min-seconds asks for more than --repeats.
 MAX_RUNS = 50
 # A warm-up run that takes at least this long is the measurement (its one-time costs are small beside it), so that a
@@ -124,6 +132,11 @@ def parse_args(argv=None):
     parser.add_argument('--calibration-seconds', type=non_negative_float, default=CALIBRATION_SECONDS,
                         help='seconds each calibration configuration is repeated for (best run kept)')
     parser.add_argument('--case', help=argparse.SUPPRESS)  # internal: run one case in this process
+    # The networks' own options (models/<network>.py Option; as models.add_model_args adds them, whose --model and
+    # --scale_factor bench.py replaces with its own --model and --scales), e.g. --no-scglanet_self_ensemble.
+    group = parser.add_argument_group("the networks' own options (each applies to its network only)")
+    for name, kwargs in {o.name: o.kwargs for entry in REGISTRY.values() for o in entry.options}.items():
+        group.add_argument('--' + name, **kwargs)
     return parser.parse_args(argv)
 
 
@@ -151,7 +164,7 @@ def build_step(spec: dict, variant: str):
     entry = model_entry(spec['model'])
     torch.manual_seed(0)
     options = {'ours_ckpt': {'grad_checkpoint': True}, 'ours_lowmem': entry.memory_options}.get(variant, {})
-    ours = build_model(spec['model'], scale, **options)
+    ours = build_model(spec['model'], scale, **{**spec.get('options', {}), **options})
     runner = official_module_of(spec['model']).official_runner(spec['model'], scale, ours) \
         if variant == 'official' else None
     model = (runner.model if runner else ours).to(device)
@@ -184,21 +197,33 @@ def build_step(spec: dict, variant: str):
     return step
 
 
-def timed(step, device: torch.device) -> float:
+def timed(step, device: torch.device, cpu_seconds: list | None = None) -> float:
+    """Wall-clock seconds of step(); appends the process's CPU seconds (all its threads) to `cpu_seconds`."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     step()
     if device.type == 'cuda':
         torch.cuda.synchronize()
+    if cpu_seconds is not None:
+        cpu_seconds.append(time.process_time() - cpu_start)
     return time.perf_counter() - start
 
 
-def count_flops(step) -> float:
+def count_flops(step, fake: bool = False) -> float:
     """GFLOP of one call of step(), as torch.utils.flop_counter counts them (convolutions and matrix products).
     The counter has formulas for the CUDA attention kernels only: on the CPU, F.scaled_dot_product_attention (one
     op in inference, the flash-for-CPU kernel under autograd) counted 0 FLOP, so EHFSSR's windows went uncounted.
-    Those ops get the counter's own sdpa formulas here."""
+    Those ops get the counter's own sdpa formulas here.
+
+    fake: count on fake tensors (FakeTensorMode: every op gives its output's shape and nothing is computed), so a
+    count takes the same time at any size (tens of seconds of overhead), where running SCGLANet's evaluation on a
+    320x180 pair (six passes of a 25M network) took hours on a CPU; the counts are those of the real run (the
+    counter sees the same ops and shapes).
+    The stereo input check of real values (models/outputs.py validate_pair) is skipped, as it is in an export.
+    A step that needs values (the official SCGLANet self-ensemble goes through NumPy) is counted for real."""
+    from unittest import mock
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils import flop_counter
     aten = torch.ops.aten
 
@@ -207,12 +232,22 @@ def count_flops(step) -> float:
 
     def backward(grad_out, query, key, value, *args, **kwargs) -> int:
         return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
-    counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
-        aten.scaled_dot_product_attention: forward, aten._scaled_dot_product_flash_attention_for_cpu: forward,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
-    with counter:
-        step()
-    return counter.get_total_flops() / 1e9
+
+    def count() -> float:
+        counter = flop_counter.FlopCounterMode(display=False, custom_mapping={
+            aten.scaled_dot_product_attention: forward, aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+        with counter:
+            step()
+        return counter.get_total_flops() / 1e9
+    if fake:
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True), mock.patch.object(torch.compiler, 'is_exporting',
+                                                                               return_value=True):
+                return count()
+        except Exception:   # noqa: BLE001 (an op that needs values; a genuine error recurs in the real run)
+            pass
+    return count()
 
 
 def run_case(spec: dict) -> dict:
@@ -223,21 +258,28 @@ def run_case(spec: dict) -> dict:
     device = torch.device(spec['device'])
     step = build_step(spec, spec['variant'])
     params = sum(p.numel() for p in step.model.parameters()) / 1e6
+    fake = spec['h'] * spec['w'] > FAKE_COUNT_PIXELS
     if spec.get('count_only'):
-        return {'params_m': params, 'gflop': count_flops(step)}
-    warm_up = timed(step, device)  # (and compilation)
+        return {'params_m': params, 'gflop': count_flops(step, fake)}
+    # CPU seconds beside the wall-clock ones: on a machine shared by more processes than cores, the wall clock
+    # measures the scheduler too; at one thread the process's CPU time is the work it did (its cache misses included).
+    cpu = []
+    warm_up = timed(step, device, cpu)  # (and compilation)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
-    times = [warm_up] if warm_up >= LONG_RUN_SECONDS else [timed(step, device) for _ in range(spec['repeats'])]
+    if warm_up < LONG_RUN_SECONDS:
+        cpu = []
+    times = [warm_up] if warm_up >= LONG_RUN_SECONDS else [timed(step, device, cpu) for _ in range(spec['repeats'])]
     while sum(times) < spec.get('min_seconds', 0) and len(times) < MAX_RUNS:   # short cases: a steadier median
-        times.append(timed(step, device))
-    result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params}
+        times.append(timed(step, device, cpu))
+    result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params,
+              'cpu_seconds': statistics.median(cpu)}
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
         result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     if spec['variant'] in ('ours', 'official') and spec.get('flops', True):
-        result['gflop'] = count_flops(step)
+        result['gflop'] = count_flops(step, fake)
     return result
 
 
@@ -301,6 +343,8 @@ def summarise(runs: list[dict], official: list[dict] | None, float32: list[dict]
     for key in ('gflop', 'params_m'):
         if key in ok[0]:
             result[key] = ok[0][key]
+    if all('cpu_seconds' in r for r in ok):
+        result['cpu_seconds'] = statistics.median(r['cpu_seconds'] for r in ok)
     if official and runs is not official:
         ratios = [o['seconds'] / r['seconds'] for o, r in zip(official, runs) if 'error' not in o and 'error' not in r]
         if ratios:
@@ -424,8 +468,8 @@ def main(argv=None) -> list[dict]:
         case_variants = [v for v in variants if (v != 'ours_ckpt' or kind == 'train')     # recomputation: autograd
                          and (v != 'ours_lowmem' or kind == 'infer')]                   # banded evaluation
         base = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                    repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds,
-                    flops=args.flops)
+                    repeats=args.repeats if h * w <= LARGE_CASE_PIXELS else 1, min_seconds=args.min_seconds,
+                    flops=args.flops, options=option_values(model_entry(args.model), vars(args)))
         runs = {v: [] for v in case_variants}
         in_turns = 'official' in case_variants or args.precision == 'bf16'   # ratios of processes run in turns
         for _ in range(args.rounds if in_turns else 1):
@@ -437,7 +481,8 @@ def main(argv=None) -> list[dict]:
             result = rows[-1]
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
                   (result['error'] if 'error' in result else
-                   f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
+                   f"{result['seconds']:.3f} s ({result.get('cpu_seconds', 0):.3f} s CPU), "
+                   f"{result['peak_gb']:.2f} GB" +
                    (f", {result['speedup']:.2f}x vs official ({len(result['ratios'])} rounds)"
                     if 'speedup' in result else '') +
                    (f", {result['bf16_speedup']:.2f}x vs ours in float32 ({len(result['bf16_ratios'])} rounds)"
@@ -499,7 +544,7 @@ def count_cases(args, cases: list, variants: list[str]) -> list[dict]:
     for kind, scale, batch, h, w in cases:
         for variant in variants:
             spec = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
-                        variant=variant, count_only=True)
+                        variant=variant, count_only=True, options=option_values(model_entry(args.model), vars(args)))
             rows.append({**spec, **measure(spec, args.timeout, args.glibc_heap)})
     lines = ['', '| case | variant | parameters (M) | GFLOP |', '|---|---|---|---|']
     for r in rows:

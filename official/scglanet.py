@@ -1,4 +1,5 @@
-"""Import helpers for the authors' SCGLANet code (fzuzyb/SCGLANet), used by tests/test_scglanet_parity.py.
+"""Import helpers for the authors' SCGLANet code (fzuzyb/SCGLANet), used by tests/test_scglanet_parity.py and
+bench.py.
 
 Point SCGLANET_OFFICIAL_DIR at a checkout root of the official repository; nothing of it is committed here. Only
 `basicsr/archs/scglanet_arch.py` is loaded, under a private module name: importing the `basicsr` package would pull in
@@ -17,12 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from official.loading import load_module, official_names
 
 OFFICIAL_ENV = 'SCGLANET_OFFICIAL_DIR'
 OFFICIAL_DIR = os.environ.get(OFFICIAL_ENV)
+OFFICIAL_NAMES = ('scglanet',)   # what bench.py can compare with
 requires_official = pytest.mark.skipif(
     not OFFICIAL_DIR, reason='set SCGLANET_OFFICIAL_DIR to a checkout of fzuzyb/SCGLANet to run parity tests')
 _cache: dict[str, object] = {}
@@ -45,11 +48,18 @@ def official_arch() -> types.ModuleType:
 
 
 def official_scglanet(width: int, num_blocks: tuple[int, ...], temperature: float = 2.0,
-                      drop_path_rate: float = 0.0) -> nn.Module:
+                      drop_path_rate: float = 0.0, tlc: bool = True) -> nn.Module:
     """The authors' `SCGLANet` (x4, TLC converted at construction; the constructor consumes the global RNG and leaves
-    the model in eval mode). It takes the 6-channel stack (B, 6, H, W), RGB per view, and returns (B, 6, 4H, 4W)."""
-    return official_arch().SCGLANet(up_scale=4, width=width, num_blks=list(num_blocks), drop_path_rate=drop_path_rate,
-                                    train_size=[1, 6, 30, 90], drop_out_rate=0.0, temperature=temperature)
+    the model in eval mode) or, with tlc=False, the `SCGLASRNet` it derives from (global pooling; no construction
+    forward, left in eval mode too). It takes the 6-channel stack (B, 6, H, W), RGB per view, and returns
+    (B, 6, 4H, 4W)."""
+    arch = official_arch()
+    if not tlc:
+        return arch.SCGLASRNet(up_scale=4, width=width, num_blks=list(num_blocks), img_channel=3,
+                               drop_path_rate=drop_path_rate, drop_out_rate=0.0, fusion_from=-1, fusion_to=1000,
+                               dual=True, temperature=temperature).eval()
+    return arch.SCGLANet(up_scale=4, width=width, num_blks=list(num_blocks), drop_path_rate=drop_path_rate,
+                         train_size=[1, 6, 30, 90], drop_out_rate=0.0, temperature=temperature)
 
 
 def official_forward(model: nn.Module, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +89,28 @@ def official_self_ensemble(model: nn.Module, left: torch.Tensor, right: torch.Te
     _selfensemble_function()(state)
     model.eval()   # the official method leaves net_g in training mode
     return state.output[:, :3], state.output[:, 3:]
+
+
+def official_runner(name: str, scale: int, ours: nn.Module):
+    """bench.py's handle (official.loading.OfficialRunner) on the official model with `ours`' weights, configured as
+    `ours` is: evaluation as the test yml (`ensemble: true`: the authors' 6-pass self-ensemble, batch 1) or, where
+    `ours` has its self-ensemble off, one forward; training: the forward in training mode and the L1 loss of the
+    train yml (`pixel_opt: L1Loss`, mean over the 6-channel stack)."""
+    from official.loading import OfficialRunner
+    config = ours.config
+    model = official_scglanet(config.width, config.num_blocks, config.temperature, config.drop_path, config.tlc)
+    model.load_state_dict(ours.state_dict())
+
+    def infer(left, right):
+        if config.self_ensemble:
+            return official_self_ensemble(model, left, right)
+        model.eval()
+        return official_forward(model, left, right)
+
+    def train_loss(left, right, hr_left, hr_right):
+        model.train()
+        return F.l1_loss(torch.cat(official_forward(model, left, right), 1), torch.cat([hr_left, hr_right], 1))
+    return OfficialRunner(model, infer, train_loss)
 
 
 @contextlib.contextmanager

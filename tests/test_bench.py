@@ -71,6 +71,7 @@ def test_roofline_end_to_end_and_the_count_of_one_case(tmp_path):
                        '--repeats', '1', '--min-seconds', '0', '--json', str(tmp_path / 'b.json')])
     data = json.loads((tmp_path / 'b.json').read_text())
     assert data['calibration']['size'] == [6, 8] and data['calibration']['conv_peak_float32'] > 0
+    assert 0 < rows[0]['cpu_seconds'] and data['rows'][0]['cpu_seconds'] == rows[0]['cpu_seconds']
     assert len(rows) == 1 and data['rows'][0]['conv_peak_fraction'] == pytest.approx(
         rows[0]['gflop'] / rows[0]['seconds'] / data['calibration']['conv_peak_float32'])
     if importlib.util.find_spec('matplotlib'):                  # make_figs' bench chart draws the roofline panel
@@ -96,3 +97,13 @@ def test_flop_count_includes_cpu_attention(grad):
         if grad:
             out.sum().backward()
     assert bench.count_flops(step) * 1e9 == (reference * 3.5 if grad else reference)
+
+
+def test_fake_tensor_count_equals_the_real_count_and_network_options_reach_the_model():
+    """Large cases count their FLOP on fake tensors (nothing computed); the count is the real run's. The networks'
+    own flags (here --no-tlc) are passed to the model bench.py builds."""
+    spec = dict(model='nafssr-t', kind='infer', scale=4, batch=1, h=8, w=12, device='cpu',
+                options=bench.option_values(bench.model_entry('nafssr-t'), vars(bench.parse_args(['--no-tlc']))))
+    step = bench.build_step(spec, 'ours')
+    assert step.model.config.tlc is False and bench.build_step({**spec, 'options': {}}, 'ours').model.config.tlc
+    assert bench.count_flops(step, fake=True) == bench.count_flops(step) > 0

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.scglanet import NUM_BLOCKS, WIDTH, SCGLANet, SCGLANetConfig
+from models.scglanet import NUM_BLOCKS, WIDTH, SCGLANet, SCGLANetConfig, SCGLANetLoss
 from tests.conftest import random_pair
-from official.scglanet import (default_dtype, official_forward, official_scglanet, official_self_ensemble,
-                                     requires_official, shared_hash_codes)
+from official.scglanet import (default_dtype, official_forward, official_runner, official_scglanet,
+                               official_self_ensemble, requires_official, shared_hash_codes)
 
 pytestmark = requires_official
 FULL = os.environ.get('ZOO_PARITY_FULL') == '1'
@@ -174,6 +174,41 @@ def test_eval_float32_tlc_local_with_shared_hash_codes():
     print(f'\n[parity] 47x141 float32 eval, shared codes: max |ours - official| = {diff:.3e}; our own codes differ '
           f'at {codes["differ"]} of {codes["total"]}')
     assert diff <= 1e-4 and codes['differ'] <= 1e-4 * codes['total']
+
+
+@pytest.mark.parametrize('self_ensemble, tlc, size', [(True, True, (9, 13)), (False, False, (11, 139))],
+                         ids=['ensemble-tlc-9x13', 'one-pass-global-11x139'])
+def test_bench_runner_matches_ours_float64(self_ensemble, tlc, size):
+    """bench.py's official_runner, configured from our model: its inference (the authors' self-ensemble or one
+    forward; TLC, or SCGLANet's base class SCGLASRNet with global pooling, which differs from TLC where W > 135) and
+    its training loss (train yml L1, drop-path 0.1) equal ours."""
+    with default_dtype(torch.float64):
+        ours = SCGLANet(SCGLANetConfig(**SMALL, tlc=tlc, self_ensemble=self_ensemble, drop_path=0.1))
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in ours.named_parameters():
+                if name.endswith(('.beta', '.gamma')):
+                    p.copy_(torch.randn(p.shape, generator=g))
+        runner = official_runner('scglanet', 4, ours)
+        assert next(runner.model.parameters()).dtype == torch.float64
+        left, right = random_pair(1, *size, seed=12)
+        hr_left, hr_right = random_pair(1, 4 * size[0], 4 * size[1], seed=13)
+        ours.eval()
+        with torch.no_grad():
+            torch.manual_seed(3)
+            expected = runner.infer(left, right)
+            torch.manual_seed(3)
+            out = ours(left, right)
+            infer_diff = max_difference(expected, (out.sr_left, out.sr_right))
+            torch.manual_seed(4), np.random.seed(4)
+            expected_loss = runner.train_loss(left, right, hr_left, hr_right)
+            ours.train()
+            torch.manual_seed(4), np.random.seed(4)
+            loss = SCGLANetLoss(4)(ours(left, right), left, right, hr_left, hr_right)['total']
+    print(f'\n[parity] bench runner {size[0]}x{size[1]} float64 (ensemble {self_ensemble}, TLC {tlc}): inference '
+          f'{infer_diff:.3e}, training loss {abs(loss - expected_loss).item():.3e}')
+    assert runner.model.training
+    assert infer_diff <= 1e-10 and abs(loss - expected_loss).item() <= 1e-12
 
 
 # ---- ZOO_PARITY_FULL=1: the KITTI-size pair (58,468 tokens: 128 buckets, 407 chunks) and SCGLANet-L
