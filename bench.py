@@ -29,16 +29,22 @@ left out of --scales.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
+import io
 import json
+import logging
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import MODEL_NAMES, build_model, model_entry
@@ -87,8 +93,9 @@ def parse_args(argv=None):
                         help='comma-separated: ours (float32), ours_ckpt (training with --grad_checkpoint, networks '
                              'that have it), ours_lowmem (inference with the network\'s memory options, same '
                              'results: ModelEntry.memory_options, e.g. ISRResCNet --isrrescnet_band), ours_amp (bf16 '
-                             'autocast, CUDA), ours_compile (torch.compile, CUDA), official. Default: everything that '
-                             'applies')
+                             'autocast, CUDA), ours_compile (torch.compile, CUDA), official, onnxruntime (CPU '
+                             'inference: ours exported to ONNX here, run by onnxruntime with the case\'s thread count; '
+                             'needs requirements-onnx.txt). Default: everything that applies but onnxruntime')
     parser.add_argument('--repeats', type=positive_int, default=3, help='timed runs per process (median reported)')
     parser.add_argument('--min-seconds', type=non_negative_float, default=10.0,
                         help=f'more timed runs (at most {MAX_RUNS}) until they add up to this many seconds: short '
@@ -133,6 +140,48 @@ def official_module_of(name: str):
         if name in getattr(module, 'OFFICIAL_NAMES', ()):
             return module
     return None
+
+
+def case_inputs(spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The case's LR pair (batch, 3, h, w), the first two draws of build_step's generator."""
+    g = torch.Generator().manual_seed(1)
+    return tuple(torch.rand(spec['batch'], 3, spec['h'], spec['w'], generator=g) for _ in range(2))
+
+
+def export_case(spec: dict, folder: Path) -> tuple[str, str]:
+    """--variants onnxruntime: export ours (build_step's weights: seed 0) at the case's fixed size to an ONNX file in
+    `folder`, in the calling process, so that the timed process only loads it; beside it ours' outputs on the case's
+    inputs (.npz by output name), which the timed process compares its own with. Returns both paths."""
+    from models.export import export_onnx, output_names
+    torch.manual_seed(0)
+    network = build_model(spec['model'], spec['scale']).eval()
+    path = folder / f"{spec['model']}_x{spec['scale']}_{spec['batch']}x{spec['h']}x{spec['w']}.onnx"
+    for chatty in ('onnxscript', 'onnx_ir'):      # their optimiser logs every rewrite at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    disparity = model_entry(spec['model']).estimates_disparity
+    with contextlib.redirect_stdout(io.StringIO()):    # torch.onnx prints its progress
+        export_onnx(network, path, *case_inputs(spec), disparity)
+    with torch.inference_mode():
+        out = network(*case_inputs(spec))
+    np.savez(path.with_suffix('.npz'), **{n: getattr(out, n).numpy() for n in output_names(disparity)})
+    return str(path), str(path.with_suffix('.npz'))
+
+
+def onnxruntime_step(spec: dict):
+    """A closure running the case's ONNX file (export_case) in onnxruntime on build_step's inputs, with as many
+    intra-op threads as torch has in this process (OMP_NUM_THREADS)."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False   # the arena more than doubled SSRDE-FNet's peak memory (docs/export.md)
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(spec['onnx'], options, providers=['CPUExecutionProvider'])
+    feed = dict(zip(('lr_left', 'lr_right'), (v.numpy() for v in case_inputs(spec))))
+    names = [o.name for o in session.get_outputs()]
+
+    def step():
+        step.outputs = dict(zip(names, session.run(names, feed)))
+    return step
 
 
 def build_step(spec: dict, variant: str):
@@ -213,8 +262,11 @@ def run_case(spec: dict) -> dict:
     if spec['kind'] == 'calibrate':
         return calibrate(spec['device'], spec['h'], spec['w'], spec['seconds'])
     device = torch.device(spec['device'])
-    step = build_step(spec, spec['variant'])
-    params = sum(p.numel() for p in step.model.parameters()) / 1e6
+    if spec['variant'] == 'onnxruntime':
+        step, params = onnxruntime_step(spec), spec['params_m']
+    else:
+        step = build_step(spec, spec['variant'])
+        params = sum(p.numel() for p in step.model.parameters()) / 1e6
     if spec.get('count_only'):
         return {'params_m': params, 'gflop': count_flops(step)}
     warm_up = timed(step, device)  # (and compilation)
@@ -224,6 +276,10 @@ def run_case(spec: dict) -> dict:
     while sum(times) < spec.get('min_seconds', 0) and len(times) < MAX_RUNS:   # short cases: a steadier median
         times.append(timed(step, device))
     result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params}
+    if spec['variant'] == 'onnxruntime':     # against ours' outputs (export_case), float32 both
+        with np.load(spec['reference']) as reference:
+            result['max_abs_difference'] = {n: float(np.abs(v - reference[n]).max())
+                                            for n, v in step.outputs.items()}
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
@@ -301,7 +357,7 @@ def summarise(runs: list[dict], official: list[dict] | None) -> dict:
               'all_seconds': [r['seconds'] for r in ok]}
     if len(ok) < len(runs):   # a round that failed is reported, not silently left out of the median
         result['failed_rounds'] = [r['error'] for r in runs if 'error' in r]
-    for key in ('gflop', 'params_m'):
+    for key in ('gflop', 'params_m', 'max_abs_difference'):
         if key in ok[0]:
             result[key] = ok[0][key]
     if official and runs is not official:
@@ -387,7 +443,8 @@ def main(argv=None) -> list[dict]:
     variants = args.variants.split(',') if args.variants else \
         ['ours'] + (['ours_ckpt'] if recomputes else []) + (['ours_lowmem'] if low_memory else []) \
         + (['ours_amp', 'ours_compile'] if cuda else []) + (['official'] if official else [])
-    unknown = set(variants) - {'ours', 'ours_ckpt', 'ours_lowmem', 'ours_amp', 'ours_compile', 'official'}
+    unknown = set(variants) - {'ours', 'ours_ckpt', 'ours_lowmem', 'ours_amp', 'ours_compile', 'official',
+                               'onnxruntime'}
     if unknown or ('ours_lowmem' in variants and not low_memory):
         raise UsageError(f'--variants {args.variants}: ' + (f'unknown {", ".join(sorted(unknown))}' if unknown else
                          f'{args.model} has no memory options (ModelEntry.memory_options) for ours_lowmem'))
@@ -395,8 +452,15 @@ def main(argv=None) -> list[dict]:
         raise UsageError(f'the official variant of {args.model} needs '
                          + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
                             'an official/<repository>.py module for it'))
+    if 'onnxruntime' in variants and cuda:
+        raise UsageError('--variants onnxruntime runs on the CPU only (onnxruntime\'s CPU provider)')
+    missing = [m for m in ('onnx', 'onnxruntime', 'onnxscript') if importlib.util.find_spec(m) is None]
+    if 'onnxruntime' in variants and missing:
+        print(f'# onnxruntime variant skipped: {", ".join(missing)} not installed (requirements-onnx.txt)')
+        variants = [v for v in variants if v != 'onnxruntime']
     cases = select_cases(args, model_entry(args.model).scales)
     name, peak = device_peak(args.device)
+    onnx_folder = tempfile.TemporaryDirectory(prefix='bench_onnx_') if 'onnxruntime' in variants else None
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'
           + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
           (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
@@ -416,24 +480,43 @@ def main(argv=None) -> list[dict]:
     rows = []
     for kind, scale, batch, h, w in cases:
         case_variants = [v for v in variants if (v != 'ours_ckpt' or kind == 'train')     # recomputation: autograd
-                         and (v != 'ours_lowmem' or kind == 'infer')]                   # banded evaluation
+                         and (v not in ('ours_lowmem', 'onnxruntime') or kind == 'infer')]  # evaluation only
         base = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
                     repeats=args.repeats if h * w <= 30 * 90 * 16 else 1, min_seconds=args.min_seconds,
                     flops=args.flops)
+        extra = {}
+        if 'onnxruntime' in case_variants:     # exported here once, timed in the variant's processes
+            with torch.device('meta'):
+                extra['params_m'] = sum(p.numel() for p in build_model(args.model, scale).parameters()) / 1e6
+            extra['onnx'], extra['reference'] = export_case(base, Path(onnx_folder.name))
         runs = {v: [] for v in case_variants}
-        for _ in range(args.rounds if 'official' in case_variants else 1):
+        for _ in range(args.rounds if {'official', 'onnxruntime'} & set(case_variants) else 1):   # in turns
             for variant in sorted(case_variants, key=lambda v: v != 'official'):
-                runs[variant].append(measure({**base, 'variant': variant}, args.timeout, args.glibc_heap))
+                spec = {**base, 'variant': variant, **(extra if variant == 'onnxruntime' else {})}
+                runs[variant].append(measure(spec, args.timeout, args.glibc_heap))
         for variant in case_variants:
             rows.append({**base, 'variant': variant, **summarise(runs[variant], runs.get('official'))})
             result = rows[-1]
+            if variant == 'onnxruntime' and 'ours' in runs:    # per round: ours' time / onnxruntime's
+                ratios = [o['seconds'] / r['seconds'] for o, r in zip(runs['ours'], runs[variant])
+                          if 'error' not in o and 'error' not in r]
+                if ratios:
+                    result.update(speedup_vs_ours=statistics.median(ratios), ratios_vs_ours=ratios)
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
                   (result['error'] if 'error' in result else
                    f"{result['seconds']:.3f} s, {result['peak_gb']:.2f} GB" +
                    (f", {result['speedup']:.2f}x vs official ({len(result['ratios'])} rounds)"
                     if 'speedup' in result else '') +
+                   (f", {result['speedup_vs_ours']:.2f}x vs ours ({len(result['ratios_vs_ours'])} rounds)"
+                    if 'speedup_vs_ours' in result else '') +
+                   (', max |onnxruntime - ours| ' + ', '.join(f'{n} {e:.1e}' for n, e in
+                                                              result['max_abs_difference'].items())
+                    if 'max_abs_difference' in result else '') +
                    ''.join(f'; a round failed: {e}' for e in result.get('failed_rounds', []))),
                   file=sys.stderr, flush=True)
+
+    if onnx_folder is not None:
+        onnx_folder.cleanup()
 
     # table, with the ratios official / ours measured in this run
     reference = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r for r in rows
