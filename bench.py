@@ -283,10 +283,21 @@ def run_case(spec: dict) -> dict:
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
-        result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        result['peak_gb'] = peak_rss_gb()
     if spec['variant'] in ('ours', 'official') and spec.get('flops', True):
         result['gflop'] = count_flops(step)
     return result
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process since it started, GB: Linux's VmHWM. Not ru_maxrss, which a process
+    started by subprocess inherits from its parent (Linux carries the parent's high-water mark over fork and exec):
+    every case read at least the driver's own peak, which --variants onnxruntime raises by exporting there."""
+    try:
+        with open('/proc/self/status') as status:
+            return next(int(line.split()[1]) for line in status if line.startswith('VmHWM:')) / 1e6   # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux, the parent's peak included
 
 
 def has_bf16(device: str) -> bool:
