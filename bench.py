@@ -35,16 +35,22 @@ over float32 is the median over the rounds of ours time / ours_amp time. A netwo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
+import io
 import json
+import logging
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import MODEL_NAMES, build_model, model_entry
@@ -100,7 +106,9 @@ def parse_args(argv=None):
                              'that have it), ours_lowmem (inference with the network\'s memory options, same '
                              'results: ModelEntry.memory_options, e.g. ISRResCNet --isrrescnet_band), ours_amp (bf16 '
                              'autocast, as --precision bf16; CUDA, or a CPU with bf16 arithmetic), ours_compile '
-                             '(torch.compile, CUDA), official. Default: everything that applies')
+                             '(torch.compile, CUDA), official, onnxruntime (CPU inference: ours exported to ONNX '
+                             'here, run by onnxruntime with the case\'s thread count; needs requirements-onnx.txt). '
+                             'Default: everything that applies but onnxruntime')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
                         help='bf16: also time ours in bfloat16 autocast (the ours_amp variant, as the scripts\' '
                              '--precision bf16), in turns with ours, and report the speed-up over float32 (CUDA, or '
@@ -154,6 +162,48 @@ def official_module_of(name: str):
         if name in getattr(module, 'OFFICIAL_NAMES', ()):
             return module
     return None
+
+
+def case_inputs(spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The case's LR pair (batch, 3, h, w), the first two draws of build_step's generator."""
+    g = torch.Generator().manual_seed(1)
+    return tuple(torch.rand(spec['batch'], 3, spec['h'], spec['w'], generator=g) for _ in range(2))
+
+
+def export_case(spec: dict, folder: Path) -> tuple[str, str]:
+    """--variants onnxruntime: export ours (build_step's weights: seed 0) at the case's fixed size to an ONNX file in
+    `folder`, in the calling process, so that the timed process only loads it; beside it ours' outputs on the case's
+    inputs (.npz by output name), which the timed process compares its own with. Returns both paths."""
+    from models.export import export_onnx, output_names
+    torch.manual_seed(0)
+    network = build_model(spec['model'], spec['scale']).eval()
+    path = folder / f"{spec['model']}_x{spec['scale']}_{spec['batch']}x{spec['h']}x{spec['w']}.onnx"
+    for chatty in ('onnxscript', 'onnx_ir'):      # their optimiser logs every rewrite at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    disparity = model_entry(spec['model']).estimates_disparity
+    with contextlib.redirect_stdout(io.StringIO()):    # torch.onnx prints its progress
+        export_onnx(network, path, *case_inputs(spec), disparity)
+    with torch.inference_mode():
+        out = network(*case_inputs(spec))
+    np.savez(path.with_suffix('.npz'), **{n: getattr(out, n).numpy() for n in output_names(disparity)})
+    return str(path), str(path.with_suffix('.npz'))
+
+
+def onnxruntime_step(spec: dict):
+    """A closure running the case's ONNX file (export_case) in onnxruntime on build_step's inputs, with as many
+    intra-op threads as torch has in this process (OMP_NUM_THREADS)."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False   # the arena more than doubled SSRDE-FNet's peak memory (docs/export.md)
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(spec['onnx'], options, providers=['CPUExecutionProvider'])
+    feed = dict(zip(('lr_left', 'lr_right'), (v.numpy() for v in case_inputs(spec))))
+    names = [o.name for o in session.get_outputs()]
+
+    def step():
+        step.outputs = dict(zip(names, session.run(names, feed)))
+    return step
 
 
 def build_step(spec: dict, variant: str):
@@ -256,8 +306,11 @@ def run_case(spec: dict) -> dict:
     if spec['kind'] == 'calibrate':
         return calibrate(spec['device'], spec['h'], spec['w'], spec['seconds'])
     device = torch.device(spec['device'])
-    step = build_step(spec, spec['variant'])
-    params = sum(p.numel() for p in step.model.parameters()) / 1e6
+    if spec['variant'] == 'onnxruntime':
+        step, params = onnxruntime_step(spec), spec['params_m']
+    else:
+        step = build_step(spec, spec['variant'])
+        params = sum(p.numel() for p in step.model.parameters()) / 1e6
     fake = spec['h'] * spec['w'] > FAKE_COUNT_PIXELS
     if spec.get('count_only'):
         return {'params_m': params, 'gflop': count_flops(step, fake)}
@@ -274,13 +327,28 @@ def run_case(spec: dict) -> dict:
         times.append(timed(step, device, cpu))
     result = {'seconds': statistics.median(times), 'all_seconds': times, 'params_m': params,
               'cpu_seconds': statistics.median(cpu)}
+    if spec['variant'] == 'onnxruntime':     # against ours' outputs (export_case), float32 both
+        with np.load(spec['reference']) as reference:
+            result['max_abs_difference'] = {n: float(np.abs(v - reference[n]).max())
+                                            for n, v in step.outputs.items()}
     if device.type == 'cuda':
         result['peak_gb'] = torch.cuda.max_memory_allocated() / 1e9
     else:
-        result['peak_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+        result['peak_gb'] = peak_rss_gb()
     if spec['variant'] in ('ours', 'official') and spec.get('flops', True):
         result['gflop'] = count_flops(step, fake)
     return result
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process since it started, GB: Linux's VmHWM. Not ru_maxrss, which a process
+    started by subprocess inherits from its parent (Linux carries the parent's high-water mark over fork and exec):
+    every case read at least the driver's own peak, which --variants onnxruntime raises by exporting there."""
+    try:
+        with open('/proc/self/status') as status:
+            return next(int(line.split()[1]) for line in status if line.startswith('VmHWM:')) / 1e6   # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux, the parent's peak included
 
 
 def calibrate(device: str, h: int, w: int, seconds: float) -> dict:
@@ -340,7 +408,7 @@ def summarise(runs: list[dict], official: list[dict] | None, float32: list[dict]
               'all_seconds': [r['seconds'] for r in ok]}
     if len(ok) < len(runs):   # a round that failed is reported, not silently left out of the median
         result['failed_rounds'] = [r['error'] for r in runs if 'error' in r]
-    for key in ('gflop', 'params_m'):
+    for key in ('gflop', 'params_m', 'max_abs_difference'):
         if key in ok[0]:
             result[key] = ok[0][key]
     if all('cpu_seconds' in r for r in ok):
@@ -437,7 +505,8 @@ def main(argv=None) -> list[dict]:
         variants = list(dict.fromkeys(['ours', 'ours_amp'] + variants))
     if 'ours_amp' in variants and precision_error('bf16', args.device):
         raise UsageError(precision_error('bf16', args.device) + ' (bench.py: the ours_amp variant)')
-    unknown = set(variants) - {'ours', 'ours_ckpt', 'ours_lowmem', 'ours_amp', 'ours_compile', 'official'}
+    unknown = set(variants) - {'ours', 'ours_ckpt', 'ours_lowmem', 'ours_amp', 'ours_compile', 'official',
+                               'onnxruntime'}
     if unknown or ('ours_lowmem' in variants and not low_memory):
         raise UsageError(f'--variants {args.variants}: ' + (f'unknown {", ".join(sorted(unknown))}' if unknown else
                          f'{args.model} has no memory options (ModelEntry.memory_options) for ours_lowmem'))
@@ -445,8 +514,15 @@ def main(argv=None) -> list[dict]:
         raise UsageError(f'the official variant of {args.model} needs '
                          + (f'{official_code.OFFICIAL_ENV} (a checkout of its authors\' code)' if official_code else
                             'an official/<repository>.py module for it'))
+    if 'onnxruntime' in variants and cuda:
+        raise UsageError('--variants onnxruntime runs on the CPU only (onnxruntime\'s CPU provider)')
+    missing = [m for m in ('onnx', 'onnxruntime', 'onnxscript') if importlib.util.find_spec(m) is None]
+    if 'onnxruntime' in variants and missing:
+        print(f'# onnxruntime variant skipped: {", ".join(missing)} not installed (requirements-onnx.txt)')
+        variants = [v for v in variants if v != 'onnxruntime']
     cases = select_cases(args, model_entry(args.model).scales)
     name, peak = device_peak(args.device)
+    onnx_folder = tempfile.TemporaryDirectory(prefix='bench_onnx_') if 'onnxruntime' in variants else None
     print(f'# bench.py --model {args.model} on {name}, torch {torch.__version__}'
           + (f', fp32 peak {peak} TFLOP/s' if peak else '') +
           (', glibc heap kept (--glibc-heap)' if args.glibc_heap else ''))
@@ -466,19 +542,31 @@ def main(argv=None) -> list[dict]:
     rows = []
     for kind, scale, batch, h, w in cases:
         case_variants = [v for v in variants if (v != 'ours_ckpt' or kind == 'train')     # recomputation: autograd
-                         and (v != 'ours_lowmem' or kind == 'infer')]                   # banded evaluation
+                         and (v not in ('ours_lowmem', 'onnxruntime') or kind == 'infer')]  # evaluation only
         base = dict(model=args.model, kind=kind, scale=scale, batch=batch, h=h, w=w, device=args.device,
                     repeats=args.repeats if h * w <= LARGE_CASE_PIXELS else 1, min_seconds=args.min_seconds,
                     flops=args.flops, options=option_values(model_entry(args.model), vars(args)))
+        extra = {}
+        if 'onnxruntime' in case_variants:     # exported here once, timed in the variant's processes
+            with torch.device('meta'):
+                extra['params_m'] = sum(p.numel() for p in build_model(args.model, scale).parameters()) / 1e6
+            extra['onnx'], extra['reference'] = export_case(base, Path(onnx_folder.name))
         runs = {v: [] for v in case_variants}
-        in_turns = 'official' in case_variants or args.precision == 'bf16'   # ratios of processes run in turns
+        # ratios of processes run in turns: against the official code, onnxruntime against ours, bf16 against fp32
+        in_turns = bool({'official', 'onnxruntime'} & set(case_variants)) or args.precision == 'bf16'
         for _ in range(args.rounds if in_turns else 1):
             for variant in sorted(case_variants, key=lambda v: v != 'official'):
-                runs[variant].append(measure({**base, 'variant': variant}, args.timeout, args.glibc_heap))
+                spec = {**base, 'variant': variant, **(extra if variant == 'onnxruntime' else {})}
+                runs[variant].append(measure(spec, args.timeout, args.glibc_heap))
         for variant in case_variants:
             rows.append({**base, 'variant': variant, **summarise(runs[variant], runs.get('official'),
                                                                  runs.get('ours') if variant == 'ours_amp' else None)})
             result = rows[-1]
+            if variant == 'onnxruntime' and 'ours' in runs:    # per round: ours' time / onnxruntime's
+                ratios = [o['seconds'] / r['seconds'] for o, r in zip(runs['ours'], runs[variant])
+                          if 'error' not in o and 'error' not in r]
+                if ratios:
+                    result.update(speedup_vs_ours=statistics.median(ratios), ratios_vs_ours=ratios)
             print(f'  {kind} x{scale} b{batch} {h}x{w} {variant}: ' +
                   (result['error'] if 'error' in result else
                    f"{result['seconds']:.3f} s ({result.get('cpu_seconds', 0):.3f} s CPU), "
@@ -487,8 +575,16 @@ def main(argv=None) -> list[dict]:
                     if 'speedup' in result else '') +
                    (f", {result['bf16_speedup']:.2f}x vs ours in float32 ({len(result['bf16_ratios'])} rounds)"
                     if 'bf16_speedup' in result else '') +
+                   (f", {result['speedup_vs_ours']:.2f}x vs ours ({len(result['ratios_vs_ours'])} rounds)"
+                    if 'speedup_vs_ours' in result else '') +
+                   (', max |onnxruntime - ours| ' + ', '.join(f'{n} {e:.1e}' for n, e in
+                                                              result['max_abs_difference'].items())
+                    if 'max_abs_difference' in result else '') +
                    ''.join(f'; a round failed: {e}' for e in result.get('failed_rounds', []))),
                   file=sys.stderr, flush=True)
+
+    if onnx_folder is not None:
+        onnx_folder.cleanup()
 
     # table, with the ratios official / ours measured in this run
     reference = {(r['kind'], r['scale'], r['batch'], r['h'], r['w']): r for r in rows

@@ -74,7 +74,11 @@ def export_onnx(network: nn.Module, path: str | Path, left: Tensor, right: Tenso
     """Trace `network` (eval mode) on the example pair `left`, `right` (B, 3, H, W) and write the ONNX graph to `path`
     (one file, weights inside). Returns the ONNXProgram (its `exported_program` says which sizes it accepts).
     `optimize`: onnxscript's graph optimiser (constant folding, shared initialisers), about half of the export time;
-    onnxruntime optimises the graph again when it loads it."""
+    onnxruntime optimises the graph again when it loads it. A network with a `prepare_export(height, width)` method
+    is prepared first and stays so, so that PyTorch then computes what the graph does (SCGLANet: fix_hashing)."""
+    prepare = getattr(network, 'prepare_export', None)
+    if prepare is not None:     # a network that draws at random per forward fixes its draws (SCGLANet's hashing)
+        prepare(*left.shape[-2:])
     wrapper = ExportedStereo(network, disparity).eval()
     with kernels.plain_forms(), torch.no_grad():
         program = torch.onnx.export(wrapper, (left, right), dynamo=True, opset_version=OPSET,

@@ -151,13 +151,18 @@ def random_rotations(dim: int, n_buckets: int, n_hashes: int, generator: torch.G
                         for _ in range(n_hashes)], dim=1)
 
 
-def bucket_order(codes: Tensor, n_buckets: int) -> Tensor:
+def bucket_order(codes: Tensor, n_buckets: int, stable: bool = False) -> Tensor:
     """codes (B, n_hashes, L) in [0, n_buckets) -> (B, n_hashes, L): each round's token indices sorted by bucket.
     All rounds are sorted at once with disjoint code ranges, as the official (arch.py:258-294): its unstable sort
-    decides the order of tokens with equal codes, and the chunks and the learnable term depend on that order."""
+    decides the order of tokens with equal codes, and the chunks and the learnable term depend on that order.
+    `stable`: tokens of one bucket keep their token order instead (every sort key made unique by its position), an
+    order any runtime reproduces (ONNX's TopK breaks ties by index; torch's unstable CPU sort does not)."""
     b, n_hashes, length = codes.shape
     offsets = torch.arange(n_hashes, device=codes.device).view(1, -1, 1) * n_buckets
-    order = (codes + offsets).flatten(1).sort(dim=-1).indices                             # B, n_hashes * L
+    keys = (codes + offsets).flatten(1)                                                   # B, n_hashes * L
+    if stable:
+        keys = keys * keys.shape[-1] + torch.arange(keys.shape[-1], device=codes.device)
+    order = keys.sort(dim=-1).indices
     return order.view(b, n_hashes, length) % length
 
 
@@ -209,12 +214,22 @@ class SCGLA(nn.Module):
         self.conv_assembly = nn.Conv2d(c, c, 3, padding=1, bias=False)                  # values
         self.conv_assembly_fc = nn.Conv2d(c, c, 3, padding=1, bias=False)               # input of the learnable term
         self.fc = nn.Sequential(nn.Linear(c, chunk_size), nn.ReLU(), nn.Linear(chunk_size, chunk_size))
+        # SCGLANet.fix_hashing: rotations drawn once (C', n_hashes, buckets) and a stable bucket order; None and
+        # False: a fresh draw per forward and the backend's sort, as the official.
+        self.register_buffer('fixed_rotations', None, persistent=False)
+        self.stable_order = False
 
     def hash_codes(self, match: Tensor, n_buckets: int, generator: torch.Generator | None) -> Tensor:
         """Super-bit LSH (arch.py:239-262): match (B, L, C') -> (B, n_hashes, L), each token's bucket in each round,
-        the argmax of its projections on a fresh random rotation per round (the same for the whole batch)."""
-        rotations = random_rotations(match.shape[-1], n_buckets, self.n_hashes, generator).to(match)  # C', h, buckets
-        return torch.einsum('btf,fhi->bhti', match, rotations).argmax(-1)
+        the argmax of its projections on a fresh random rotation per round (the same for the whole batch), or on
+        `fixed_rotations`."""
+        rotations = self.fixed_rotations
+        if rotations is None:
+            rotations = random_rotations(match.shape[-1], n_buckets, self.n_hashes, generator)   # C', h, buckets
+        elif rotations.shape[-1] != n_buckets:
+            raise ValueError(f'the hashing was fixed for {rotations.shape[-1]} buckets per round (fix_hashing), this '
+                             f'input needs {n_buckets}: fix it again at this size')
+        return torch.einsum('btf,fhi->bhti', match, rotations.to(match)).argmax(-1)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x: (2B, c, H, W), [left; right], 2HW >= chunk_size -> the same shape."""
@@ -226,7 +241,7 @@ class SCGLA(nn.Module):
         length = match.shape[1]
 
         n_buckets = hash_bucket_count(length, self.chunk_size)
-        order = bucket_order(self.hash_codes(match, n_buckets, generator), n_buckets)  # B, h, L
+        order = bucket_order(self.hash_codes(match, n_buckets, generator), n_buckets, self.stable_order)  # B, h, L
         index = order.unsqueeze(-1)
 
         def sorted_chunks(tokens: Tensor) -> Tensor:                   # B, L, D -> B, h, n, S, D
@@ -298,6 +313,28 @@ class SCGLANet(nn.Module):
         n_buckets = hash_bucket_count(2 * h * w, self.config.chunk_size)
         for _ in range(len(self.config.num_blocks) - 1):
             random_rotations(self.config.width // MATCH_REDUCTION, n_buckets, self.config.n_hashes, self.generator)
+
+    def fix_hashing(self, height: int, width: int) -> None:
+        """Make the network a function of its input for LR pairs of `height` x `width` (or any size with as many hash
+        buckets, hash_bucket_count): each SCGLA draws its rotations now (from `generator`, else the global RNG, in
+        stage order) and reuses them in every forward and every pass of the self-ensemble, and tokens of one bucket
+        keep their token order (bucket_order's `stable`). Not the official behaviour (a fresh draw per forward and
+        torch's unstable sort); ONNX export needs it (models/export.py): a graph holds no QR decomposition to draw
+        orthogonal rotations with, and onnxruntime orders equal keys by index. `unfix_hashing` undoes it."""
+        n_buckets = hash_bucket_count(2 * height * width, self.config.chunk_size)
+        for _, attention in self.stages()[:-1]:
+            attention.fixed_rotations = random_rotations(self.config.width // MATCH_REDUCTION, n_buckets,
+                                                         self.config.n_hashes, self.generator).to(self.intro.weight)
+            attention.stable_order = True
+
+    def unfix_hashing(self) -> None:
+        """Back to the official hashing: fresh rotations at every forward, the backend's sort."""
+        for _, attention in self.stages()[:-1]:
+            attention.fixed_rotations, attention.stable_order = None, False
+
+    def prepare_export(self, height: int, width: int) -> None:
+        """Called by models/export.py before tracing at LR size `height` x `width`: fix the hashing."""
+        self.fix_hashing(height, width)
 
     def super_resolve(self, left: Tensor, right: Tensor) -> Pair:
         """One pass of the network: (B, 3, H, W) x 2 -> Pair of (B, 3, 4H, 4W)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import math
 
 import pytest
@@ -107,3 +108,29 @@ def test_fake_tensor_count_equals_the_real_count_and_network_options_reach_the_m
     step = bench.build_step(spec, 'ours')
     assert step.model.config.tlc is False and bench.build_step({**spec, 'options': {}}, 'ours').model.config.tlc
     assert bench.count_flops(step, fake=True) == bench.count_flops(step) > 0
+
+
+def test_onnxruntime_variant_at_a_tiny_size(tmp_path):
+    """--variants onnxruntime: ours exported in this process, each variant timed in its own processes in turns, rows
+    of the same shape as ours' plus the ratio to ours per round and the largest difference from ours' outputs."""
+    for package in ('onnx', 'onnxscript', 'onnxruntime'):
+        pytest.importorskip(package, reason=f'{package} not installed (requirements-onnx.txt)')
+    bench.main(['--model', 'nafssr-t', '--cases', 'infer', '--sizes', '8x8', '--scales', '4', '--variants',
+                'ours,onnxruntime', '--rounds', '2', '--repeats', '1', '--min-seconds', '0', '--no-flops',
+                '--json', str(tmp_path / 'b.json')])
+    ours, graph = json.loads((tmp_path / 'b.json').read_text())['rows']
+    assert (ours['variant'], graph['variant']) == ('ours', 'onnxruntime')
+    assert set(ours) <= set(graph) and graph['params_m'] == pytest.approx(ours['params_m'])
+    assert len(graph['all_seconds']) == len(ours['all_seconds']) == 2          # two rounds, in turns
+    assert graph['ratios_vs_ours'] == pytest.approx([o / r for o, r in zip(ours['all_seconds'], graph['all_seconds'])])
+    assert set(graph['max_abs_difference']) == {'sr_left', 'sr_right'}
+    assert max(graph['max_abs_difference'].values()) < 1e-4
+
+
+def test_onnxruntime_variant_is_skipped_without_the_packages(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'onnxruntime' else real(name, *a))
+    rows = bench.main(['--model', 'nafssr-t', '--cases', 'infer', '--sizes', '8x8', '--scales', '4', '--variants',
+                       'ours,onnxruntime', '--repeats', '1', '--min-seconds', '0', '--no-flops'])
+    assert [r['variant'] for r in rows] == ['ours']
+    assert re.search(r'# onnxruntime variant skipped: (\w+, )*onnxruntime(, \w+)* not installed', capsys.readouterr().out)

@@ -156,6 +156,31 @@ def test_rotations_come_from_the_generator():
         assert torch.equal(model(left, right).sr_left, first)
 
 
+def test_fixed_hashing_makes_the_network_a_function_of_its_input():
+    """fix_hashing (what ONNX export needs): rotations drawn once from the generator and a stable bucket order, so
+    every forward of one input gives one output, the self-ensemble included; another bucket count is refused, and
+    unfix_hashing draws anew again."""
+    model = tiny().eval()                                           # self-ensemble on: six passes share the draws
+    left, right = random_pair(1, 9, 13)
+    model.generator = torch.Generator().manual_seed(5)
+    model.fix_hashing(9, 13)
+    state = model.generator.get_state()
+    with torch.no_grad():
+        first = model(left, right).sr_left
+        assert torch.equal(model(left, right).sr_left, first)
+        assert torch.equal(model.generator.get_state(), state)     # no draw at forward
+        with pytest.raises(ValueError, match='fixed for 2 buckets'):
+            model(*random_pair(1, 20, 40))                          # 1600 tokens: 12 buckets
+        model.unfix_hashing()
+        assert not torch.equal(model(left, right).sr_left, model(left, right).sr_left)
+
+
+def test_stable_bucket_order_keeps_token_order_within_a_bucket():
+    codes = torch.randint(0, 6, (2, 4, 500), generator=torch.Generator().manual_seed(0))
+    order = bucket_order(codes, 6, stable=True)
+    assert torch.equal(order, codes.sort(dim=-1, stable=True).indices)
+
+
 def test_construction_replays_the_official_constructor_draws():
     """The official constructor draws rand(1, 6, 30, 90) and 4 modules x 4 rotations (32 x 38 at width 128) in its
     TLC conversion forward; ours draws the same after its weights (equality: tests/test_scglanet_parity.py)."""
