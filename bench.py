@@ -13,6 +13,7 @@ implementation.
     python bench.py --model cvhssr-t --cases infer --sizes 94x311 --scales 4 --roofline      # + % of measured peak
     python bench.py --model nafssr-s --cases infer --sizes 94x311 --scales 4 --precision bf16  # bf16 / fp32 ratio
     python bench.py --model scglanet --no-scglanet_self_ensemble --cases infer --sizes 94x311   # a network's options
+    python bench.py --model cvhssr-t --cases infer --sizes 94x311 --scales 4 --variants ours,onnxruntime  # + ONNX
 
 Every measurement runs in a fresh subprocess, so peak memory is that of the case alone: peak RSS on CPU (the process,
 Python and torch included), torch.cuda.max_memory_allocated on CUDA. Time = median of --repeats runs after one warm-up
