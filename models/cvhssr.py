@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import kernels
+from models.kernels import DilatedDepthwiseConv2d, activation_format
 from models.nafssr import (CHANNEL_ORDERS, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, DropPath, LayerNorm2d, TLCPool,
                            release_options, simple_gate)  # release_options: BasicSR {'params'} files are BGR
-from models.kernels import DilatedDepthwiseConv2d, activation_format
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -164,9 +165,12 @@ class CVIM(nn.Module):
         value_left = self.l_proj2(left).permute(0, 2, 3, 1)                     # B, H, W, c
         value_right = self.r_proj2(right).permute(0, 2, 3, 1)                   # B, H, W, c
         scores = torch.matmul(query_left, query_right_t) * self.scale           # B, H, W_left, W_right
-        right_to_left = torch.matmul(scores.softmax(-1), value_right)           # B, H, W_left, c
-        # softmax(scores^T, -1) is softmax(scores, -2) transposed; the transpose is free inside the matmul.
-        left_to_right = torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left)  # B, H, W_right, c
+        if kernels.FAST:    # one exp serves both directions (models/kernels.py)
+            right_to_left, left_to_right = kernels.two_way_attention(scores, value_left, value_right)
+        else:
+            right_to_left = torch.matmul(scores.softmax(-1), value_right)       # B, H, W_left, c
+            # softmax(scores^T, -1) is softmax(scores, -2) transposed; the transpose is free inside the matmul.
+            left_to_right = torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left)  # B, H, W_right, c
         return torch.cat([torch.addcmul(left, self.l_proj3(right_to_left.permute(0, 3, 1, 2)), self.beta),
                           torch.addcmul(right, self.r_proj3(left_to_right.permute(0, 3, 1, 2)), self.gamma)])
 
