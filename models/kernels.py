@@ -181,7 +181,8 @@ def two_way_attention(scores: Tensor, value_left: Tensor, value_right: Tensor) -
     (W, c) results instead of (W, W) matrices. Two softmaxes (one along a strided dim) cost NAFSSR-S 1.4 s of its 8 s
     at KITTI size; this form ran SCAM's softmaxes + products 1.22x faster (CPU time, (94, 311, 311) scores, c 64).
     Same sums up to rounding; where a row or column of e sums below SHARED_EXP_MIN_SUM, the plain form runs."""
-    if FAST and not torch.is_grad_enabled() and scores.device.type == 'cpu':
+    if (FAST and not torch.is_grad_enabled() and scores.device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
+            and scores.dtype in (torch.float32, torch.float64)):   # low precision keeps softmax's float32 sums
         e = torch.sub(scores, scores.amax((-2, -1), keepdim=True)).exp_()
         row_sums, column_sums = e.sum(-1, keepdim=True), e.sum(-2).unsqueeze(-1)         # B, H, W, 1 each
         if float(torch.minimum(row_sums.amin(), column_sums.amin())) >= SHARED_EXP_MIN_SUM:
