@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import kernels
+from models.kernels import DilatedDepthwiseConv2d, activation_format
 from models.nafssr import (CHANNEL_ORDERS, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, DropPath, LayerNorm2d, TLCPool,
                            release_options, simple_gate)  # release_options: BasicSR {'params'} files are BGR
-from models.kernels import PointwiseConv2d, activation_format
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -86,8 +87,8 @@ class LargeKernelAttention(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.conv0 = nn.Conv2d(c, c, 5, padding=2, groups=c)
-        self.conv_spatial = nn.Conv2d(c, c, 7, padding=9, groups=c, dilation=3)
-        self.conv1 = PointwiseConv2d(c, c)
+        self.conv_spatial = DilatedDepthwiseConv2d(c, 7, dilation=3)   # padding 9: 'same'
+        self.conv1 = nn.Conv2d(c, c, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.conv1(self.conv_spatial(self.conv0(x)))
@@ -104,15 +105,15 @@ class CHIMB(nn.Module):
     def __init__(self, c: int, window: tuple[int, int], tlc: bool = True):
         super().__init__()
         dw, ffn = DW_EXPAND * c, FFN_EXPAND * c
-        self.conv1 = PointwiseConv2d(c, dw)
+        self.conv1 = nn.Conv2d(c, dw, 1)
         self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
-        self.conv3 = PointwiseConv2d(dw // 2, c)
+        self.conv3 = nn.Conv2d(dw // 2, c, 1)
         # The official names: sca1 is the spatial (LKA) branch, sca2 the channel one.
         self.sca1 = LargeKernelAttention(dw // 2)
-        self.sca2 = nn.Sequential(TLCPool(window, tlc), PointwiseConv2d(dw // 2, dw // 2))
-        self.conv4 = PointwiseConv2d(c, ffn)
+        self.sca2 = nn.Sequential(TLCPool(window, tlc), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.conv4 = nn.Conv2d(c, ffn, 1)
         self.conv5 = nn.Conv2d(ffn, ffn, 3, padding=1, groups=ffn)
-        self.conv6 = PointwiseConv2d(ffn // 2, c)
+        self.conv6 = nn.Conv2d(ffn // 2, c, 1)
         self.norm1 = LayerNorm2d(c)
         self.norm2 = LayerNorm2d(c)
         # Residual scales, zero at init: the block starts as the identity.
@@ -129,7 +130,7 @@ class CHIMB(nn.Module):
 
 def projection(c: int) -> nn.Sequential:
     """CVIM's query and value projections: a 1x1 conv then a depthwise 3x3 (official l_proj1/2, r_proj1/2)."""
-    return nn.Sequential(PointwiseConv2d(c, c), nn.Conv2d(c, c, 3, padding=1, groups=c))
+    return nn.Sequential(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1, groups=c))
 
 
 class CVIM(nn.Module):
@@ -153,8 +154,8 @@ class CVIM(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.l_proj2 = projection(c)
         self.r_proj2 = projection(c)
-        self.l_proj3 = PointwiseConv2d(c, c)
-        self.r_proj3 = PointwiseConv2d(c, c)
+        self.l_proj3 = nn.Conv2d(c, c, 1)
+        self.r_proj3 = nn.Conv2d(c, c, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (2B, c, H, W), [left; right] -> the same, each view plus what it gathered from the other."""
@@ -164,9 +165,12 @@ class CVIM(nn.Module):
         value_left = self.l_proj2(left).permute(0, 2, 3, 1)                     # B, H, W, c
         value_right = self.r_proj2(right).permute(0, 2, 3, 1)                   # B, H, W, c
         scores = torch.matmul(query_left, query_right_t) * self.scale           # B, H, W_left, W_right
-        right_to_left = torch.matmul(scores.softmax(-1), value_right)           # B, H, W_left, c
-        # softmax(scores^T, -1) is softmax(scores, -2) transposed; the transpose is free inside the matmul.
-        left_to_right = torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left)  # B, H, W_right, c
+        if kernels.FAST:    # one exp serves both directions (models/kernels.py)
+            right_to_left, left_to_right = kernels.two_way_attention(scores, value_left, value_right)
+        else:
+            right_to_left = torch.matmul(scores.softmax(-1), value_right)       # B, H, W_left, c
+            # softmax(scores^T, -1) is softmax(scores, -2) transposed; the transpose is free inside the matmul.
+            left_to_right = torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left)  # B, H, W_right, c
         return torch.cat([torch.addcmul(left, self.l_proj3(right_to_left.permute(0, 3, 1, 2)), self.beta),
                           torch.addcmul(right, self.r_proj3(left_to_right.permute(0, 3, 1, 2)), self.gamma)])
 
@@ -212,9 +216,8 @@ class CVHSSR(nn.Module):
         if self.config.channel_order == 'bgr':
             x = x.flip(1)
         skip = F.interpolate(x, scale_factor=self.scale, mode='bilinear', align_corners=False)  # 2B, 3, sH, sW
-        # CPU evaluation and GPUs run the body channels-last (`activation_format`), as NAFSSR's: oneDNN's NCHW
-        # depthwise convolutions (LKA's 5x5 and dilated 7x7, the 3x3s) ran at 0.4-0.5 GFLOP/s at KITTI size, and the
-        # 1x1 convolutions then reach oneDNN (`PointwiseConv2d`). NCHW in CPU training and under `plain_forms`.
+        # CPU evaluation and GPUs run the body channels-last (`activation_format`), as NAFSSR's, which LKA's dilated
+        # 7x7 needs for its fast form (`DilatedDepthwiseConv2d`). NCHW in CPU training and under `plain_forms`.
         features = self.body(self.intro(x.contiguous(memory_format=activation_format(x, self))))  # 2B, c, H, W
         sr = self.up(features) + skip                                            # 2B, 3, sH, sW
         if self.config.channel_order == 'bgr':

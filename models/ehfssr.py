@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.kernels import PointwiseConv2d
 from models.nafssr import LayerNorm2d, release_options  # release_options: BasicSR {'params'} files are BGR
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
@@ -123,9 +122,9 @@ class ConvFeedForward(nn.Module):
         super().__init__()
         hidden = FFN_EXPAND * dim
         self.layernorm1 = LayerNorm2d(dim)
-        self.proj1 = PointwiseConv2d(dim, hidden)
+        self.proj1 = nn.Conv2d(dim, hidden, 1)
         self.conv = nn.Conv2d(hidden, hidden, FFN_KERNEL, padding=FFN_KERNEL // 2, groups=hidden)
-        self.projout = PointwiseConv2d(hidden, dim)
+        self.projout = nn.Conv2d(hidden, dim, 1)
         self.ca = MultiDilationChannelAttention()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -184,12 +183,12 @@ class CrossViewAttention(nn.Module):
         self.max_disparity = max_disparity
         self.LayernormL = LayerNorm2d(dim)
         self.LayernormR = LayerNorm2d(dim)
-        self.feaL = PointwiseConv2d(dim, dim, bias=False)
-        self.feaR = PointwiseConv2d(dim, dim, bias=False)
-        self.to_l = PointwiseConv2d(dim, dim, bias=False)
-        self.to_r = PointwiseConv2d(dim, dim, bias=False)
-        self.transition = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), PointwiseConv2d(dim, dim))
-        self.out = PointwiseConv2d(dim, dim, bias=False)
+        self.feaL = nn.Conv2d(dim, dim, 1, bias=False)
+        self.feaR = nn.Conv2d(dim, dim, 1, bias=False)
+        self.to_l = nn.Conv2d(dim, dim, 1, bias=False)
+        self.to_r = nn.Conv2d(dim, dim, 1, bias=False)
+        self.transition = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.Conv2d(dim, dim, 1))
+        self.out = nn.Conv2d(dim, dim, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (2B, c, H, W), [left; right] -> the same, each view plus what it gathered from the other."""
@@ -258,12 +257,12 @@ class WindowSelfAttention(nn.Module):
         self.scale = (dim // 2) ** -0.5
         self.Layernorm = LayerNorm2d(dim)
         self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.local = PointwiseConv2d(dim, dim // 2)
+        self.local = nn.Conv2d(dim, dim // 2, 1)
         self.CA = MultiDilationChannelGate()
-        self.to_qk = PointwiseConv2d(dim, dim)
-        self.to_v = PointwiseConv2d(dim, dim // 2)
-        self.sa = nn.Sequential(PointwiseConv2d(dim // 2, 1), nn.Sigmoid())
-        self.project_out = PointwiseConv2d(dim // 2, dim)
+        self.to_qk = nn.Conv2d(dim, dim, 1)
+        self.to_v = nn.Conv2d(dim, dim // 2, 1)
+        self.sa = nn.Sequential(nn.Conv2d(dim // 2, 1, 1), nn.Sigmoid())
+        self.project_out = nn.Conv2d(dim // 2, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         normed = self.Layernorm(x)
@@ -288,12 +287,12 @@ class DualScaleWindowSelfAttention(nn.Module):
         self.Layernorm = LayerNorm2d(dim)
         self.depthwise = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.CA = MultiDilationChannelGate()
-        self.to_q = PointwiseConv2d(dim, dim, bias=False)
-        self.to_v = PointwiseConv2d(dim, dim, bias=False)
-        self.to_k = PointwiseConv2d(dim, dim, bias=False)
+        self.to_q = nn.Conv2d(dim, dim, 1, bias=False)
+        self.to_v = nn.Conv2d(dim, dim, 1, bias=False)
+        self.to_k = nn.Conv2d(dim, dim, 1, bias=False)
         self.down = nn.Conv2d(half, half, KV_DOWN_RATE, stride=KV_DOWN_RATE, groups=half)
-        self.sa = nn.Sequential(PointwiseConv2d(dim, 1), nn.Sigmoid())
-        self.project_out = PointwiseConv2d(dim, dim)
+        self.sa = nn.Sequential(nn.Conv2d(dim, 1, 1), nn.Sigmoid())
+        self.project_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         normed = self.Layernorm(x)
@@ -322,10 +321,10 @@ class GlobalSelfAttention(nn.Module):
         half = dim // 2
         self.temperature = nn.Parameter(torch.ones(1, 1, 1))
         self.Layernorm = LayerNorm2d(dim)
-        self.to_qkv = PointwiseConv2d(dim, 3 * half, bias=False)
-        self.to_sp = PointwiseConv2d(dim, half, bias=False)
+        self.to_qkv = nn.Conv2d(dim, 3 * half, 1, bias=False)
+        self.to_sp = nn.Conv2d(dim, half, 1, bias=False)
         self.conv = nn.Conv2d(half, half, GLOBAL_SPATIAL_KERNEL, padding=GLOBAL_SPATIAL_KERNEL // 2, groups=half)
-        self.out = PointwiseConv2d(dim, dim, bias=False)
+        self.out = nn.Conv2d(dim, dim, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
@@ -384,7 +383,7 @@ class ResidualGroup(nn.Module):
         super().__init__()
         self.body = nn.ModuleList(HybridBlock(dim, i, num_blocks, window_attention, max_disparity)
                                   for i in range(num_blocks))
-        self.conv = nn.Sequential(PointwiseConv2d(dim, dim), MultiDilationChannelAttention())
+        self.conv = nn.Sequential(nn.Conv2d(dim, dim, 1), MultiDilationChannelAttention())
 
     def forward(self, x: Tensor) -> Tensor:
         y = x
@@ -416,7 +415,7 @@ class EHFSSR(nn.Module):
         self.body = nn.ModuleList(ResidualGroup(c, config.blocks, config.window_attention, config.max_disparity)
                                   for _ in range(config.groups))
         self.up = nn.Sequential(nn.Conv2d(c, 3 * self.scale ** 2, 3, padding=1), nn.PixelShuffle(self.scale))
-        self.fuse = nn.Sequential(PointwiseConv2d(c, c), MultiDilationChannelAttention())
+        self.fuse = nn.Sequential(nn.Conv2d(c, c, 1), MultiDilationChannelAttention())
 
     def forward(self, left: Tensor, right: Tensor) -> StereoSROutput:
         _, h, w = validate_pair(left, right)
@@ -426,8 +425,8 @@ class EHFSSR(nn.Module):
         x = torch.cat([left, right])                                             # 2B, 3, H, W
         if self.config.channel_order == 'bgr':
             x = x.flip(1)
-        # The body runs channels-last: its 1x1 convs (`PointwiseConv2d`) are then oneDNN matrix products and its
-        # LayerNorms read the channels of a pixel contiguously.
+        # The body runs channels-last: its 1x1 convs are then plain matrix products and its LayerNorms read the
+        # channels of a pixel contiguously.
         shallow = self.init(x.contiguous(memory_format=torch.channels_last))     # 2B, c, H, W
         features = shallow
         for group in self.body:

@@ -164,7 +164,7 @@ class IPASSR(nn.Module):
         self.fusion = nn.Sequential(
             ResidualDenseBlock(2 * CHANNELS, DENSE_LAYERS, FUSION_GROWTH, leaky_relu),
             ChannelAttention(2 * CHANNELS, ATTENTION_REDUCTION, leaky_relu),
-            PointwiseConv2d(2 * CHANNELS, CHANNELS),
+            nn.Conv2d(2 * CHANNELS, CHANNELS, 1, 1, 0, bias=True),
         )
         # Reconstruction and sub-pixel upsampling (of the residual to the bicubic upsampling)
         self.reconstruct = ResidualDenseGroup(CHANNELS, DENSE_LAYERS, GROWTH, DENSE_BLOCKS, leaky_relu)

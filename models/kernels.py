@@ -2,13 +2,13 @@
 
 The network files describe the papers; this module is where their blocks go when speed or memory matters. Every
 function here computes what a plain block computes (same weights, same products, other summation order) and is
-tested against the plain form (tests/test_vectorised.py, tests/test_kernels_pointwise.py). `plain_forms()` switches
+tested against the plain form (tests/test_vectorised.py, tests/test_kernels_dilated.py). `plain_forms()` switches
 every seam off, so a test or a reader can run the networks exactly as written in their files.
 
 What lives here: sizes chosen for the allocator and the caches (`AUTOGRAD_TENSOR_BYTES`, `INFERENCE_BAND_BYTES`),
-banded convolutions without autograd (`conv_into`), the CPU rewrites of small convolutions (`pointwise_conv`: a
-batched matrix product in training, oneDNN's kernel in channels-last evaluation; `HeadConv2d`), in-place
-activations, and the fast residual dense block (`dense_block`).
+banded convolutions without autograd (`conv_into`), the CPU-training rewrites of small convolutions
+(`pointwise_conv`, `HeadConv2d`), dilated depthwise convolutions on their phases in CPU evaluation
+(`dilated_depthwise_conv`), in-place activations, and the fast residual dense block (`dense_block`).
 """
 from __future__ import annotations
 
@@ -87,8 +87,7 @@ def conv_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, accum
     rows = band_rows(height, out.shape[1] * width * x.element_size(), x.device)
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
-        band = halo_band(x, top, bottom, halo)
-        result = pointwise_conv(band, weight, bias) if halo == 0 else F.conv2d(band, weight, bias, padding=(0, halo))
+        result = F.conv2d(halo_band(x, top, bottom, halo), weight, bias, padding=(0, halo))
         if accumulate:
             out[:, :, top:bottom] += result
         else:
@@ -101,26 +100,11 @@ def _oneDNN_nchw_autograd(x: Tensor) -> bool:
     return FAST and x.device.type == 'cpu' and torch.is_grad_enabled() and x.dim() == 4 and x.is_contiguous()
 
 
-def _oneDNN_channels_last_inference(x: Tensor, weight: Tensor) -> bool:
-    """Whether a convolution of x is CPU evaluation of a channels-last float32 map (no autograd, no autocast)."""
-    return (FAST and x.device.type == 'cpu' and not torch.is_grad_enabled() and x.dtype == weight.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and memory_format(x) == torch.channels_last)
-
-
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.conv2d(x, weight, bias) for a 1x1 `weight` (C_out, C_in, 1, 1).
-
-    In CPU training it is one batched matrix product (C_out, C_in) x (C_in, H*W) per image: oneDNN's NCHW 1x1
-    backward ran at 15-45 GFLOP/s, and forward + backward of the HR 144->64 dense-block fusion took 56 ms as a
-    convolution, 26 ms as `baddbmm` (64->32: 45 vs 18 ms). Same products, summed in another order.
-
-    In CPU evaluation of a channels-last map it calls oneDNN's convolution directly: with one thread and fewer than
-    16 images, torch sends 1x1 convolutions to its own im2col-free kernel (`_slow_conv2d_forward`: an MKL GEMM on an
-    NCHW copy of the input, its output initialised by a broadcast copy of the bias and returned NCHW), which ran at
-    6 GFLOP/s in NAFSSR-S at KITTI size against 12-29 for oneDNN, and handed NCHW maps to the depthwise convolutions
-    after it (0.8 GFLOP/s there). With two threads or more torch picks oneDNN itself; the call is then the same."""
-    if _oneDNN_channels_last_inference(x, weight):
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, (0, 0), (1, 1), (1, 1), 1)
+    """F.conv2d(x, weight, bias) for a 1x1 `weight` (C_out, C_in, 1, 1). In CPU training it is one batched matrix
+    product (C_out, C_in) x (C_in, H*W) per image: oneDNN's NCHW 1x1 backward ran at 15-45 GFLOP/s, and forward +
+    backward of the HR 144->64 dense-block fusion took 56 ms as a convolution, 26 ms as `baddbmm` (64->32: 45 vs
+    18 ms). Same products, summed in another order."""
     if not _oneDNN_nchw_autograd(x):
         return F.conv2d(x, weight, bias)
     n, c, h, w = x.shape
@@ -138,6 +122,74 @@ class PointwiseConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return pointwise_conv(x, self.weight, self.bias)
+
+
+def _oneDNN_channels_last_inference(x: Tensor, weight: Tensor) -> bool:
+    """Whether a convolution of x is CPU evaluation of a channels-last float32 map (no autograd, no autocast: the
+    precision flags keep their own path)."""
+    return (FAST and x.device.type == 'cpu' and not torch.is_grad_enabled() and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu') and memory_format(x) == torch.channels_last)
+
+
+def dilated_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
+    """F.conv2d(x, weight, bias, padding=dilation * (k // 2), dilation=dilation, groups=C) for a depthwise k x k
+    `weight` (C, 1, k, k), k odd, on x (N, C, H, W).
+
+    In CPU evaluation of a channels-last map it runs as an undilated convolution of the d x d phases of x: output
+    pixel (d i + p, d j + q) only reads input pixels of phase (p, q), so pixel_unshuffle(x, d) (zero-padded to
+    multiples of d, which the 'same' zero padding would read anyway) convolved depthwise with the same k x k
+    kernel, padding k // 2, and shuffled back is the dilated convolution. oneDNN ran CVHSSR's dilated 7x7 (LKA,
+    dilation 3) at 6 GFLOP/s and the undilated one on the phases 2.7x faster (CPU time, 48 channels at KITTI size).
+    Same products, summed in oneDNN's order."""
+    channels, k = weight.shape[0], weight.shape[-1]
+    if dilation == 1 or not _oneDNN_channels_last_inference(x, weight):
+        return F.conv2d(x, weight, bias, padding=dilation * (k // 2), dilation=dilation, groups=channels)
+    height, width = x.shape[2:]
+    padded = F.pad(x, (0, -width % dilation, 0, -height % dilation))
+    phases = F.pixel_unshuffle(padded, dilation)                  # N, C d^2, H/d, W/d; channel c d^2 + p d + q
+    repeats = dilation * dilation
+    out = F.conv2d(phases.contiguous(memory_format=torch.channels_last), weight.repeat_interleave(repeats, 0),
+                   None if bias is None else bias.repeat_interleave(repeats), padding=k // 2,
+                   groups=channels * repeats)
+    out = F.pixel_shuffle(out, dilation)[:, :, :height, :width]
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+class DilatedDepthwiseConv2d(nn.Conv2d):
+    """nn.Conv2d(channels, channels, k, padding=dilation * (k // 2), dilation=dilation, groups=channels) computed by
+    `dilated_depthwise_conv`. Parameters and state-dict keys are those of nn.Conv2d."""
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int):
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
+                         groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dilated_depthwise_conv(x, self.weight, self.bias, self.dilation[0])
+
+
+# Smallest row or column sum of exp(scores - max) for which `two_way_attention` trusts its shared exponentials; below
+# it (scores spread by more than ~45 within one image row) the two softmaxes run as written.
+SHARED_EXP_MIN_SUM = 1e-20
+
+
+def two_way_attention(scores: Tensor, value_left: Tensor, value_right: Tensor) -> tuple[Tensor, Tensor]:
+    """(softmax(scores, -1) @ value_right, softmax(scores, -2)^T @ value_left) for scores (B, H, W_left, W_right)
+    and values (B, H, W, c): the two directions of SCAM-style stereo attention from one score matrix.
+
+    Without autograd, one exp serves both: e = exp(scores - m) with m the largest score of each image row, and
+    each product is normalised after the matrix product, (e @ V) / e.sum(-1) and (e^T @ V) / e.sum(-2), dividing
+    (W, c) results instead of (W, W) matrices. Two softmaxes (one along a strided dim) cost NAFSSR-S 1.4 s of its 8 s
+    at KITTI size; this form ran SCAM's softmaxes + products 1.22x faster (CPU time, (94, 311, 311) scores, c 64).
+    Same sums up to rounding; where a row or column of e sums below SHARED_EXP_MIN_SUM, the plain form runs."""
+    if (FAST and not torch.is_grad_enabled() and scores.device.type == 'cpu' and not torch.is_autocast_enabled('cpu')
+            and scores.dtype in (torch.float32, torch.float64)):   # low precision keeps softmax's float32 sums
+        e = torch.sub(scores, scores.amax((-2, -1), keepdim=True)).exp_()
+        row_sums, column_sums = e.sum(-1, keepdim=True), e.sum(-2).unsqueeze(-1)         # B, H, W, 1 each
+        if float(torch.minimum(row_sums.amin(), column_sums.amin())) >= SHARED_EXP_MIN_SUM:
+            return (torch.matmul(e, value_right).div_(row_sums),
+                    torch.matmul(e.transpose(-1, -2), value_left).div_(column_sums))
+    return (torch.matmul(scores.softmax(-1), value_right),
+            torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left))
 
 
 class HeadConv2d(nn.Conv2d):
@@ -246,7 +298,7 @@ def _dense_block_inference(block: nn.Module, image: Tensor) -> Tensor:
             conv_into(buffer[:, start + growth:], y, _stacked_weights(block, c0 + start, growth, i + 1), None,
                       accumulate=True)
         start += growth
-    out = pointwise_conv(buffer, block.LFF.weight[:, c0:], block.LFF.bias)
+    out = F.conv2d(buffer, block.LFF.weight[:, c0:], block.LFF.bias)
     conv_into(out, image, block.LFF.weight[:, :c0], None, accumulate=True)   # banded: no whole-map temporary
     out += image
     return out

@@ -92,7 +92,7 @@ class ResidualDenseGroup(nn.Module):
         super().__init__()
         self.RDB = nn.Sequential(*[ResidualDenseBlock(channels, num_layers, growth, activation)
                                    for _ in range(num_blocks)])
-        self.conv = kernels.PointwiseConv2d(channels * num_blocks, channels)
+        self.conv = nn.Conv2d(channels * num_blocks, channels, 1, 1, 0, bias=True)
 
     def forward_with_blocks(self, x: Tensor) -> tuple[Tensor, Tensor]:
         outputs = []

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.kernels import PointwiseConv2d
+from models import kernels
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -161,13 +161,13 @@ class NAFBlock(nn.Module):
     def __init__(self, c: int, window: tuple[int, int], tlc: bool = True):
         super().__init__()
         dw, ffn = DW_EXPAND * c, FFN_EXPAND * c
-        self.conv1 = PointwiseConv2d(c, dw)
+        self.conv1 = nn.Conv2d(c, dw, 1)
         self.conv2 = nn.Conv2d(dw, dw, 3, padding=1, groups=dw)
-        self.conv3 = PointwiseConv2d(dw // 2, c)
+        self.conv3 = nn.Conv2d(dw // 2, c, 1)
         # Simplified channel attention: pooled statistics through a 1x1 conv, multiplied in (no sigmoid).
-        self.sca = nn.Sequential(TLCPool(window, tlc), PointwiseConv2d(dw // 2, dw // 2))
-        self.conv4 = PointwiseConv2d(c, ffn)
-        self.conv5 = PointwiseConv2d(ffn // 2, c)
+        self.sca = nn.Sequential(TLCPool(window, tlc), nn.Conv2d(dw // 2, dw // 2, 1))
+        self.conv4 = nn.Conv2d(c, ffn, 1)
+        self.conv5 = nn.Conv2d(ffn // 2, c, 1)
         self.norm1 = LayerNorm2d(c)
         self.norm2 = LayerNorm2d(c)
         # Residual scales, zero at init: the block starts as the identity.
@@ -194,12 +194,12 @@ class SCAM(nn.Module):
         self.scale = c ** -0.5
         self.norm_l = LayerNorm2d(c)
         self.norm_r = LayerNorm2d(c)
-        self.l_proj1 = PointwiseConv2d(c, c)
-        self.r_proj1 = PointwiseConv2d(c, c)
+        self.l_proj1 = nn.Conv2d(c, c, 1)
+        self.r_proj1 = nn.Conv2d(c, c, 1)
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
-        self.l_proj2 = PointwiseConv2d(c, c)
-        self.r_proj2 = PointwiseConv2d(c, c)
+        self.l_proj2 = nn.Conv2d(c, c, 1)
+        self.r_proj2 = nn.Conv2d(c, c, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (2B, c, H, W), [left; right] -> the same, each view plus what it gathered from the other."""
@@ -210,9 +210,12 @@ class SCAM(nn.Module):
         value_left = self.l_proj2(left).permute(0, 2, 3, 1)                       # B, H, W, c
         value_right = self.r_proj2(right).permute(0, 2, 3, 1)                     # B, H, W, c
         scores = torch.matmul(query_left, query_right_t)                        # B, H, W_left, W_right
-        right_to_left = torch.matmul(scores.softmax(-1), value_right)           # B, H, W_left, c
-        # softmax(scores^T, -1) is softmax(scores, -2) transposed; the transpose is free inside the matmul.
-        left_to_right = torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left)  # B, H, W_right, c
+        if kernels.FAST:    # one exp serves both directions (models/kernels.py)
+            right_to_left, left_to_right = kernels.two_way_attention(scores, value_left, value_right)
+        else:
+            right_to_left = torch.matmul(scores.softmax(-1), value_right)       # B, H, W_left, c
+            # softmax(scores^T, -1) is softmax(scores, -2) transposed; the transpose is free inside the matmul.
+            left_to_right = torch.matmul(scores.softmax(-2).transpose(-1, -2), value_left)  # B, H, W_right, c
         return torch.cat([torch.addcmul(left, right_to_left.permute(0, 3, 1, 2), self.beta),
                           torch.addcmul(right, left_to_right.permute(0, 3, 1, 2), self.gamma)])
 
@@ -280,8 +283,8 @@ class NAFSSR(nn.Module):
         if self.config.channel_order == 'bgr':
             x = x.flip(1)
         skip = F.interpolate(x, scale_factor=self.scale, mode='bilinear', align_corners=False)  # 2B, 3, sH, sW
-        # The body runs channels-last: its 1x1 convs (`PointwiseConv2d`) are then oneDNN matrix products, its
-        # LayerNorms and SCAM's attention read the channels of a pixel contiguously.
+        # The body runs channels-last: its 1x1 convs are then plain matrix products, its LayerNorms and SCAM's
+        # attention read the channels of a pixel contiguously.
         features = self.body(self.intro(x.contiguous(memory_format=torch.channels_last)))  # 2B, c, H, W
         sr = self.up(features) + skip                                            # 2B, 3, sH, sW
         if self.config.channel_order == 'bgr':
