@@ -67,8 +67,8 @@ INFERENCE = [('infer', 4, 1, 30, 90), ('infer', 4, 1, 94, 311), ('infer', 4, 1, 
 TRAINING = [('train', 4, 2, 30, 90), ('train', 4, 12, 30, 90)]
 # Cases above this many LR pixels run once per process (not --repeats times).
 LARGE_CASE_PIXELS = 30 * 90 * 16
-# Cases above this many LR pixels count their FLOP on fake tensors (count_flops), which costs a fixed 10-60 s on a
-# CPU: the time of counting a real SSRDE-FNet forward at 30x30.
+# Cases above this many LR pixels count their FLOP on fake tensors (count_flops): a cost that does not grow with the
+# size (on the loaded CPU here 10 s for NAFSSR-T to 4 min for SCGLANet; a real SSRDE-FNet count at 30x30 took 15 s).
 FAKE_COUNT_PIXELS = 30 * 90
 # Most timed runs per process when --min-seconds asks for more than --repeats.
 MAX_RUNS = 50
@@ -268,7 +268,7 @@ def count_flops(step, fake: bool = False) -> float:
     Those ops get the counter's own sdpa formulas here.
 
     fake: count on fake tensors (FakeTensorMode: every op gives its output's shape and nothing is computed), so a
-    count takes the same time at any size (tens of seconds of overhead), where running SCGLANet's evaluation on a
+    count takes the same time at any size (seconds to minutes of overhead), where running SCGLANet's evaluation on a
     320x180 pair (six passes of a 25M network) took hours on a CPU; the counts are those of the real run (the
     counter sees the same ops and shapes).
     The stereo input check of real values (models/outputs.py validate_pair) is skipped, as it is in an export.
