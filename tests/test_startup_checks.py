@@ -185,3 +185,11 @@ def test_a_checkpoint_dir_that_cannot_be_made_is_named_before_the_data_is_read(t
     blocker.write_text('not a folder')
     code, err = outcome(train.main, TINY + ['--checkpoint_dir', str(blocker / 'run')], capsys)
     assert code == 1 and f'error: --checkpoint_dir {blocker / "run"}: cannot create the run folder' in err, err
+
+
+@pytest.mark.parametrize('betas', [['2', '0.999'], ['0.9', 'nan'], ['0.9', '1'], ['-0.1', '0.9'], ['x', '0.9']])
+def test_adam_betas_outside_0_1_are_refused_naming_the_flag(betas, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(TINY + ['--betas', *betas])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and 'argument --betas' in err and 'is not in [0, 1)' in err, err
