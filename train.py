@@ -67,6 +67,11 @@ def setup(config: TrainConfig, checkpoint: dict | None = None, exporting: bool =
     if config.scale_factor not in entry.scales:
         raise UsageError(f'{config.model} is defined for --scale_factor {", ".join(map(str, entry.scales))}')
     run_dir = config.checkpoint_dir or Path('checkpoints') / config.run_name
+    if rank == 0:   # at start-up: a folder that cannot be made must not cost the data and the networks
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f'--checkpoint_dir {run_dir}: cannot create the run folder ({err.strerror or err})') from None
     if config.batch_size % world or (config.batch_size // world) % config.grad_accum:
         raise UsageError(f'--batch_size {config.batch_size} must split into {world} processes x {config.grad_accum} '
                          f'micro-batches of equal size')

@@ -176,3 +176,20 @@ def test_make_figs_names_its_flag_for_an_output_folder_or_bench_file_it_cannot_u
     assert code == 1 and f'error: --out {blocker / "figs"}: cannot create the output folder' in err, err
     code, err = outcome(make_figs.main, ['--bench', str(tmp_path), '--out', str(tmp_path / 'figs')], capsys)
     assert code == 1 and f'error: --bench {tmp_path} is a folder' in err, err
+
+
+def test_a_checkpoint_dir_that_cannot_be_made_is_named_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    from training.tasks import StereoSR
+    monkeypatch.setattr(StereoSR, 'build_dataset', lambda *a: pytest.fail('the training data was read first'))
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    code, err = outcome(train.main, TINY + ['--checkpoint_dir', str(blocker / 'run')], capsys)
+    assert code == 1 and f'error: --checkpoint_dir {blocker / "run"}: cannot create the run folder' in err, err
+
+
+@pytest.mark.parametrize('betas', [['2', '0.999'], ['0.9', 'nan'], ['0.9', '1'], ['-0.1', '0.9'], ['x', '0.9']])
+def test_adam_betas_outside_0_1_are_refused_naming_the_flag(betas, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(TINY + ['--betas', *betas])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and 'argument --betas' in err and 'is not in [0, 1)' in err, err

@@ -111,7 +111,7 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                        help='global batch size, over all processes; ' + recipe_help('batch_size'))
     group.add_argument('--optimizer', choices=('adam', 'adamw'), default=None, help=recipe_help('optimizer'))
     group.add_argument('--lr', type=positive_float, default=None, help='learning rate; ' + recipe_help('lr'))
-    group.add_argument('--betas', type=float, nargs=2, default=None, metavar=('B1', 'B2'),
+    group.add_argument('--betas', type=adam_beta, nargs=2, default=None, metavar=('B1', 'B2'),
                        help='Adam/AdamW betas; ' + recipe_help('betas'))
     group.add_argument('--amsgrad', action=argparse.BooleanOptionalAction, default=None,
                        help='the AMSGrad variant of Adam/AdamW; ' + recipe_help('amsgrad'))
@@ -303,6 +303,19 @@ def decay_factor(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f'{text!r} is not in (0, 1]: the step schedule multiplies the learning rate '
                                          f'by it every n_steps epochs, and a factor above 1 makes it grow')
+    return value
+
+
+def adam_beta(text: str) -> float:
+    """argparse type for --betas: Adam's moving-average factors, 0 <= beta < 1 (torch.optim refuses others, but only
+    after the data and the network are built, and without naming the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not in [0, 1): a beta is the decay of one of Adam\'s moving '
+                                         f'averages')
     return value
 
 
