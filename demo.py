@@ -39,7 +39,8 @@ from metrics import bad_pixel_rate, d1_error, epe
 from models.checkpoint import (checkpoint_model_name, describe_checkpoint, infer_scale_factor, load_model,
                                read_checkpoint)
 from models.imresize import imresize, modcrop
-from utils import UsageError, add_device_args, non_negative_int, resolve_device, resolve_precision, run_script
+from utils import (UsageError, add_device_args, add_precision_args, non_negative_int, resolve_device,
+                   resolve_precision, run_script)
 from weights import resolve_checkpoint
 
 log = logging.getLogger('demo')
@@ -79,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--overlap', type=non_negative_int, default=8,
                         help='LR rows shared by neighbouring bands (blended)')
     add_device_args(parser)
+    add_precision_args(parser)
     return parser.parse_args(argv)
 
 

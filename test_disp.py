@@ -47,8 +47,8 @@ from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_
                                results_name)
 from models.imresize import modcrop
 from models.precision import autocast
-from utils import (UsageError, add_device_args, check_output_file, print_report, resolve_device, resolve_precision,
-                   run_script)
+from utils import (UsageError, add_device_args, add_precision_args, check_output_file, print_report, resolve_device,
+                   resolve_precision, run_script)
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -85,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--no_save', action='store_true', help='do not write disparity pictures')
     parser.add_argument('--json', type=Path, default=None, help='write every number to this JSON file')
     add_device_args(parser)
+    add_precision_args(parser)
     return parser.parse_args(argv)
 
 

@@ -40,8 +40,8 @@ from models import add_model_args, model_entry, perceptual
 from models.registry import modality_error
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
-from utils import (UsageError, add_device_args, check_output_file, positive_int, print_report, resolve_device,
-                   resolve_precision, run_script)
+from utils import (UsageError, add_device_args, add_precision_args, check_output_file, positive_int, print_report,
+                   resolve_device, resolve_precision, run_script)
 from weights import resolve_checkpoint
 
 log = logging.getLogger('test_sr')
@@ -107,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--batch_size', type=positive_int, default=None,
                         help='pairs of equal size run together (default: 4 on CUDA, 1 on CPU)')
     add_device_args(parser)
+    add_precision_args(parser)
     parser.set_defaults(scale_factor=None)
     for action in parser._actions:      # the shared flag (models.add_model_args), whose default here is the weights'
         if action.dest == 'scale_factor':

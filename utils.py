@@ -118,17 +118,21 @@ def seed_worker(worker_id: int) -> None:
 # Devices
 
 def add_device_args(parser) -> None:
-    """--device (default: cuda when available), --precision and --amp, shared by every script."""
+    """--device (default: cuda when available) and --amp, shared by every script."""
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         help='torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)')
-    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
-                        help='inference number format: fp32, or bf16 (bfloat16 autocast; attention softmax, cost '
-                             'volume, disparity regression and metrics stay fp32) on CUDA and on CPUs with AVX-512 '
-                             'BF16 or AMX, refused elsewhere (default: fp32)')
     parser.add_argument('--amp', action='store_true',
-                        help='on CUDA: the same as --precision bf16; ignored on CPU')
+                        help='mixed precision (autocast) on CUDA; ignored on CPU')
     parser.add_argument('--debug', action='store_true',
                         help='show the Python traceback of an error (default: one line, error: ...)')
+
+
+def add_precision_args(parser) -> None:
+    """--precision, shared by the inference scripts (demo.py, test_sr.py, test_disp.py); see `resolve_precision`."""
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                        help='inference number format: fp32, or bf16 (bfloat16 autocast; the parallax-attention '
+                             'softmax, the cost volume, outputs and metrics stay fp32) on CUDA and on CPUs with '
+                             'AVX-512 BF16 or AMX, refused elsewhere; --amp on CUDA means bf16 (default: fp32)')
 
 
 def resolve_device(name: str) -> torch.device:

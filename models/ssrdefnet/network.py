@@ -235,7 +235,10 @@ class SSRDEFNet(nn.Module):
         return per_view(self.interact, hr_features, hr_features.swapped(), Pair.unfold(coords_hr))
 
     def interact(self, own: Tensor, other: Tensor, coords: Tensor) -> Tensor:
-        warped = warp(other, coords)
+        # In the features' dtype: under autocast grid_sample returns float32 (autocast's list), and bfloat16 maps mixed
+        # with float32 ones in the in-place sums below cost 4.8 s of a 28 s bf16 forward at 48x156 (aten::add_,
+        # aten::copy_ on HR maps; torch.profiler, reports/2026-12-07-bf16.md). A no-op in float32.
+        warped = warp(other, coords).to(own.dtype)
         gate = correlation_gate(self.att1(own), self.att2(warped))
         if torch.is_grad_enabled():
             update = (warped - own) * gate
