@@ -30,7 +30,7 @@ import torch
 
 from data.readers import read_disparity, read_image, read_image_uint8, write_image, write_kitti_disparity
 from evaluation import disparity_baselines, scene_scores, to_tensor
-from models import model_entry
+from models import MODEL_NAMES, model_entry
 from models.registry import modality_error
 from models.inference import predict, predict_tiled
 from models.ssrdefnet.cost_volume import MAX_DISPARITY
@@ -70,8 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--download_weights', action='store_true',
                         help='download a --checkpoint release that is missing (releases with a direct URL, '
                              'docs/weights.md; needs internet). Without it a missing file stops the demo')
-    parser.add_argument('--model', default=None, help='network of the zoo (default: the one a project checkpoint '
-                        'records; SSRDE-FNet for an authors\' release)')
+    parser.add_argument('--model', default=None, choices=MODEL_NAMES, metavar='NAME',
+                        help='network of the zoo (default: the one a project checkpoint records; SSRDE-FNet for an '
+                             'authors\' release)')
     parser.add_argument('--scale_factor', type=int, choices=(2, 4), default=None,
                         help='SR scale (default: that of the checkpoint)')
     parser.add_argument('--out', type=Path, default=Path('results/demo'), help='output folder')

@@ -183,6 +183,8 @@ def map_sources(args) -> dict[str, list[tuple[str, object]]]:
     when neither gives a map, the built-in Motorcycle ground truth."""
     sources = {}
     for folder in args.maps:
+        if folder.is_file():
+            raise UsageError(f'--maps {folder} is a file; give the folder that holds the maps (searched recursively)')
         if not folder.is_dir():
             raise FileNotFoundError(f'--maps {folder}: folder not found')
         files = sorted(p for p in folder.rglob(args.map_pattern) if p.suffix.lower() in MAP_SUFFIXES and p.is_file())

@@ -42,7 +42,7 @@ from training.objectives import attach_teacher_cache, build_criterion, load_teac
 from training.state import INTERRUPTED, Interrupt, Run, RunLock, export
 from training.tasks import check_validation_data, task_for
 from training.trainsets import ResumableSampler, crop_shape
-from utils import UsageError, resolve_device, run_script, seed_everything
+from utils import UsageError, check_creatable, resolve_device, run_script, seed_everything
 from weights import resolve_checkpoint
 
 log = logging.getLogger('train')
@@ -68,10 +68,7 @@ def setup(config: TrainConfig, checkpoint: dict | None = None, exporting: bool =
         raise UsageError(f'{config.model} is defined for --scale_factor {", ".join(map(str, entry.scales))}')
     run_dir = config.checkpoint_dir or Path('checkpoints') / config.run_name
     if rank == 0:   # at start-up: a folder that cannot be made must not cost the data and the networks
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(f'--checkpoint_dir {run_dir}: cannot create the run folder ({err.strerror or err})') from None
+        check_creatable(run_dir, '--checkpoint_dir')
     if config.batch_size % world or (config.batch_size // world) % config.grad_accum:
         raise UsageError(f'--batch_size {config.batch_size} must split into {world} processes x {config.grad_accum} '
                          f'micro-batches of equal size')

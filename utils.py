@@ -87,6 +87,14 @@ def non_negative_float(text: str) -> float:
     return _bounded(float, text, 0.0, 'a finite number >= 0')
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate, a timeout)."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a finite number > 0')
+    return value
+
+
 def _bounded(kind, text: str, low, what: str):
     try:
         value = kind(text)
@@ -144,6 +152,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'--device {name} asked for CUDA, but no CUDA device is available; use --device cpu')
     return device
+
+
+def check_creatable(folder: Path, flag: str) -> None:
+    """At start-up, without making anything (a run stopped by a later check leaves no empty folder behind): `folder`
+    exists as a folder, or its nearest existing ancestor is a folder this process may write into. OSError naming
+    the flag otherwise."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OSError(f'{flag} {folder}: cannot create the run folder ({probe} is a file)')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OSError(f'{flag} {folder}: cannot write the run folder ({probe} is not writable)')
 
 
 def check_output_file(path: Path | None, flag: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
 from models.releases import RELEASES, Release, markdown_table
-from utils import UsageError, run_script
+from utils import UsageError, positive_float, run_script
 
 ROOT = Path(__file__).resolve().parent
 CHECKPOINTS = ROOT / 'checkpoints'
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('names', nargs='*', help='release names (default: list every release and where it is)')
     parser.add_argument(DOWNLOAD_FLAG, action='store_true', help='download the named releases that are missing')
-    parser.add_argument('--timeout', type=float, default=DOWNLOAD_TIMEOUT_S,
+    parser.add_argument('--timeout', type=positive_float, default=DOWNLOAD_TIMEOUT_S,
                         help='seconds to wait to connect and for each read of a download')
     parser.add_argument('--write_docs', action='store_true', help=f'regenerate the table of {DOC.relative_to(ROOT)}')
     args = parser.parse_args(argv)

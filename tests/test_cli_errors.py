@@ -14,6 +14,7 @@ import make_figs
 import test_disp
 import test_sr
 import train
+import weights
 from data import prepare_test, prepare_train
 from utils import UsageError, run_script, worker_error_message
 
@@ -55,6 +56,11 @@ def test_scripts_raise_and_only_the_handler_prints():
     (demo.main, ['--overlap', 'x'], 2, "argument --overlap: 'x' is not an integer >= 0"),
     (demo.main, ['--left', 'L.png'], 2, 'error: give both --left and --right'),
     (demo.main, ['--checkpoint', 'nothing.pth'], 1, 'error: checkpoint nothing.pth not found'),
+    (demo.main, ['--model', 'nope'], 2, "argument --model: invalid choice: 'nope'"),
+    (test_disp.main, ['--model', 'dsdmsr', '--checkpoint', str(ROOT / 'checkpoints' / 'dsdmsr_demo_x4.pth'), '--maps',
+                      str(ROOT / 'README.md')], 2, 'README.md is a file; give the folder that holds'),
+    (weights.main, ['--timeout', 'nan'], 2, "argument --timeout: 'nan' is not a finite number >= 0"),
+    (weights.main, ['--timeout', '0'], 2, "argument --timeout: '0' is not a finite number > 0"),
     (test_sr.main, ['--model', 'nafssr-t'], 2, 'error: --model nafssr-t needs --checkpoint PATH'),
     (test_sr.main, ['--batch_size', '0'], 2, "argument --batch_size: '0' is not an integer >= 1"),
     (test_disp.main, ['--checkpoint', str(ROOT / 'checkpoints' / 'ssrdefnet_demo_x4.pth'), '--testset_dir',

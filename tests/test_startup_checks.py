@@ -193,3 +193,11 @@ def test_adam_betas_outside_0_1_are_refused_naming_the_flag(betas, capsys):
         train.main(TINY + ['--betas', *betas])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and 'argument --betas' in err and 'is not in [0, 1)' in err, err
+
+
+def test_a_run_refused_at_start_up_leaves_no_run_folder(tmp_path, capsys):
+    """The --checkpoint_dir check makes nothing: a run that a later start-up check refuses leaves no empty folder."""
+    run = tmp_path / 'a' / 'run'
+    code, err = outcome(train.main, TINY + ['--batch_size', '3', '--grad_accum', '2', '--checkpoint_dir', str(run)],
+                        capsys)
+    assert code == 2 and 'must split into' in err and not (tmp_path / 'a').exists(), err

@@ -15,7 +15,7 @@ from models import perceptual as ntire   # the NTIRE 2023 recipe's terms (a Trai
 from models.checkpoint import read_checkpoint
 from training.config import DEFAULT_WORKERS, DEFINITION, OPTION_NAMES, PATH_FIELDS, SETTING, TrainConfig
 from training.trainsets import TRAINSETS, crop_size
-from utils import UsageError, add_device_args, non_negative_float, non_negative_int, positive_int
+from utils import UsageError, add_device_args, non_negative_float, non_negative_int, positive_float, positive_int
 
 log = logging.getLogger('train')
 
@@ -286,14 +286,6 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                        help='deterministic algorithms, no cuDNN benchmarking (grid_sample backward on CUDA stays '
                             'non-deterministic)')
     return parser
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (a learning rate)."""
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a finite number > 0')
-    return value
 
 
 def decay_factor(text: str) -> float:
