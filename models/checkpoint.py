@@ -84,13 +84,16 @@ def unreadable_file_message(path: str | os.PathLike, err: BaseException, what: s
     objects besides tensors is refused by name of the object, without torch's advice to load it with
     weights_only=False (which would run code from the file: a checkpoint of ours never needs it)."""
     message = str(err)
+    first = next((line.strip() for line in message.splitlines() if line.strip()), '')
     if isinstance(err, pickle.UnpicklingError) and 'Weights only load failed' in message:
         found = re.search(r'Unsupported global: GLOBAL (\S+)', message)
-        obj = f' ({found.group(1)})' if found else ''
-        return (f'{path}: this {what} holds pickled Python objects{obj} besides tensors, which are not loaded from '
-                f'a file because unpickling them can run code; save the weights alone, e.g. '
-                f'torch.save({{"state_dict": model.state_dict()}}, file)')
-    first = next((line.strip() for line in message.splitlines() if line.strip()), '')
+        if found:
+            return (f'{path}: this {what} holds pickled Python objects ({found.group(1)}) besides tensors, which are '
+                    f'not loaded from a file because unpickling them can run code; save the weights alone, e.g. '
+                    f'torch.save({{"state_dict": model.state_dict()}}, file)')
+        # anything else the safe unpickler met is not a pickle at all (a text file, garbage): its own words only
+        detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', message)
+        first = detail.group(1).strip() if detail else 'not a pickle'
     return (f'{path}: cannot read this {what} ({type(err).__name__}: {first[:200]}). The file may be truncated '
             f'(an interrupted download or copy) or not a PyTorch {what}')
 
