@@ -115,6 +115,11 @@ def test_a_finished_run_resumed_says_how_to_extend_it(trained):
     done = subprocess.run([sys.executable, 'train.py', '--resume', str(trained['run'] / 'last.pth'), '--total_iters',
                            '4'], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
+    assert "--total_iters 4 (the run's: 0) would change what the run is" in done.stderr
+    assert 'Traceback' not in done.stderr
+    done = subprocess.run([sys.executable, 'train.py', '--resume', str(trained['run'] / 'last.pth')], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
     assert 'this run has already finished its 1 epoch(s); to train it further pass --n_epochs above 1' in done.stderr
     assert 'Traceback' not in done.stderr
 

@@ -201,3 +201,15 @@ def test_a_run_refused_at_start_up_leaves_no_run_folder(tmp_path, capsys):
     code, err = outcome(train.main, TINY + ['--batch_size', '3', '--grad_accum', '2', '--checkpoint_dir', str(run)],
                         capsys)
     assert code == 2 and 'must split into' in err and not (tmp_path / 'a').exists(), err
+
+
+def test_a_flag_that_would_redefine_a_resumed_run_is_refused_not_replaced(tmp_path, capsys):
+    """--resume with a different --lr / --batch_size: the run refuses and names each flag with the run's value (it
+    used to continue with the checkpoint's values after a warning, the flags silently without effect)."""
+    run = tmp_path / 'run'
+    assert train.main(TINY + ['--n_epochs', '1', '--checkpoint_dir', str(run)]) == 0
+    code, err = outcome(train.main, ['--resume', str(run / 'last.pth'), '--n_epochs', '2', '--lr', '0.5',
+                                     '--batch_size', '4'], capsys)
+    assert code == 2 and "--batch_size 4 (the run's: 2); --lr 0.5 (the run's: " in err, err
+    assert f'--init {run / "last.pth"}' in err and sum('error' in line for line in err.splitlines()) == 1
+    assert train.main(['--resume', str(run / 'last.pth'), '--n_epochs', '2']) == 0       # a SETTING may change

@@ -27,6 +27,13 @@ def _flat(values: dict) -> dict:
     return out
 
 
+def _same(given, stored) -> bool:
+    """A flag's value equals the checkpoint's, a tuple equal to the list JSON-like storage gives back."""
+    if isinstance(given, (list, tuple)) and isinstance(stored, (list, tuple)):
+        return len(given) == len(stored) and all(_same(a, b) for a, b in zip(given, stored))
+    return given == stored
+
+
 def _restore(name: str, value):
     """A stored value back in its field's type (paths were stored as text)."""
     return Path(value) if name in PATH_FIELDS and value else value
@@ -55,15 +62,15 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
                              f'release; resume from <checkpoint_dir>/last.pth')
         stored, given = checkpoint.get('args', {}), _given(args)
         defaults = _given(build_parser().parse_args([]))
+        conflicts = []
         for f in fields(TrainConfig):
             role = f.metadata['role']
             for key in (OPTION_NAMES if f.name == 'options' else (f.name,)):
                 if key not in stored:
                     continue
                 if role == DEFINITION and stored[key] != given.get(key):
-                    if given.get(key) not in (None, defaults.get(key)):   # a flag at its default was not given
-                        log.warning(f'--resume: using the checkpoint\'s {key}={stored[key]!r} (command line: '
-                                    f'{given.get(key)!r})')
+                    if given.get(key) not in (None, defaults.get(key)) and not _same(given[key], stored[key]):
+                        conflicts.append(f'--{key} {given[key]!r} (the run\'s: {stored[key]!r})')
                     values[key] = _restore(key, stored[key])
                 elif role == SETTING:    # kept, or changed (and said so) by the command line
                     if given.get(key) is None:
@@ -71,6 +78,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
                     elif given[key] != stored[key]:
                         log.warning(f'--resume: {key} changed from the run\'s {stored[key]!r} to {given[key]!r} '
                                     f'(command line)')
+        if conflicts:   # never silently replaced by the checkpoint's value: the user learns which flag to drop
+            raise UsageError(f'--resume {args.resume}: {"; ".join(conflicts)} would change what the run is (its '
+                             f'network, data, optimiser or schedule, fixed when it started); drop the flag to '
+                             f'continue it, or start a new run from its weights with --init {args.resume}')
         values['checkpoint_dir'] = args.checkpoint_dir or args.resume.parent
     elif args.n_epochs is not None and args.total_iters is None:
         values['total_iters'] = 0   # --n_epochs alone counts epochs, also under an iteration-based recipe (NAFSSR)
