@@ -114,10 +114,14 @@ def test_an_iteration_based_run_once_finished_says_it_is_not_extended_by_resumin
     run = tmp_path / 'run'
     assert train.main(TINY[:-4] + ['--total_iters', '1', '--checkpoint_dir', str(run)]) == 0
     assert json.loads((run / 'args.json').read_text())['total_iters'] == 1
-    for extra in ([], ['--n_epochs', '5'], ['--total_iters', '8']):
+    code, err = outcome(train.main, ['--resume', str(run / 'last.pth')], capsys)
+    assert code == 2 and 'this run has already finished its 1 iterations (--total_iters is part of the run' in err
+    assert f'start a new run from it with --init {run / "last.pth"}' in err and len(error_lines(err)) == 1
+    # a flag that would change its length is refused by name, never ignored (the run counts iterations)
+    for extra, named in ((['--n_epochs', '5'], '--n_epochs 5 (the run counts iterations: total_iters 1)'),
+                         (['--total_iters', '8'], "--total_iters 8 (the run's: 1)")):
         code, err = outcome(train.main, ['--resume', str(run / 'last.pth'), *extra], capsys)
-        assert code == 2 and 'this run has already finished its 1 iterations (--total_iters is part of the run' in err
-        assert f'start a new run from it with --init {run / "last.pth"}' in err and len(error_lines(err)) == 1
+        assert code == 2 and named in err and f'--init {run / "last.pth"}' in err and len(error_lines(err)) == 1, err
     # --export alone still exports a finished run (exit 0)
     assert train.main(['--resume', str(run / 'last.pth'), '--export', str(tmp_path / 'again.pth')]) == 0
     assert read_checkpoint(tmp_path / 'again.pth')[1]['args']['total_iters'] == 1

@@ -78,6 +78,10 @@ def resolve_config(args: argparse.Namespace) -> tuple[TrainConfig, dict | None]:
                     elif given[key] != stored[key]:
                         log.warning(f'--resume: {key} changed from the run\'s {stored[key]!r} to {given[key]!r} '
                                     f'(command line)')
+        if args.n_epochs is not None and args.total_iters is None and stored.get('total_iters', 0) > 0:
+            # an iteration-counted run (e.g. NAFSSR's recipe): its length is total_iters, --n_epochs would be ignored
+            conflicts.append(f'--n_epochs {args.n_epochs} (the run counts iterations: total_iters '
+                             f'{stored["total_iters"]!r})')
         if conflicts:   # never silently replaced by the checkpoint's value: the user learns which flag to drop
             raise UsageError(f'--resume {args.resume}: {"; ".join(conflicts)} would change what the run is (its '
                              f'network, data, optimiser or schedule, fixed when it started); drop the flag to '
