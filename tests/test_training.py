@@ -77,21 +77,27 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert kept['epoch'] == 1 and all(torch.isfinite(v).all() for v in kept['state_dict'].values())
 
 
-def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkeypatch, caplog):
-    """A step whose loss was finite can still leave NaN weights (an exploding update on an epoch's last iteration):
-    last.pth keeps the last good epoch, the run stops, and such a file is refused by --resume and the loaders."""
+def damage_weights_after_step(monkeypatch, number: int, damage) -> None:
+    """train_step as it is, then `damage(model)` (under no_grad) right after step `number` (with one iteration per
+    epoch, step 2 is the only iteration of epoch 2)."""
     calls = {'n': 0}
     step = training.loop.train_step
 
-    def exploding(run, batch):
+    def damaged(run, batch):
         result = step(run, batch)
         calls['n'] += 1
-        if calls['n'] == 2:                                          # the only iteration of epoch 2
+        if calls['n'] == number:
             with torch.no_grad():
-                next(run.model.parameters()).fill_(float('nan'))
+                damage(run.model)
         return result
 
-    monkeypatch.setattr(training.loop, 'train_step', exploding)
+    monkeypatch.setattr(training.loop, 'train_step', damaged)
+
+
+def test_weights_that_are_not_finite_are_never_saved_or_resumed(tmp_path, monkeypatch, caplog):
+    """A step whose loss was finite can still leave NaN weights (an exploding update on an epoch's last iteration):
+    last.pth keeps the last good epoch, the run stops, and such a file is refused by --resume and the loaders."""
+    damage_weights_after_step(monkeypatch, 2, lambda model: next(model.parameters()).fill_(float('nan')))
     run = tmp_path / 'run'
     assert train.main(TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]) == 1
     assert 'weight tensors are not finite' in caplog.text
@@ -111,20 +117,13 @@ def test_exploded_finite_weights_never_replace_the_last_good_checkpoint(tmp_path
     """A diverged step can leave finite but exploded weights (issue 28: max |w| 201 after a step at lr 200). The
     health check before the save (training/health.py: outputs on a probe batch within 10x the image range) refuses
     them: last.pth keeps epoch 1, byte for byte, and the stop line names the epoch, step, value and the kept file."""
-    calls = {'n': 0}
-    step = training.loop.train_step
 
-    def exploding(run, batch):
-        result = step(run, batch)
-        calls['n'] += 1
-        if calls['n'] == 2:                                          # the only iteration of epoch 2
-            with torch.no_grad():
-                for name, p in run.model.named_parameters():         # the SR reconstruction x5: finite,
-                    if name.startswith(('reconstruct.', 'upscale.')):  # outputs ~1e14 (a diverged step's)
-                        p.mul_(5)
-        return result
+    def times_five(model):                                           # the SR reconstruction x5: finite,
+        for name, p in model.named_parameters():                     # outputs ~1e14 (a diverged step's)
+            if name.startswith(('reconstruct.', 'upscale.')):
+                p.mul_(5)
 
-    monkeypatch.setattr(training.loop, 'train_step', exploding)
+    damage_weights_after_step(monkeypatch, 2, times_five)
     run = tmp_path / 'run'
     argv = TINY + ['--n_epochs', '3', '--max_iters_per_epoch', '1', '--checkpoint_dir', str(run)]
     assert train.main(argv) == 1
