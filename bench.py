@@ -620,6 +620,7 @@ def main(argv=None) -> list[dict]:
             lines[-1] += f" {r['bf16_speedup']:.2f}x |" if 'bf16_speedup' in r else ' |'
     print('\n'.join(lines))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({'model': args.model, 'device': name, 'torch': torch.__version__,
                                          'calibration': calibration, 'rows': rows}, indent=2))
     return rows
@@ -650,6 +651,7 @@ def count_cases(args, cases: list, variants: list[str]) -> list[dict]:
                                                          f"{r['params_m']:.3f} | {r['gflop']:.1f} |"))
     print('\n'.join(lines))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({'model': args.model, 'device': device_peak(args.device)[0],
                                          'torch': torch.__version__, 'rows': rows}, indent=2))
     return rows

@@ -158,28 +158,29 @@ def check_creatable(folder: Path, flag: str) -> None:
     """At start-up, without making anything (a run stopped by a later check leaves no empty folder behind): `folder`
     exists as a folder, or its nearest existing ancestor is a folder this process may write into. OSError naming
     the flag otherwise."""
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OSError(f'{flag} {folder}: cannot create the run folder ({probe} is a file)')
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OSError(f'{flag} {folder}: cannot write the run folder ({probe} is not writable)')
+    _check_can_make(Path(folder), f'{flag} {folder}', 'the run folder')
 
 
 def check_output_file(path: Path | None, flag: str) -> None:
     """At start-up, before the work whose numbers it will hold: a file a script writes at its end (e.g. --json) is not
-    a folder and its folder can be made, so that a bad path costs nothing. OSError / UsageError naming the flag."""
+    a folder and its folder can be made (made by the writer, not here), so that a bad path costs nothing. OSError /
+    UsageError naming the flag."""
     if path is None:
         return
     if path.is_dir():
         raise UsageError(f'{flag} {path} is a folder; give a file name, e.g. {path / "results.json"}')
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f'{flag} {path}: cannot create its folder ({err.strerror or err})') from None
-    if not os.access(path.parent, os.W_OK):
-        raise OSError(f'{flag} {path}: its folder {path.parent} is not writable')
+    _check_can_make(path.parent, f'{flag} {path}', 'its folder')
+
+
+def _check_can_make(folder: Path, label: str, what: str) -> None:
+    """`folder` is a folder, or the nearest of its ancestors that exists is a folder this process may write into."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OSError(f'{label}: cannot create {what} ({probe} is a file)')
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OSError(f'{label}: cannot write {what} ({probe} is not writable)')
 
 
 def resolve_precision(args, device: torch.device) -> str:
