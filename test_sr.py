@@ -125,18 +125,18 @@ def main(argv=None) -> dict:
     scale = args.scale_factor
     batch_size = args.batch_size or (4 if device.type == 'cuda' else 1)
 
-    # ---- weights
+    # ---- weights: every file the run needs is looked for first, so that the missing ones are named together
+    if args.model not in (None, 'bicubic'):
+        refuse_other_modality(args.model)
+    if args.checkpoint is None and args.model not in (None, 'ssrdefnet', 'bicubic'):
+        raise UsageError(f'--model {args.model} needs --checkpoint PATH (its authors\' release or a checkpoint '
+                         f'of train.py --model {args.model})')
+    resolved = check_weight_files(args, scale)
     if args.model == 'bicubic':
         scale = args.scale_factor = scale or 4
         weights, run_name = 'MATLAB bicubic upsampling of the LR files (no weights)', f'bicubic_x{scale}'
     else:
-        if args.model is not None:
-            refuse_other_modality(args.model)
-        if args.checkpoint is None and args.model not in (None, 'ssrdefnet'):
-            raise UsageError(f'--model {args.model} needs --checkpoint PATH (its authors\' release or a checkpoint '
-                             f'of train.py --model {args.model})')
-        checkpoint, args.model, scale, _ = resolve_checkpoint(args.checkpoint or OFFICIAL_CHECKPOINT.name, args.model,
-                                                              scale, args.download_weights)
+        checkpoint, args.model, scale, _ = resolved
         state_dict, stored = read_checkpoint(checkpoint)
         scale = scale or (stored.get('args') or {}).get('scale_factor') or infer_scale_factor(state_dict) or 4
         args.scale_factor = scale
@@ -216,6 +216,42 @@ def refuse_other_modality(name: str) -> None:
     reason = modality_error(model_entry(name), 'test_sr.py')
     if reason:
         raise UsageError(reason)
+
+
+def check_weight_files(args, scale: int | None):
+    """The network's weights resolved (`weights.resolve_checkpoint`; None for bicubic), after looking for every file
+    the run needs (--checkpoint, --lpips's two files, --disparity_net): one error naming each missing one, rather
+    than one per run."""
+    missing, resolved = [], None
+    if args.model != 'bicubic':
+        try:
+            resolved = resolve_checkpoint(args.checkpoint or OFFICIAL_CHECKPOINT.name, args.model, scale,
+                                          args.download_weights)
+        except FileNotFoundError as err:
+            missing.append(f'--checkpoint: {err}')
+    if args.lpips and args.lpips_weights != perceptual.RANDOM:
+        if perceptual.installed_lpips_heads() is None:
+            files = [(perceptual.LPIPS_HEADS_FILE, 'LPIPS v0.1 (its linear heads)', False)]
+        else:
+            files = []
+        files.append((perceptual.WEIGHT_FILES['alexnet'], 'LPIPS (its AlexNet trunk)', args.download_weights))
+        for name, what, download in files:
+            if download:                    # fetched later, by build_lpips
+                continue
+            try:
+                perceptual.find_weights(name, args.lpips_weights, '--lpips_weights', what)
+            except perceptual.MissingWeightsError as err:
+                missing.append(f'--lpips: {err}')
+    if args.stereo_consistency and args.disparity_net not in (None, 'block_matching') \
+            and not Path(args.disparity_net).is_file():
+        missing.append(f'--disparity_net: {args.disparity_net} is not a file (a checkpoint of a network that estimates '
+                       f'disparity, or block_matching)')
+    if len(missing) == 1:
+        raise FileNotFoundError(missing[0])
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} files are missing: '
+                                + ' | '.join(f'({k + 1}) {m}' for k, m in enumerate(missing)))
+    return resolved
 
 
 def perceptual_scorers(args, device) -> tuple[tuple, list[str]]:

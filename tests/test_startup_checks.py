@@ -172,6 +172,23 @@ def test_test_disp_names_a_missing_checkpoint_and_upsampler_together(tmp_path, c
     assert f'--upsampler {tmp_path / "up.pth"} not found' in err and len(error_lines(err)) == 1
 
 
+def test_test_sr_names_a_missing_checkpoint_lpips_files_and_disparity_net_together(tmp_path, capsys, monkeypatch):
+    import test_sr
+    monkeypatch.setattr(perceptual, 'hub_checkpoints', lambda: tmp_path / 'hub')     # no cached AlexNet here
+    monkeypatch.setattr(perceptual, 'installed_lpips_heads', lambda: None)
+    monkeypatch.setattr(test_sr, 'load_model', lambda *a, **k: pytest.fail('a network was loaded first'))
+    (tmp_path / 'lpips').mkdir()
+    code, err = outcome(test_sr.main, ['--checkpoint', str(tmp_path / 'net.pth'), '--datasets', 'sample', '--lpips',
+                                       '--lpips_weights', str(tmp_path / 'lpips'), '--stereo_consistency',
+                                       '--disparity_net', str(tmp_path / 'disp.pth')], capsys)
+    assert code == 1 and len(error_lines(err)) == 1 and 'error: 4 files are missing' in err, err
+    for name in ('net.pth', 'alex.pth', 'alexnet-owt-7be5be79.pth', 'disp.pth'):
+        assert name in err, name
+    # one missing file: its own message, as before
+    code, err = outcome(test_sr.main, ['--checkpoint', str(tmp_path / 'net.pth'), '--datasets', 'sample'], capsys)
+    assert code == 1 and f'--checkpoint: checkpoint {tmp_path / "net.pth"} not found' in err, err
+
+
 def test_make_figs_names_its_flag_for_an_output_folder_or_bench_file_it_cannot_use(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(make_figs, 'demo_figures', lambda *a: pytest.fail('the demo ran first'))
     blocker = tmp_path / 'file'
