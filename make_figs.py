@@ -102,12 +102,25 @@ def training_phases(stored: dict) -> list[tuple[str, list[dict]]]:
     for run in [*stored.get('lineage', []), {'args': stored.get('args', {}), 'log': stored.get('log') or []}]:
         args = run['args']
         stage = 'matching warm-up' if args.get('stage') == 'matching' else 'joint'
-        label = f"{stage}, batch {args.get('batch_size', '?')}, lr {args.get('lr', '?')}"
+        label = f"{stage}, {args.get('trainset', '?')}, batch {args.get('batch_size', '?')}, lr {args.get('lr', '?')}"
         if args.get('disp_supervision'):
             label += f", disp_supervision {args['disp_supervision']}"
+        if args.get('teacher'):
+            label += ', teacher ' + ' + '.join(teacher_name(t) for t in args['teacher'])
         if run['log']:
             phases.append((label, run['log']))
     return phases
+
+
+def teacher_name(teacher: list[str]) -> str:
+    """A --teacher CHECKPOINT [MODEL] [W] entry as a figure writes it: its network when given, else the file's stem."""
+    def is_weight(value: str) -> bool:
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return next((str(v) for v in teacher[1:] if not is_weight(str(v))), Path(teacher[0]).stem)
 
 
 def teacher_reference(stored: dict, count: int = 32) -> tuple[str, float] | None:

@@ -256,10 +256,20 @@ def test_export_carries_the_runs_it_started_from(tmp_path):
     # a resumed run keeps where its weights came from: exporting it again still carries the warm-up
     assert train.main(['--resume', str(tmp_path / 'joint' / 'last.pth'), '--export', str(tmp_path / 'again.pth')]) == 0
     assert read_checkpoint(tmp_path / 'again.pth')[1]['lineage'] == stored['lineage']
+    # a run --init from the exported file (whose run folder is gone, as for the committed demo checkpoint) carries
+    # the file's own history: its lineage, then its run
+    (tmp_path / 'joint' / 'args.json').unlink()
+    assert train.main([*common, '--init', str(tmp_path / 'demo.pth'), '--checkpoint_dir', str(tmp_path / 'more'),
+                       '--export', str(tmp_path / 'more.pth')]) == 0
+    chain = read_checkpoint(tmp_path / 'more.pth')[1]['lineage']
+    assert [r['run'] for r in chain] == [str(tmp_path / 'warm'), str(tmp_path / 'joint')]
+    assert chain[0] == stored['lineage'][0] and chain[1]['log'] == stored['log']
+    assert chain[1]['checkpoint'] == str(tmp_path / 'demo.pth') and chain[1]['args'] == stored['args']
     import make_figs
     phases = make_figs.training_phases(stored)
     assert [label.split(',')[0] for label, _ in phases] == ['matching warm-up', 'joint']
-    assert phases[1][0].endswith('disp_supervision 0.01') and [len(rows) for _, rows in phases] == [1, 1]
+    assert phases[1][0] == 'joint, synthetic, batch 2, lr 0.0002, disp_supervision 0.01'
+    assert [len(rows) for _, rows in phases] == [1, 1]
     assert make_figs.training_figure(tmp_path / 'demo.pth', tmp_path / 'curve.png')
     assert iio.imread(tmp_path / 'curve.png').shape[:2] == (405, 1080)
 
@@ -282,6 +292,9 @@ def test_training_figure_teacher_line_is_the_teachers_score_on_fresh_patches(tmp
                                           'sha256': file_sha256(tmp_path / 'teacher.pth')}]}
     label, value = make_figs.teacher_reference(stored, count=2)
     assert label == 'teacher nafssr-t on 2 fresh --trainset synthetic patches'
+    stored['log'] = [{'epoch': 1, 'psnr_left': 20.0}]
+    assert make_figs.training_phases(stored)[0][0] == 'joint, synthetic, batch ?, lr ?, teacher nafssr-t'
+    assert make_figs.teacher_name(['b.pth', '0.5']) == 'b' and make_figs.teacher_name(['c.pth']) == 'c'
     # the same score computed here directly: left views, the unmatched first columns cropped
     dataset = stereo_dataset(SimpleNamespace(**args, augment=False, channel_shuffle=False))
     dataset.epoch = 10 ** 6

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from models import perceptual
-from models.checkpoint import non_finite_tensors, save_checkpoint
+from models.checkpoint import non_finite_tensors, read_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.health import check_health
 from training.trainsets import ResumableSampler
@@ -193,13 +193,17 @@ def export(model, config: TrainConfig, task, run_dir: Path, epoch: int, teachers
 
 def lineage(config: TrainConfig, limit: int = 20) -> list[dict]:
     """The runs this one started from with --init, oldest first: each one's folder, args and per-epoch log, read
-    from the args.json and log.jsonl beside its checkpoint (a run whose folder is gone ends the chain). An exported
-    checkpoint carries them, so its whole training history (e.g. a joint run after a matching warm-up) can be drawn
-    and repeated."""
+    from the args.json and log.jsonl beside its checkpoint; an --init that is itself an exported checkpoint (e.g. the
+    committed demo one, whose run folder is gone) gives its own args and log and the lineage it carries. The chain
+    ends at a file with neither (an authors' release). An exported checkpoint carries them, so its whole training
+    history (e.g. a joint run after a matching warm-up) can be drawn and repeated."""
     chain, init, seen = [], config.init, set()
     while init is not None and len(chain) < limit:
         folder = Path(init).parent
-        if folder.resolve() in seen or not (folder / 'args.json').is_file():
+        if folder.resolve() in seen:
+            break
+        if not (folder / 'args.json').is_file():
+            chain.extend(reversed(exported_history(init)))
             break
         seen.add(folder.resolve())
         try:
@@ -212,3 +216,17 @@ def lineage(config: TrainConfig, limit: int = 20) -> list[dict]:
         chain.append({'run': str(folder), 'checkpoint': str(init), 'args': stored, 'log': rows})
         init = stored.get('init')
     return chain[::-1]
+
+
+def exported_history(path: str | os.PathLike) -> list[dict]:
+    """The runs behind an exported checkpoint (`export`), oldest first: the lineage it carries, then its own run
+    (args and per-epoch log). [] for a file without them (an authors' release, a bare state_dict) or unreadable."""
+    try:
+        _, stored = read_checkpoint(path)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(stored.get('args'), dict) or not isinstance(stored.get('log'), list):
+        return []
+    own = {'run': stored['args'].get('checkpoint_dir'), 'checkpoint': str(path), 'args': stored['args'],
+           'log': stored['log']}
+    return [*stored.get('lineage', []), own]
