@@ -307,11 +307,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if int(os.environ.get('RANK', 0)) == 0 else logging.WARNING,
                         format='%(message)s')
     args = build_parser(__doc__).parse_args(argv)
+    if args.export_only and (args.resume is None or args.export is None):
+        raise UsageError('--export_only writes the --export FILE of the --resume run: give both')
     missing = resolve_weight_names(args)                  # release names of --init and --teacher -> files
     config, checkpoint = resolve_config(args)             # recipe < checkpoint < flags
     check_weight_files(config, missing)                   # every missing weight file at once, before any work
     run = setup(config, checkpoint, exporting=args.export is not None)
     try:
+        if args.export_only:        # the weights as last saved, its log rows so far; no step taken
+            export(run.model, config, run.task, run.run_dir, checkpoint['epoch'], run.teachers)
+            log.info(f'weights-only checkpoint of {config.resume} as it is ({checkpoint["epoch"]} epoch(s) and '
+                     f'{checkpoint.get("iteration", 0)} iteration(s) done): {config.export}')
+            return 0
         return run_epochs(run)
     finally:
         if run.lock is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pytest
 import torch
@@ -55,3 +56,25 @@ def test_interrupt_at_any_step_resumes_to_the_same_weights_and_logs(straight, tm
     rows, reference = check_logs(run), check_logs(straight)
     for row, ref in zip(rows, reference):
         assert row['loss_total'] == pytest.approx(ref['loss_total'], rel=1e-6)
+
+
+def test_export_only_writes_an_interrupted_run_as_it_is(tmp_path, caplog):
+    """--resume RUN --export FILE --export_only: the weights last saved, the log so far, and no step taken."""
+    from models.checkpoint import read_checkpoint
+    caplog.set_level(logging.INFO)
+    run = tmp_path / 'cut'
+    assert train.main(TINY + ['--checkpoint_dir', str(run), '--stop_after', '3']) == INTERRUPTED
+    saved = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)
+    log_before = (run / 'log.jsonl').read_text()
+    assert train.main(['--resume', str(run / 'last.pth'), '--export', str(tmp_path / 'now.pth'), '--export_only',
+                       '--num_workers', '0']) == 0
+    assert 'as it is (1 epoch(s) and 1 iteration(s) done)' in caplog.text
+    state_dict, stored = read_checkpoint(tmp_path / 'now.pth')
+    assert stored['epoch'] == 1 and [r['epoch'] for r in stored['log']] == [1] and 'optimizer' not in stored
+    for key, value in saved['state_dict'].items():
+        assert torch.equal(value, state_dict[key]), key
+    after = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)
+    assert (after['epoch'], after['iteration']) == (saved['epoch'], saved['iteration'])   # nothing trained
+    assert (run / 'log.jsonl').read_text() == log_before
+    with pytest.raises(train.UsageError, match='--export_only writes the --export FILE of the --resume run'):
+        train.main(TINY + ['--export', str(tmp_path / 'x.pth'), '--export_only'])

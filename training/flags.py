@@ -291,6 +291,9 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                        help='at the end, also write a weights-only checkpoint (state_dict, args, epoch; no optimiser '
                             'state) to this path, e.g. for sharing. Runs not trained on real --trainset patches are '
                             'labelled demo checkpoints in it')
+    group.add_argument('--export_only', action='store_true',
+                       help='with --resume and --export: write the weights-only file from the run as it was last saved '
+                            '(an unfinished or interrupted run included) and exit without training')
     group.add_argument('--stop_after', type=int, default=0, help=argparse.SUPPRESS)  # tests: act as Ctrl-C
     group = parser.add_argument_group('runtime')
     add_device_args(parser)
