@@ -171,15 +171,16 @@ def training_figure(checkpoint: Path, path: Path) -> bool:
         print(f'{checkpoint} holds no training log (exported before train.py stored it): no training figure')
         return False
     plt = pyplot()
-    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(12, 4.5 + 0.18 * len(phases)))
     ax_epe = None
     colours, offset = {}, 0
     for k, (label, rows) in enumerate(phases):
         steps = offset + np.cumsum([r.get('iterations', 0) for r in rows])
         for ax in (ax_loss, ax_psnr):
             ax.axvspan(offset, steps[-1], color=('tab:grey' if k % 2 else 'white'), alpha=0.12, lw=0)
-        ax_loss.text(offset, 1.01, f' {k + 1}: {label}', transform=ax_loss.get_xaxis_transform(), fontsize=6,
-                     rotation=12, va='bottom')
+        for ax in (ax_loss, ax_psnr):       # the run's number over its span; its label in the list below the plots
+            ax.text((offset + steps[-1]) / 2, 1.01, str(k + 1), transform=ax.get_xaxis_transform(), fontsize=8,
+                    ha='center', va='bottom')
         for key in [key for key in rows[0] if key.startswith('loss_')]:
             values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
             if not np.nanmax(values) > 0:
@@ -214,7 +215,9 @@ def training_figure(checkpoint: Path, path: Path) -> bool:
     args = stored.get('args', {})
     fig.suptitle(f"demo checkpoint: {args.get('model', '?')} x{args.get('scale_factor', '?')}, --trainset "
                  f"{args.get('trainset', '?')}, {int(offset)} logged steps in {len(phases)} run(s)", y=0.99)
-    fig.tight_layout()
+    runs = '\n'.join(f'{k + 1}: {label}' for k, (label, _) in enumerate(phases))
+    fig.text(0.01, 0.01, runs, fontsize=7, va='bottom', ha='left', family='monospace')
+    fig.tight_layout(rect=(0, 0.035 * len(phases) + 0.01, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
