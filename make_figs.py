@@ -34,6 +34,7 @@ from data.readers import read_image_uint8
 from models import model_entry
 from models.imresize import imresize, modcrop
 from models.releases import RELEASES
+from training.objectives import teacher_records
 from utils import run_script
 from weights import WeightsNotFoundError, default_folders, resolve_weights
 
@@ -106,21 +107,10 @@ def training_phases(stored: dict) -> list[tuple[str, list[dict]]]:
         if args.get('disp_supervision'):
             label += f", disp_supervision {args['disp_supervision']}"
         if args.get('teacher'):
-            label += ', teacher ' + ' + '.join(teacher_name(t) for t in args['teacher'])
+            label += ', teacher ' + ' + '.join(r['model'] or Path(r['path']).stem for r in teacher_records(args))
         if run['log']:
             phases.append((label, run['log']))
     return phases
-
-
-def teacher_name(teacher: list[str]) -> str:
-    """A --teacher CHECKPOINT [MODEL] [W] entry as a figure writes it: its network when given, else the file's stem."""
-    def is_weight(value: str) -> bool:
-        try:
-            float(value)
-        except ValueError:
-            return False
-        return True
-    return next((str(v) for v in teacher[1:] if not is_weight(str(v))), Path(teacher[0]).stem)
 
 
 def teacher_reference(stored: dict, count: int = 32) -> tuple[str, float] | None:

@@ -87,10 +87,11 @@ def vgg_weights(config: TrainConfig, arch: str, flag: str):
                                    f'{flag} (ImageNet {arch.upper()})', config.download_weights)
 
 
-def teacher_records(config: TrainConfig) -> list[dict]:
-    """--teacher CHECKPOINT [MODEL] [W] items -> [{'path', 'model' (None: the checkpoint's own), 'weight'}]."""
+def teacher_records(config: TrainConfig | dict) -> list[dict]:
+    """--teacher CHECKPOINT [MODEL] [W] items of a config (or of a run's stored args) -> [{'path', 'model' (None: the
+    checkpoint's own), 'weight'}]."""
     records = []
-    for item in config.teacher:
+    for item in (config.get('teacher') if isinstance(config, dict) else config.teacher) or []:
         record = {'path': item[0], 'model': None, 'weight': 1.0}
         for token in item[1:]:
             if token in REGISTRY:
