@@ -47,8 +47,8 @@ from models.checkpoint import (checkpoint_model_name, describe_checkpoint, load_
                                results_name)
 from models.imresize import modcrop
 from models.precision import autocast
-from utils import (UsageError, add_device_args, add_precision_args, check_output_file, print_report, resolve_device,
-                   resolve_precision, run_script)
+from utils import (UsageError, add_device_args, add_precision_args, check_output_file, print_report, raise_missing,
+                   resolve_device, resolve_precision, run_script)
 
 log = logging.getLogger('test_disp')
 OFFICIAL_CHECKPOINT = Path('checkpoints/SSRDEF_4xSR_epoch80.pth.tar')
@@ -317,8 +317,7 @@ def main(argv=None) -> dict:
         f'--checkpoint PATH (e.g. checkpoints/ssrdefnet_demo_x4.pth)']
     if args.upsampler is not None and not args.upsampler.is_file():
         missing.append(f'--upsampler {args.upsampler} not found')
-    if missing:     # every missing weight file at once
-        raise FileNotFoundError('; '.join(missing))
+    raise_missing(missing)      # every missing weight file at once
     model, meta = load_model(checkpoint, scale, device, args.model, vars(args))
     run_name = args.run_name or results_name(checkpoint, meta, scale)
     if model_entry(model.zoo_name).modality == 'disparity_map':

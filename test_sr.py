@@ -41,7 +41,7 @@ from models.registry import modality_error
 from models.checkpoint import describe_checkpoint, infer_scale_factor, load_model, read_checkpoint, results_name
 from models.imresize import imresize
 from utils import (UsageError, add_device_args, add_precision_args, check_output_file, positive_int, print_report,
-                   resolve_device, resolve_precision, run_script)
+                   raise_missing, resolve_device, resolve_precision, run_script)
 from weights import resolve_checkpoint
 
 log = logging.getLogger('test_sr')
@@ -229,28 +229,14 @@ def check_weight_files(args, scale: int | None):
                                           args.download_weights)
         except FileNotFoundError as err:
             missing.append(f'--checkpoint: {err}')
-    if args.lpips and args.lpips_weights != perceptual.RANDOM:
-        if perceptual.installed_lpips_heads() is None:
-            files = [(perceptual.LPIPS_HEADS_FILE, 'LPIPS v0.1 (its linear heads)', False)]
-        else:
-            files = []
-        files.append((perceptual.WEIGHT_FILES['alexnet'], 'LPIPS (its AlexNet trunk)', args.download_weights))
-        for name, what, download in files:
-            if download:                    # fetched later, by build_lpips
-                continue
-            try:
-                perceptual.find_weights(name, args.lpips_weights, '--lpips_weights', what)
-            except perceptual.MissingWeightsError as err:
-                missing.append(f'--lpips: {err}')
+    if args.lpips:
+        missing += [f'--lpips: {m}' for m in perceptual.missing_lpips_files(args.lpips_weights, '--lpips_weights',
+                                                                           args.download_weights)]
     if args.stereo_consistency and args.disparity_net not in (None, 'block_matching') \
             and not Path(args.disparity_net).is_file():
         missing.append(f'--disparity_net: {args.disparity_net} is not a file (a checkpoint of a network that estimates '
                        f'disparity, or block_matching)')
-    if len(missing) == 1:
-        raise FileNotFoundError(missing[0])
-    if missing:
-        raise FileNotFoundError(f'{len(missing)} files are missing: '
-                                + ' | '.join(f'({k + 1}) {m}' for k, m in enumerate(missing)))
+    raise_missing(missing)
     return resolved
 
 

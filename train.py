@@ -42,7 +42,7 @@ from training.objectives import attach_teacher_cache, build_criterion, load_teac
 from training.state import INTERRUPTED, Interrupt, Run, RunLock, export
 from training.tasks import check_validation_data, task_for
 from training.trainsets import ResumableSampler, crop_shape
-from utils import UsageError, check_creatable, resolve_device, run_script, seed_everything
+from utils import UsageError, check_creatable, raise_missing, resolve_device, run_script, seed_everything
 from weights import resolve_checkpoint
 
 log = logging.getLogger('train')
@@ -249,11 +249,7 @@ def check_weight_files(config: TrainConfig, missing: list[str]) -> None:
                                         f'--{name} (ImageNet {arch.upper()})', config.download_weights)
             except FileNotFoundError as err:
                 missing.append(str(err))
-    if len(missing) == 1:
-        raise FileNotFoundError(missing[0])
-    if missing:
-        raise FileNotFoundError(f'{len(missing)} weight files are missing or unreadable: '
-                                + ' | '.join(f'({k + 1}) {m}' for k, m in enumerate(missing)))
+    raise_missing(missing, 'weight files are missing or unreadable')
     for path, teacher in kinds.items():
         if teacher.modality != student.modality:
             raise UsageError(f'--teacher {path} is {teacher.name}, a {teacher.modality.replace("_", "-")} network: '

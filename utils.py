@@ -154,6 +154,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def raise_missing(missing: list[str], what: str = 'files are missing') -> None:
+    """A start-up check's ending: every missing file it found named in one FileNotFoundError (a message of its own
+    for one, numbered for several: '<n> <what>: (1) ... | (2) ...'), so that no run finds them one at a time."""
+    if len(missing) == 1:
+        raise FileNotFoundError(missing[0])
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} {what}: '
+                                + ' | '.join(f'({k + 1}) {m}' for k, m in enumerate(missing)))
+
+
 def check_creatable(folder: Path, flag: str) -> None:
     """At start-up, without making anything (a run stopped by a later check leaves no empty folder behind): `folder`
     exists as a folder, or its nearest existing ancestor is a folder this process may write into. OSError naming

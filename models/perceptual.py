@@ -46,6 +46,7 @@ TORCHVISION_URL = 'https://download.pytorch.org/models/'
 # The LPIPS v0.1 linear heads of the AlexNet trunk: lpips package (PyPI lpips 0.1.4) file weights/v0.1/alex.pth,
 # keys lin{k}.model.1.weight of shape (1, C_k, 1, 1).
 LPIPS_HEADS_FILE = 'alex.pth'
+LPIPS_HEADS_WHAT, LPIPS_TRUNK_WHAT = 'LPIPS v0.1 (its linear heads)', 'LPIPS (its AlexNet trunk)'   # in messages
 DEFAULT_WEIGHTS_DIR = Path('checkpoints/pretrained')
 RANDOM = 'random'          # weights value: a seeded random network (tests, smoke runs; numbers mean nothing)
 RANDOM_SEED = 0            # the same random network in every process and after a resume
@@ -381,8 +382,7 @@ def build_lpips(location: str | Path | None, flag: str = '--lpips_weights', down
     a description for reports)."""
     heads = None
     try:
-        heads = find_weights(LPIPS_HEADS_FILE, location if location != RANDOM else None, flag,
-                             'LPIPS v0.1 (its linear heads)')
+        heads = find_weights(LPIPS_HEADS_FILE, location if location != RANDOM else None, flag, LPIPS_HEADS_WHAT)
     except MissingWeightsError:
         heads = installed_lpips_heads()
         if heads is None and location != RANDOM:
@@ -391,8 +391,26 @@ def build_lpips(location: str | Path | None, flag: str = '--lpips_weights', down
         return LPIPS(RANDOM, heads), (f'LPIPS v0.1 with a RANDOM AlexNet trunk (seed {RANDOM_SEED}) and '
                                       f'{"the v0.1 heads " + str(heads) if heads else "unit heads"}: NOT the metric, '
                                       f'numbers for smoke tests only')
-    backbone = find_weights(WEIGHT_FILES['alexnet'], location, flag, 'LPIPS (its AlexNet trunk)', download)
+    backbone = find_weights(WEIGHT_FILES['alexnet'], location, flag, LPIPS_TRUNK_WHAT, download)
     return LPIPS(backbone, heads), f'LPIPS v0.1, AlexNet ({backbone}), heads {heads}'
+
+
+def missing_lpips_files(location: str | Path | None, flag: str = '--lpips_weights',
+                        download: bool = False) -> list[str]:
+    """The message of every file `build_lpips(location, flag, download)` would stop on (it stops at the first), for a
+    script that names all its missing files at once: the v0.1 heads unless the installed lpips package has them,
+    the AlexNet trunk unless `download` will fetch it. [] for RANDOM."""
+    if location == RANDOM:
+        return []
+    lookups = [] if installed_lpips_heads() is not None else [(LPIPS_HEADS_FILE, LPIPS_HEADS_WHAT)]
+    lookups += [] if download else [(WEIGHT_FILES['alexnet'], LPIPS_TRUNK_WHAT)]
+    missing = []
+    for name, what in lookups:
+        try:
+            find_weights(name, location, flag, what)
+        except MissingWeightsError as err:
+            missing.append(str(err))
+    return missing
 
 
 def installed_lpips_heads() -> Path | None:

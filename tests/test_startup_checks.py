@@ -184,6 +184,12 @@ def test_test_sr_names_a_missing_checkpoint_lpips_files_and_disparity_net_togeth
     assert code == 1 and len(error_lines(err)) == 1 and 'error: 4 files are missing' in err, err
     for name in ('net.pth', 'alex.pth', 'alexnet-owt-7be5be79.pth', 'disp.pth'):
         assert name in err, name
+    # the lpips package's own heads, or a trunk --download_weights will fetch, are not missing
+    monkeypatch.setattr(perceptual, 'installed_lpips_heads', lambda: tmp_path / 'alex.pth')
+    left = perceptual.missing_lpips_files(tmp_path / 'lpips')
+    assert len(left) == 1 and 'alexnet-owt-7be5be79.pth' in left[0]
+    assert perceptual.missing_lpips_files(tmp_path / 'lpips', download=True) == []
+    assert perceptual.missing_lpips_files(perceptual.RANDOM) == []
     # one missing file: its own message, as before
     code, err = outcome(test_sr.main, ['--checkpoint', str(tmp_path / 'net.pth'), '--datasets', 'sample'], capsys)
     assert code == 1 and f'--checkpoint: checkpoint {tmp_path / "net.pth"} not found' in err, err
