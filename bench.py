@@ -57,7 +57,7 @@ import torch
 from models import MODEL_NAMES, build_model, model_entry
 from models.precision import PRECISIONS, autocast, has_bf16, precision_error
 from models.registry import REGISTRY, modality_error, option_values
-from utils import UsageError, check_output_file, non_negative_float, positive_int, run_script
+from utils import UsageError, check_output_file, non_negative_float, positive_int, run_script, write_json
 
 ROOT = Path(__file__).resolve().parent
 # Cases: (kind, scale, batch, LR height, LR width). KITTI: 375x1242 pairs -> LR 94x311 at x4 (x2 needs even sizes).
@@ -620,9 +620,8 @@ def main(argv=None) -> list[dict]:
             lines[-1] += f" {r['bf16_speedup']:.2f}x |" if 'bf16_speedup' in r else ' |'
     print('\n'.join(lines))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({'model': args.model, 'device': name, 'torch': torch.__version__,
-                                         'calibration': calibration, 'rows': rows}, indent=2))
+        write_json(args.json, {'model': args.model, 'device': name, 'torch': torch.__version__,
+                               'calibration': calibration, 'rows': rows})
     return rows
 
 
@@ -651,9 +650,8 @@ def count_cases(args, cases: list, variants: list[str]) -> list[dict]:
                                                          f"{r['params_m']:.3f} | {r['gflop']:.1f} |"))
     print('\n'.join(lines))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({'model': args.model, 'device': device_peak(args.device)[0],
-                                         'torch': torch.__version__, 'rows': rows}, indent=2))
+        write_json(args.json, {'model': args.model, 'device': device_peak(args.device)[0], 'torch': torch.__version__,
+                               'rows': rows})
     return rows
 
 

@@ -24,7 +24,6 @@ mean |D_SR - D_HR| (HR px) with a disparity estimator (--disparity_net); both on
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -292,10 +291,7 @@ def evaluate_image_folders(args, model, device, weights: str) -> dict:
     lines = ['', f'# Single-image SR x{scale}: {args.model}', f'weights: {weights}', f'protocol: {protocol}', '',
              '| Folder | images | PSNR | SSIM |', '|---|---|---|---|']
     lines += [f"| {n} | {r['num_images']} | {r['psnr']:.4f} | {r['ssim']:.4f} |" for n, r in results.items()]
-    print('\n'.join(lines))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    print_report(lines, results, args.json)
     return results
 
 

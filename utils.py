@@ -208,6 +208,12 @@ def print_report(lines: list[str], results: dict, json_path: Path | None) -> Non
     folder made) when one is given, saying where."""
     print('\n'.join(lines))
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=2))
+        write_json(json_path, results)
         print(f'JSON: {json_path}')
+
+
+def write_json(path: Path, data) -> None:
+    """`data` as indented JSON at `path`, its folder made (a --json file checked at start-up by check_output_file,
+    which makes nothing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
