@@ -166,9 +166,8 @@ def training_figure(checkpoint: Path, path: Path) -> bool:
     colours, offset = {}, 0
     for k, (label, rows) in enumerate(phases):
         steps = offset + np.cumsum([r.get('iterations', 0) for r in rows])
-        for ax in (ax_loss, ax_psnr):
+        for ax in (ax_loss, ax_psnr):       # the run's span and its number; its label in the list below the plots
             ax.axvspan(offset, steps[-1], color=('tab:grey' if k % 2 else 'white'), alpha=0.12, lw=0)
-        for ax in (ax_loss, ax_psnr):       # the run's number over its span; its label in the list below the plots
             ax.text((offset + steps[-1]) / 2, 1.01, str(k + 1), transform=ax.get_xaxis_transform(), fontsize=8,
                     ha='center', va='bottom')
         for key in [key for key in rows[0] if key.startswith('loss_')]:
