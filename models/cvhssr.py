@@ -17,8 +17,8 @@ checkpoints load strictly; tests/test_cvhssr_parity.py checks equality with the 
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from models import kernels
 from models.kernels import DilatedDepthwiseConv2d, activation_format
-from models.nafssr import (CHANNEL_ORDERS, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, DropPath, LayerNorm2d, TLCPool,
-                           release_options, simple_gate)  # release_options: BasicSR {'params'} files are BGR
-from models.outputs import StereoSROutput, validate_pair
-from models.registry import ModelEntry, Option, Recipe, register_model
+from models.nafssr import (NAFSSR, OPTIONS, LayerNorm2d, NAFSSRConfig, TLCPool, builder, release_options,
+                           simple_gate)  # release_options: BasicSR {'params'} files are BGR
+from models.outputs import StereoSROutput
+from models.registry import ModelEntry, Recipe, register_model
 from models.stereo_losses import Objective
 
 # CHIMB expansions (official DW_Expand = FFN_Expand = 2, CVHSSR_arch.py 532): both branches run at 2c channels and
@@ -46,33 +46,12 @@ VARIANTS = {
 
 
 @dataclass
-class CVHSSRConfig:
-    """Hyperparameters of CVHSSR; defaults are CVHSSR-T's (the official test configs)."""
+class CVHSSRConfig(NAFSSRConfig):
+    """Hyperparameters of CVHSSR: NAFSSR's fields (width, blocks, drop-path, TLC window from the official 30x90
+    training patches, channel order), its own variants; defaults are CVHSSR-T's (the official test configs), which
+    equal NAFSSR-T's. The authors' pipeline feeds BGR here too (paired_image_SR_LR_dataset.py 322-324)."""
 
-    scale_factor: int = 4
-    width: int = 48
-    num_blocks: int = 16
-    # Probability of skipping a whole stereo block in training (the same rate for every block).
-    drop_path: float = 0.0
-    # Test-time local converter: the channel attention pools local windows of TLC_WINDOW_RATIO x train_size.
-    # False pools globally (the CVHSR base class, before conversion).
-    tlc: bool = True
-    # LR training patch (H, W) that fixes the TLC window (official train_size=(1, 6, 30, 90) in every yml).
-    train_size: tuple[int, int] = TRAIN_LR_SIZE
-    # Colour order the weights expect: the authors' pipeline feeds BGR (official basicsr/utils/img_util.py:29 swaps
-    # only 3-channel arrays, and paired_image_SR_LR_dataset.py 322-324 passes the 6-channel stereo stack); forward
-    # always takes RGB.
-    channel_order: str = 'rgb'
-
-    @classmethod
-    def variant(cls, name: str, scale_factor: int = 4, **overrides) -> 'CVHSSRConfig':
-        """The config of CVHSSR-{T,S} (name 't' or 's'); `overrides` replace its fields."""
-        return cls(scale_factor=scale_factor, **{**VARIANTS[name], **overrides})
-
-    @property
-    def tlc_window(self) -> tuple[int, int]:
-        """(45, 135) for the official 30x90 patches: int(1.5 * train size), fixed once (CVHSSR_arch.py 674-675)."""
-        return int(self.train_size[0] * TLC_WINDOW_RATIO), int(self.train_size[1] * TLC_WINDOW_RATIO)
+    variants: ClassVar[dict[str, dict]] = VARIANTS
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,42 +175,18 @@ class StereoBlock(nn.Module):
         return self.fusion(self.blk(x))
 
 
-class CVHSSR(nn.Module):
-    """CVHSSR for one scale: LR pair (B, 3, H, W) RGB in [0, 1], any size -> StereoSROutput with sr_left, sr_right
-    (B, 3, sH, sW), not clamped. model.train() / model.eval() switch drop-path."""
+class CVHSSR(NAFSSR):
+    """CVHSSR for one scale: NAFSSR's layout (intro conv, stereo blocks behind drop-path, PixelShuffle upsampler,
+    bilinear skip) with CHIMB + CVIM stereo blocks. LR pair (B, 3, H, W) RGB in [0, 1], any size -> StereoSROutput
+    with sr_left, sr_right (B, 3, sH, sW), not clamped. model.train() / model.eval() switch drop-path."""
 
-    def __init__(self, config: CVHSSRConfig | None = None):
-        super().__init__()
-        config = config or CVHSSRConfig()
-        if config.channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {config.channel_order!r}")
-        if not 0 <= config.drop_path < 1:
-            raise ValueError(f"drop_path must be in [0, 1), got {config.drop_path}")
-        self.config = config
-        self.scale = config.scale_factor
-        self.min_input_size = (1, 1)
-        self.input_multiple = 1
-        c, window = config.width, config.tlc_window
-        # One intro conv and one upsampler serve both views.
-        self.intro = nn.Conv2d(3, c, 3, padding=1)
-        self.body = nn.Sequential(*(DropPath(config.drop_path, StereoBlock(c, window, config.tlc))
-                                    for _ in range(config.num_blocks)))
-        self.up = nn.Sequential(nn.Conv2d(c, 3 * self.scale ** 2, 3, padding=1), nn.PixelShuffle(self.scale))
+    config_class = CVHSSRConfig
+    stereo_block = StereoBlock
 
-    def forward(self, left: Tensor, right: Tensor) -> StereoSROutput:
-        validate_pair(left, right)
-        x = torch.cat([left, right])                                             # 2B, 3, H, W
-        if self.config.channel_order == 'bgr':
-            x = x.flip(1)
-        skip = F.interpolate(x, scale_factor=self.scale, mode='bilinear', align_corners=False)  # 2B, 3, sH, sW
-        # CPU evaluation and GPUs run the body channels-last (`activation_format`), as NAFSSR's, which LKA's dilated
-        # 7x7 needs for its fast form (`DilatedDepthwiseConv2d`). NCHW in CPU training and under `plain_forms`.
-        features = self.body(self.intro(x.contiguous(memory_format=activation_format(x, self))))  # 2B, c, H, W
-        sr = self.up(features) + skip                                            # 2B, 3, sH, sW
-        if self.config.channel_order == 'bgr':
-            sr = sr.flip(1)
-        sr_left, sr_right = sr.contiguous().chunk(2)
-        return StereoSROutput(sr_left, sr_right)
+    def body_format(self, x: Tensor) -> torch.memory_format:
+        """Channels-last in CPU evaluation and on GPUs (`activation_format`), which LKA's dilated 7x7 needs for its
+        fast form (`DilatedDepthwiseConv2d`); NCHW in CPU training and under `plain_forms`."""
+        return activation_format(x, self)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,32 +220,6 @@ class CVHSSRLoss(Objective):
 # ---------------------------------------------------------------------------------------------------------------
 # The zoo's entries: cvhssr-t, cvhssr-s
 
-OPTIONS = (
-    Option('tlc', dict(
-        action=argparse.BooleanOptionalAction, default=True,
-        help='CVHSSR: test-time local converter: the channel attention pools local 45x135 windows (1.5x the '
-             'training patch) instead of the whole map, as the official test configs do (x2 and x4)')),
-    Option('drop_path', dict(
-        type=float, default=None,
-        help="CVHSSR: drop-path rate of every stereo block in training (default: the variant's, T 0.0, S 0.1)")),
-    Option('channel_order', dict(
-        choices=CHANNEL_ORDERS, default='rgb',
-        help="CVHSSR: colour order the weights expect; the network always takes RGB and reorders inside. The "
-             "authors' released weights expect 'bgr' (their pipeline feeds BGR; set automatically for their "
-             "{'params': ...} files); a project checkpoint records its own"),
-        of_weights=True),
-)
-
-
-def builder(variant: str):
-    def build(scale_factor: int = 4, tlc: bool = True, drop_path: float | None = None,
-              channel_order: str = 'rgb') -> CVHSSR:
-        overrides = {} if drop_path is None else {'drop_path': drop_path}
-        return CVHSSR(CVHSSRConfig.variant(variant, scale_factor, tlc=tlc, channel_order=channel_order,
-                                           **overrides))
-    return build
-
-
 # The one published recipe (options/train/CVHSSR_Sx4.yml, a fine-tuning stage) trains with Lion (lr 1e-4, betas
 # (0.9, 0.9), wd 0; image_restoration_model.py 428-489). train.py offers Adam and AdamW only, so the recipe keeps
 # Lion's numbers under AdamW, the closest optimiser it offers (not the same update rule: Lion steps by the sign).
@@ -302,7 +231,7 @@ RECIPE = Recipe(source='official options/train/CVHSSR_Sx4.yml (Lion optimiser th
 for _variant in VARIANTS:
     register_model(ModelEntry(
         name=f'cvhssr-{_variant}',
-        build=builder(_variant),
+        build=builder(CVHSSR, _variant),
         criterion=CVHSSRLoss,
         recipe=RECIPE,
         scales=(2, 4),

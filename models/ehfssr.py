@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.nafssr import LayerNorm2d, release_options  # release_options: BasicSR {'params'} files are BGR
+from models.nafssr import (CHANNEL_ORDER_OPTION, LayerNorm2d,
+                           release_options)  # release_options: BasicSR {'params'} files are BGR
 from models.outputs import StereoSROutput, validate_pair
-from models.registry import ModelEntry, Option, Recipe, register_model
+from models.registry import ModelEntry, Recipe, register_model
 from models.stereo_losses import Objective
 
 # The cross-view attention lets a left pixel at column x attend to right columns x - MAX_DISPARITY .. x
@@ -461,14 +462,7 @@ class EHFSSRLoss(Objective):
 # ---------------------------------------------------------------------------------------------------------------
 # The zoo's entries: ehfssr-s, ehfssr
 
-OPTIONS = (
-    Option('channel_order', dict(
-        choices=CHANNEL_ORDERS, default='rgb',
-        help="EHFSSR: colour order the weights expect; the network always takes RGB and reorders inside. The "
-             "authors' released weights expect 'bgr' (their test pipeline feeds BGR; set automatically for their "
-             "{'params': ...} files); a project checkpoint records its own"),
-        of_weights=True),
-)
+OPTIONS = (CHANNEL_ORDER_OPTION,)   # NAFSSR's family's: one help text for all the networks that take it
 
 
 def builder(variant: str):

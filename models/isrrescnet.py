@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.imresize import resize_contributions
 from models.outputs import Pair, StereoSROutput, validate_pair
-from models.registry import ModelEntry, Option, Recipe, register_model
+from models.registry import GRAD_CHECKPOINT_OPTION, ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
 
 SCALES = (2, 4)                     # the scales; the authors released x4 weights only
@@ -473,9 +473,7 @@ register_model(ModelEntry(
             type=int, default=0,
             help='ISRResCNet evaluation: run the denoiser on bands of this many HR rows (with a halo of its '
                  '44-pixel receptive radius: the same result as the whole image, less memory); 0 = whole image')),
-        Option('grad_checkpoint', dict(
-            action='store_true',
-            help='training: recompute activations in the backward pass instead of storing them')),
+        GRAD_CHECKPOINT_OPTION,
     ),
     memory_options={'isrrescnet_band': 256},
     description='unrolled proximal-gradient SR with a shared residual feedback denoiser, per view',

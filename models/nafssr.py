@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,10 @@ VARIANTS = {
 
 @dataclass
 class NAFSSRConfig:
-    """Hyperparameters of NAFSSR; defaults are NAFSSR-T's (the official configs)."""
+    """Hyperparameters of NAFSSR; defaults are NAFSSR-T's (the official configs). Networks of NAFSSR's layout with
+    other blocks (models/cvhssr.py) subclass it with their own `variants`."""
 
+    variants: ClassVar[dict[str, dict]] = VARIANTS
     scale_factor: int = 4
     width: int = 48
     num_blocks: int = 16
@@ -66,8 +69,8 @@ class NAFSSRConfig:
 
     @classmethod
     def variant(cls, name: str, scale_factor: int = 4, **overrides) -> 'NAFSSRConfig':
-        """The config of NAFSSR-{T,S,B,L} (name 't', 's', 'b' or 'l'); `overrides` replace its fields."""
-        return cls(scale_factor=scale_factor, **{**VARIANTS[name], **overrides})
+        """The config of a named variant (NAFSSR: 't', 's', 'b' or 'l'); `overrides` replace its fields."""
+        return cls(scale_factor=scale_factor, **{**cls.variants[name], **overrides})
 
     @property
     def tlc_window(self) -> tuple[int, int]:
@@ -257,11 +260,19 @@ class DropPath(nn.Module):
 
 class NAFSSR(nn.Module):
     """NAFSSR for one scale: LR pair (B, 3, H, W) RGB in [0, 1], any size -> StereoSROutput with sr_left, sr_right
-    (B, 3, sH, sW), not clamped. model.train() / model.eval() switch drop-path."""
+    (B, 3, sH, sW), not clamped. model.train() / model.eval() switch drop-path.
+
+    The layout (intro conv, stereo blocks behind drop-path, PixelShuffle upsampler, bilinear skip, BGR handling) is
+    shared by the networks built on NAFSSR: a subclass names its own `config_class` and `stereo_block` (a module
+    (c, window, tlc) on [left; right] maps), and may choose another `body_format`.
+    """
+
+    config_class: ClassVar[type] = NAFSSRConfig
+    stereo_block: ClassVar[type[nn.Module]] = StereoBlock
 
     def __init__(self, config: NAFSSRConfig | None = None):
         super().__init__()
-        config = config or NAFSSRConfig()
+        config = config or self.config_class()
         if config.channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {config.channel_order!r}")
         if not 0 <= config.drop_path < 1:
@@ -273,9 +284,14 @@ class NAFSSR(nn.Module):
         c, window = config.width, config.tlc_window
         # One intro conv and one upsampler serve both views.
         self.intro = nn.Conv2d(3, c, 3, padding=1)
-        self.body = nn.Sequential(*(DropPath(config.drop_path, StereoBlock(c, window, config.tlc))
+        self.body = nn.Sequential(*(DropPath(config.drop_path, self.stereo_block(c, window, config.tlc))
                                     for _ in range(config.num_blocks)))
         self.up = nn.Sequential(nn.Conv2d(c, 3 * self.scale ** 2, 3, padding=1), nn.PixelShuffle(self.scale))
+
+    def body_format(self, x: Tensor) -> torch.memory_format:
+        """Memory format the body runs in. NAFSSR: always channels-last, where its 1x1 convs are plain matrix
+        products and its LayerNorms and SCAM's attention read the channels of a pixel contiguously."""
+        return torch.channels_last
 
     def forward(self, left: Tensor, right: Tensor) -> StereoSROutput:
         validate_pair(left, right)
@@ -283,9 +299,7 @@ class NAFSSR(nn.Module):
         if self.config.channel_order == 'bgr':
             x = x.flip(1)
         skip = F.interpolate(x, scale_factor=self.scale, mode='bilinear', align_corners=False)  # 2B, 3, sH, sW
-        # The body runs channels-last: its 1x1 convs are then plain matrix products, its LayerNorms and SCAM's
-        # attention read the channels of a pixel contiguously.
-        features = self.body(self.intro(x.contiguous(memory_format=torch.channels_last)))  # 2B, c, H, W
+        features = self.body(self.intro(x.contiguous(memory_format=self.body_format(x))))  # 2B, c, H, W
         sr = self.up(features) + skip                                            # 2B, 3, sH, sW
         if self.config.channel_order == 'bgr':
             sr = sr.flip(1)
@@ -313,22 +327,23 @@ class NAFSSRLoss(Objective):
 # ---------------------------------------------------------------------------------------------------------------
 # The zoo's entries: nafssr-t, nafssr-s, nafssr-b, nafssr-l
 
-OPTIONS = (
-    Option('tlc', dict(
-        action=argparse.BooleanOptionalAction, default=True,
-        help='NAFSSR: test-time local converter: the channel attention pools local 45x135 windows (1.5x the '
-             'training patch) instead of the whole map, as the official test configs do')),
-    Option('drop_path', dict(
-        type=float, default=None,
-        help="NAFSSR: drop-path rate of every stereo block in training (default: the variant's, "
-             "T 0.0, S 0.1, B 0.2, L 0.3)")),
-    Option('channel_order', dict(
-        choices=CHANNEL_ORDERS, default='rgb',
-        help="NAFSSR: colour order the weights expect; the network always takes RGB and reorders inside. The "
-             "authors' released weights expect 'bgr' (their pipeline feeds BGR; set automatically for their "
-             "{'params': ...} files); a project checkpoint records its own"),
-        of_weights=True),
-)
+# The options of NAFSSR's family (NAFSSR, CVHSSR, SCGLANet; EHFSSR's channel order): one definition each, so that
+# `--help`, which shows an option once for all the networks that share it, says what holds for all of them.
+TLC_OPTION = Option('tlc', dict(
+    action=argparse.BooleanOptionalAction, default=True,
+    help='test-time local converter: the channel attention pools local 45x135 windows (1.5x the training patch) '
+         'instead of the whole map, as the official test configs do'))
+DROP_PATH_OPTION = Option('drop_path', dict(
+    type=float, default=None,
+    help="drop-path rate of every stereo block in training (default: the variant's official training config, "
+         "e.g. NAFSSR-T 0.0, S 0.1, B 0.2, L 0.3)"))
+CHANNEL_ORDER_OPTION = Option('channel_order', dict(
+    choices=CHANNEL_ORDERS, default='rgb',
+    help="colour order the weights expect; the network always takes RGB and reorders inside. The authors' "
+         "released weights expect 'bgr' (their BasicSR pipeline feeds BGR; set automatically for their "
+         "{'params': ...} files); a project checkpoint records its own"),
+    of_weights=True)
+OPTIONS = (TLC_OPTION, DROP_PATH_OPTION, CHANNEL_ORDER_OPTION)
 
 
 def release_options(checkpoint: dict) -> dict:
@@ -336,19 +351,20 @@ def release_options(checkpoint: dict) -> dict:
     return {'channel_order': 'bgr'} if isinstance(checkpoint, dict) and 'params' in checkpoint else {}
 
 
-def builder(variant: str):
+def builder(network: type[NAFSSR], variant: str):
+    """The registry's build function of `network`'s (NAFSSR or a subclass) variant `variant` ('t', 's', ...)."""
     def build(scale_factor: int = 4, tlc: bool = True, drop_path: float | None = None,
               channel_order: str = 'rgb') -> NAFSSR:
         overrides = {} if drop_path is None else {'drop_path': drop_path}
-        return NAFSSR(NAFSSRConfig.variant(variant, scale_factor, tlc=tlc, channel_order=channel_order,
-                                           **overrides))
+        return network(network.config_class.variant(variant, scale_factor, tlc=tlc, channel_order=channel_order,
+                                                    **overrides))
     return build
 
 
 for _variant, _iters in (('t', 400_000), ('s', 100_000), ('b', 100_000), ('l', 100_000)):
     register_model(ModelEntry(
         name=f'nafssr-{_variant}',
-        build=builder(_variant),
+        build=builder(NAFSSR, _variant),
         criterion=NAFSSRLoss,
         recipe=Recipe(source=f'official options/train/NAFSSR/NAFSSR-{_variant.upper()}_x{{2,4}}.yml',
                       batch_size=32, optimizer='adamw', lr=3e-3, betas=(0.9, 0.9), weight_decay=0.0,

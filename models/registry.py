@@ -49,6 +49,14 @@ class Option:
     of_weights: bool = False
 
 
+# An option several networks take is one definition, shared: `--help` shows it once for all of them
+# (models.add_model_args), with its definition's help (tests/test_zoo.py checks that shared names share it).
+GRAD_CHECKPOINT_OPTION = Option('grad_checkpoint', dict(
+    action='store_true',
+    help='training: recompute activations in the backward pass instead of storing them (same results, less memory, '
+         'more time; SSRDE-FNet: about half the memory, a third more time)'))
+
+
 # What a network takes and returns, so that scripts branch on the entry's data, never on a name:
 # 'stereo': an LR pair (B, 3, H, W) x 2 -> a StereoOutput (train.py on stereo patches; test_sr.py, demo.py, bench.py);
 # 'disparity_map': one LR disparity map (B, 1, h, w) in LR pixels -> a map output with `.stages` and `.fused` in

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.inference import stereo_flips
-from models.nafssr import SCAM, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, NAFBlock
+from models.nafssr import DROP_PATH_OPTION, SCAM, TLC_OPTION, TLC_WINDOW_RATIO, TRAIN_LR_SIZE, NAFBlock
 from models.outputs import Pair, StereoSROutput, validate_pair
 from models.registry import ModelEntry, Option, Recipe, register_model
 from models.stereo_losses import Objective
@@ -394,11 +394,8 @@ class SCGLANetLoss(Objective):
 # The zoo's entry: scglanet (x4)
 
 OPTIONS = (
-    Option('tlc', dict(
-        action=argparse.BooleanOptionalAction, default=True,
-        help='SCGLANet: test-time local converter: the channel attention pools local 45x135 windows')),
-    Option('drop_path', dict(
-        type=float, default=None, help='SCGLANet: drop-path rate of every stereo block in training (default 0.1)')),
+    TLC_OPTION,     # NAFSSR's family's: one help text for all of it
+    DROP_PATH_OPTION,
     Option('scglanet_self_ensemble', dict(
         action=argparse.BooleanOptionalAction, default=True,
         help="SCGLANet: in evaluation, average the authors' 6-pass stereo self-ensemble (flips with view swap, BGR "

@@ -68,6 +68,18 @@ def test_the_zoo_has_every_network():
         build_model('passrnet', 4)
 
 
+def test_an_option_shared_by_networks_is_defined_once():
+    """`--help` shows an option once for every network that takes it (models.add_model_args), with the first
+    definition's help: networks sharing an option name must share its definition, or the others' help and choices
+    would be silently dropped (CVHSSR's --tlc used to be shown as 'NAFSSR: ...')."""
+    definitions: dict[str, dict] = {}
+    for name in MODEL_NAMES:
+        for option in model_entry(name).options:
+            first = definitions.setdefault(option.name, {'owner': name, 'option': option})
+            assert option == first['option'], f'--{option.name} of {name} differs from {first["owner"]}\'s'
+    assert {'tlc', 'drop_path', 'channel_order'} <= definitions.keys()
+
+
 # Every stereo network of the registry, at its smallest scale: a new network is tested by being registered.
 CONTRACT_CASES = [(name, min(model_entry(name).scales)) for name in STEREO_MODELS]
 

@@ -8,7 +8,7 @@ One file per concept of the paper: `features.py` (matching features), `parallax_
 "official model.py:N", "train.py:N" and "loss.py:N" in these files are lines of the authors' code,
 MIVRC/SSRDEFNet-PyTorch at commit 4d95c17.
 """
-from models.registry import ModelEntry, Option, Recipe, register_model
+from models.registry import GRAD_CHECKPOINT_OPTION, ModelEntry, Option, Recipe, register_model
 from models.ssrdefnet.losses import SSRDEFNetLoss
 from models.ssrdefnet.network import SSRDEFNet, SSRDEFNetConfig
 from models.ssrdefnet.outputs import SSRDEFNetOutput
@@ -31,11 +31,7 @@ register_model(ModelEntry(
             help="SSRDE-FNet: sample the right-view HR cost volume at the right view's own hypotheses instead of "
                  "the left view's (official quirk, kept by default because the released weights use it)"),
             of_weights=True),
-        Option('grad_checkpoint', dict(
-            action='store_true',
-            help='training (SSRDE-FNet, ISRResCNet): recompute activations in the backward pass instead of storing '
-                 'them (same results, less memory, more time; SSRDE-FNet: about half the memory, a third more '
-                 'time)')),
+        GRAD_CHECKPOINT_OPTION,
     ),
     estimates_disparity=True,
     description='recursive stereo SR + HR disparity with HR disparity feedback',
