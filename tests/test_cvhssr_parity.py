@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.cvhssr import CVHSSR, CVHSSRConfig, CVHSSRLoss
+from models.cvhssr import CVHSSR, CVHSSRLoss
 from models.outputs import StereoSROutput
 from tests.conftest import random_pair
 from official.cvhssr import official_cvhssr, official_forward, official_loss, requires_official
+from tests import test_nafssr_parity as nafssr_parity
 from tests.test_cvhssr import motorcycle, released_weights, to_tensor
 from metrics import quantize
 from models.checkpoint import load_model
@@ -26,30 +27,14 @@ pytestmark = [requires_official, pytest.mark.usefixtures('one_thread')]
 FULL = os.environ.get('ZOO_PARITY_FULL') == '1'
 
 
-def paired_models(width: int, num_blocks: int, scale: int, tlc: bool = True, channel_order: str = 'bgr',
-                  dtype: torch.dtype = torch.float64, residual_scale: float = 1.0):
-    """The official model (random init, non-zero random residual scales N(0, residual_scale^2), so the body
-    matters) and ours with its weights, loaded strictly."""
-    torch.manual_seed(0)
-    official = official_cvhssr(width, num_blocks, scale, tlc=tlc)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in official.named_parameters():
-            if name.endswith(('.beta', '.gamma')):
-                p.copy_(residual_scale * torch.randn(p.shape, generator=g))
-    ours = CVHSSR(CVHSSRConfig(scale_factor=scale, width=width, num_blocks=num_blocks, tlc=tlc,
-                               channel_order=channel_order))
-    ours.load_state_dict(official.state_dict(), strict=True)
-    return official.to(dtype), ours.to(dtype)
+def paired_models(*args, **kwargs):
+    """NAFSSR's pairing (official model with random non-zero residual scales, ours with its weights) for CVHSSR."""
+    return nafssr_parity.paired_models(*args, official_build=official_cvhssr, network=CVHSSR, **kwargs)
 
 
-def max_difference(official, ours, size, channel_order: str = 'bgr', dtype=torch.float64, batch: int = 1) -> float:
-    left, right = (v.to(dtype) for v in random_pair(batch, *size, seed=3))
-    to_official = (lambda v: v.flip(1)) if channel_order == 'bgr' else (lambda v: v)
-    with torch.no_grad():
-        expected = official_forward(official, to_official(left), to_official(right))
-        out = ours(left, right)
-    return max((to_official(sr) - e).abs().max().item() for sr, e in zip((out.sr_left, out.sr_right), expected))
+def max_difference(*args, **kwargs) -> float:
+    """NAFSSR's comparison on a random pair, through CVHSSR's official forward."""
+    return nafssr_parity.max_difference(*args, forward=official_forward, **kwargs)
 
 
 CASES = [  # id, scale, size, tlc, channel order

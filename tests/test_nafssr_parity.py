@@ -17,27 +17,32 @@ pytestmark = requires_official
 
 
 def paired_models(width: int, num_blocks: int, scale: int, tlc: bool = True, channel_order: str = 'bgr',
-                  dtype: torch.dtype = torch.float64, residual_scale: float = 1.0):
+                  dtype: torch.dtype = torch.float64, residual_scale: float = 1.0, *,
+                  official_build=official_nafssr, network: type[NAFSSR] = NAFSSR):
     """The official model (random init, non-zero random residual scales N(0, residual_scale^2), so the body
-    matters) and ours with its weights, loaded strictly."""
+    matters) and ours with its weights, loaded strictly. `official_build` and `network` pair another network of
+    NAFSSR's layout (tests/test_cvhssr_parity.py)."""
     torch.manual_seed(0)
-    official = official_nafssr(width, num_blocks, scale, tlc=tlc)
+    official = official_build(width, num_blocks, scale, tlc=tlc)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in official.named_parameters():
             if name.endswith(('.beta', '.gamma')):
                 p.copy_(residual_scale * torch.randn(p.shape, generator=g))
-    ours = NAFSSR(NAFSSRConfig(scale_factor=scale, width=width, num_blocks=num_blocks, tlc=tlc,
-                               channel_order=channel_order))
+    ours = network(network.config_class(scale_factor=scale, width=width, num_blocks=num_blocks, tlc=tlc,
+                                        channel_order=channel_order))
     ours.load_state_dict(official.state_dict(), strict=True)
     return official.to(dtype), ours.to(dtype)
 
 
-def max_difference(official, ours, size, channel_order: str = 'bgr', dtype=torch.float64, batch: int = 1) -> float:
+def max_difference(official, ours, size, channel_order: str = 'bgr', dtype=torch.float64, batch: int = 1, *,
+                   forward=official_forward) -> float:
+    """Largest |ours - official| over both SR views of a random pair of LR `size`; `forward` runs the official
+    model on a pair in its colour order."""
     left, right = (v.to(dtype) for v in random_pair(batch, *size, seed=3))
     to_official = (lambda v: v.flip(1)) if channel_order == 'bgr' else (lambda v: v)
     with torch.no_grad():
-        expected = official_forward(official, to_official(left), to_official(right))
+        expected = forward(official, to_official(left), to_official(right))
         out = ours(left, right)
     return max((to_official(sr) - e).abs().max().item() for sr, e in zip((out.sr_left, out.sr_right), expected))
 
