@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.nafssr import (CHANNEL_ORDER_OPTION, LayerNorm2d,
+from models.nafssr import (CHANNEL_ORDER_OPTION, CHANNEL_ORDERS, LayerNorm2d,
                            release_options)  # release_options: BasicSR {'params'} files are BGR
 from models.outputs import StereoSROutput, validate_pair
 from models.registry import ModelEntry, Recipe, register_model
@@ -57,7 +57,6 @@ FFN_EXPAND = 2
 LEAKY_SLOPE = 0.1
 FFN_KERNEL = 5
 GLOBAL_SPATIAL_KERNEL = 9
-CHANNEL_ORDERS = ('rgb', 'bgr')
 WINDOW_ATTENTIONS = ('heads', 'dual_scale')
 
 # Variants (official options/test/EHFSSR{_S,}/*.yml): channels, window attention form.
