@@ -113,11 +113,14 @@ def training_phases(stored: dict) -> list[tuple[str, list[dict]]]:
     return phases
 
 
-def teacher_reference(stored: dict, count: int = 32) -> tuple[str, float] | None:
+REFERENCE_SEED = 0     # the teacher line's patches: the same for every run, whatever seed it trained with
+
+
+def teacher_reference(stored: dict, count: int = 64) -> tuple[str, float] | None:
     """(label, PSNR) of an exported run's first --teacher on `count` fresh patches of the run's own trainset (the
-    same generator, crop and scale; an epoch no run of it saw), scored as the training PSNR is (left view, the
-    boundary columns cropped, `training.tasks.StereoSR.step_metrics`): the level the student's training PSNR climbs
-    towards. None, said in one line, when the run had no teacher or its file is not here as the run recorded it."""
+    same generator, crop and scale; an epoch no run of it saw, drawn with REFERENCE_SEED so that the line stays put
+    between runs that trained with other seeds), scored as the training PSNR is (left view, the boundary columns
+    cropped, `training.tasks.StereoSR.step_metrics`): the level the student's training PSNR climbs towards. None, said in one line, when the run had no teacher or its file is not here as the run recorded it."""
     args = stored.get('args', {})
     records = stored.get('teachers') or []
     if not args.get('teacher') or not records:
@@ -136,10 +139,9 @@ def teacher_reference(stored: dict, count: int = 32) -> tuple[str, float] | None
     from training.tasks import StereoSR
     from training.trainsets import stereo_dataset
 
-    config = SimpleNamespace(**{k: args.get(k) for k in ('trainset', 'scale_factor', 'synthetic_size', 'seed',
-                                                          'texture_dir', 'lr_crop', 'trainset_dir', 'map_patch',
-                                                          'map_pattern')},
-                             augment=False, channel_shuffle=False)
+    config = SimpleNamespace(**{k: args.get(k) for k in ('trainset', 'scale_factor', 'synthetic_size', 'texture_dir',
+                                                          'lr_crop', 'trainset_dir', 'map_patch', 'map_pattern')},
+                             seed=REFERENCE_SEED, augment=False, channel_shuffle=False)
     dataset = stereo_dataset(config)
     dataset.epoch = 10 ** 6       # scenes of an epoch the run never reached
     network, _ = load_model(found, args['scale_factor'], 'cpu', record['model'])
