@@ -299,6 +299,21 @@ def run_epochs(run: Run) -> int:
     return 0
 
 
+def export_only(config: TrainConfig, checkpoint: dict) -> int:
+    """--export_only: the --resume run's weights as last saved, with its log so far and the teachers it recorded. Only
+    the run's checkpoint and log are read: no training data, no teacher file (it need not be here), no lock (a run
+    still training can be exported as it is) and nothing written into the run's folder."""
+    model = build_model(config.model, config.scale_factor, **config.model_options)
+    try:
+        load_state_dict_checked(model, checkpoint['state_dict'], config.resume)
+    except ValueError as err:
+        raise ValueError(f'--resume: {err}') from None
+    export(model, config, task_for(config), config.checkpoint_dir, checkpoint['epoch'], checkpoint.get('teachers') or [])
+    log.info(f'weights-only checkpoint of {config.resume} as it is ({checkpoint["epoch"]} epoch(s) and '
+             f'{checkpoint.get("iteration", 0)} iteration(s) done): {config.export}')
+    return 0
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if int(os.environ.get('RANK', 0)) == 0 else logging.WARNING,
                         format='%(message)s')
@@ -307,14 +322,11 @@ def main(argv=None) -> int:
         raise UsageError('--export_only writes the --export FILE of the --resume run: give both')
     missing = resolve_weight_names(args)                  # release names of --init and --teacher -> files
     config, checkpoint = resolve_config(args)             # recipe < checkpoint < flags
+    if args.export_only:                                  # the weights as last saved, its log rows so far
+        return export_only(config, checkpoint)
     check_weight_files(config, missing)                   # every missing weight file at once, before any work
     run = setup(config, checkpoint, exporting=args.export is not None)
     try:
-        if args.export_only:        # the weights as last saved, its log rows so far; no step taken
-            export(run.model, config, run.task, run.run_dir, checkpoint['epoch'], run.teachers)
-            log.info(f'weights-only checkpoint of {config.resume} as it is ({checkpoint["epoch"]} epoch(s) and '
-                     f'{checkpoint.get("iteration", 0)} iteration(s) done): {config.export}')
-            return 0
         return run_epochs(run)
     finally:
         if run.lock is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import socket
 
 import pytest
 import torch
@@ -65,9 +67,12 @@ def test_export_only_writes_an_interrupted_run_as_it_is(tmp_path, caplog):
     run = tmp_path / 'cut'
     assert train.main(TINY + ['--checkpoint_dir', str(run), '--stop_after', '3']) == INTERRUPTED
     saved = torch.load(run / 'last.pth', map_location='cpu', weights_only=True)
-    log_before = (run / 'log.jsonl').read_text()
+    log_before, args_before = (run / 'log.jsonl').read_text(), (run / 'args.json').read_text()
+    # a run still training holds its folder's lock: exporting it as it is reads, it does not take the folder
+    (run / '.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': 'now'}))
     assert train.main(['--resume', str(run / 'last.pth'), '--export', str(tmp_path / 'now.pth'), '--export_only',
                        '--num_workers', '0']) == 0
+    assert (run / '.lock').is_file() and (run / 'args.json').read_text() == args_before
     assert 'as it is (1 epoch(s) and 1 iteration(s) done)' in caplog.text
     state_dict, stored = read_checkpoint(tmp_path / 'now.pth')
     assert stored['epoch'] == 1 and [r['epoch'] for r in stored['log']] == [1] and 'optimizer' not in stored
@@ -78,3 +83,29 @@ def test_export_only_writes_an_interrupted_run_as_it_is(tmp_path, caplog):
     assert (run / 'log.jsonl').read_text() == log_before
     with pytest.raises(train.UsageError, match='--export_only writes the --export FILE of the --resume run'):
         train.main(TINY + ['--export', str(tmp_path / 'x.pth'), '--export_only'])
+
+
+def test_export_only_needs_neither_the_teacher_file_nor_the_training_data(tmp_path):
+    """--export_only of a distilled run records the teachers the run recorded (path, network, SHA-256) although the
+    teacher file and the training data are gone: an export reads the run's checkpoint and log, nothing else."""
+    from models import build_model
+    from models.checkpoint import read_checkpoint, save_checkpoint
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / 'teacher.pth', build_model('nafssr-t', 2, drop_path=0.0).eval(),
+                    args={'model': 'nafssr-t', 'scale_factor': 2})
+    run = tmp_path / 'distilled'
+    assert train.main(TINY + ['--checkpoint_dir', str(run), '--stop_after', '3',
+                              '--teacher', str(tmp_path / 'teacher.pth'), 'nafssr-t', '0.5']) == INTERRUPTED
+    recorded = torch.load(run / 'last.pth', map_location='cpu', weights_only=False)['teachers']
+    assert [(r['model'], r['weight'], len(r['sha256'])) for r in recorded] == [('nafssr-t', 0.5, 64)]
+    (tmp_path / 'teacher.pth').unlink()
+    saved = torch.load(run / 'last.pth', map_location='cpu', weights_only=False)   # as if its data were not here:
+    saved['args'].update(trainset='patches', trainset_dir=str(tmp_path / 'absent'))   # a patch folder of elsewhere
+    torch.save(saved, run / 'last.pth')
+    assert train.main(['--resume', str(run / 'last.pth'), '--export', str(tmp_path / 'now.pth'), '--export_only']) == 0
+    state_dict, stored = read_checkpoint(tmp_path / 'now.pth')
+    assert stored['teachers'] == recorded and stored['args']['trainset'] == 'patches'
+    for key, value in saved['state_dict'].items():
+        assert torch.equal(value, state_dict[key]), key
+    with pytest.raises(FileNotFoundError, match='teacher.pth'):   # resuming the training itself needs the teacher
+        train.main(['--resume', str(run / 'last.pth'), '--num_workers', '0'])
