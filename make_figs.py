@@ -120,7 +120,8 @@ def teacher_reference(stored: dict, count: int = 64) -> tuple[str, float] | None
     """(label, PSNR) of an exported run's first --teacher on `count` fresh patches of the run's own trainset (the
     same generator, crop and scale; an epoch no run of it saw, drawn with REFERENCE_SEED so that the line stays put
     between runs that trained with other seeds), scored as the training PSNR is (left view, the boundary columns
-    cropped, `training.tasks.StereoSR.step_metrics`): the level the student's training PSNR climbs towards. None, said in one line, when the run had no teacher or its file is not here as the run recorded it."""
+    cropped, `training.tasks.StereoSR.step_metrics`): the level the student's training PSNR climbs towards. None,
+    said in one line, when the run had no teacher or its file is not here as the run recorded it."""
     args = stored.get('args', {})
     records = stored.get('teachers') or []
     if not args.get('teacher') or not records:

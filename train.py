@@ -161,10 +161,7 @@ def setup(config: TrainConfig, checkpoint: dict | None = None, exporting: bool =
         except ValueError as err:
             raise ValueError(f'--init: {err}') from None
     if checkpoint is not None:
-        try:   # the loaders' checks: shapes, scale, non-finite weights
-            load_state_dict_checked(model, checkpoint['state_dict'], config.resume)
-        except ValueError as err:
-            raise ValueError(f'--resume: {err}') from None
+        load_resumed_weights(model, config, checkpoint)
         optimizer.load_state_dict(checkpoint['optimizer'])
         scheduler.load_state_dict(checkpoint['scheduler'])
         scaler.load_state_dict(checkpoint.get('scaler', {}) or scaler.state_dict())
@@ -257,6 +254,14 @@ def check_weight_files(config: TrainConfig, missing: list[str]) -> None:
                              f'{student.modality.replace("_", "-")} network), e.g. a stereo SR network of the zoo')
 
 
+def load_resumed_weights(model: torch.nn.Module, config: TrainConfig, checkpoint: dict) -> None:
+    """The --resume run's weights into `model`, through the loaders' checks (shapes, scale, non-finite weights)."""
+    try:
+        load_state_dict_checked(model, checkpoint['state_dict'], config.resume)
+    except ValueError as err:
+        raise ValueError(f'--resume: {err}') from None
+
+
 def init_weights(config: TrainConfig, entry: ModelEntry) -> dict:
     """--init's state_dict. The options its weights fix (Option.of_weights: an authors' release's implied ones, e.g.
     BGR input for NAFSSR/CVHSSR/EHFSSR 'params' files, or those a project checkpoint recorded) go into
@@ -304,11 +309,9 @@ def export_only(config: TrainConfig, checkpoint: dict) -> int:
     the run's checkpoint and log are read: no training data, no teacher file (it need not be here), no lock (a run
     still training can be exported as it is) and nothing written into the run's folder."""
     model = build_model(config.model, config.scale_factor, **config.model_options)
-    try:
-        load_state_dict_checked(model, checkpoint['state_dict'], config.resume)
-    except ValueError as err:
-        raise ValueError(f'--resume: {err}') from None
-    export(model, config, task_for(config), config.checkpoint_dir, checkpoint['epoch'], checkpoint.get('teachers') or [])
+    load_resumed_weights(model, config, checkpoint)
+    export(model, config, task_for(config), config.checkpoint_dir, checkpoint['epoch'],
+           checkpoint.get('teachers') or [])
     log.info(f'weights-only checkpoint of {config.resume} as it is ({checkpoint["epoch"]} epoch(s) and '
              f'{checkpoint.get("iteration", 0)} iteration(s) done): {config.export}')
     return 0

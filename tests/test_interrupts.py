@@ -96,11 +96,12 @@ def test_export_only_needs_neither_the_teacher_file_nor_the_training_data(tmp_pa
     run = tmp_path / 'distilled'
     assert train.main(TINY + ['--checkpoint_dir', str(run), '--stop_after', '3',
                               '--teacher', str(tmp_path / 'teacher.pth'), 'nafssr-t', '0.5']) == INTERRUPTED
-    recorded = torch.load(run / 'last.pth', map_location='cpu', weights_only=False)['teachers']
+    saved = torch.load(run / 'last.pth', map_location='cpu', weights_only=False)
+    recorded = saved['teachers']
     assert [(r['model'], r['weight'], len(r['sha256'])) for r in recorded] == [('nafssr-t', 0.5, 64)]
     (tmp_path / 'teacher.pth').unlink()
-    saved = torch.load(run / 'last.pth', map_location='cpu', weights_only=False)   # as if its data were not here:
-    saved['args'].update(trainset='patches', trainset_dir=str(tmp_path / 'absent'))   # a patch folder of elsewhere
+    # as if its data were not here: a patch folder of elsewhere
+    saved['args'].update(trainset='patches', trainset_dir=str(tmp_path / 'absent'))
     torch.save(saved, run / 'last.pth')
     assert train.main(['--resume', str(run / 'last.pth'), '--export', str(tmp_path / 'now.pth'), '--export_only']) == 0
     state_dict, stored = read_checkpoint(tmp_path / 'now.pth')

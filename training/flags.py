@@ -293,8 +293,8 @@ def build_parser(description: str = '') -> argparse.ArgumentParser:
                             'labelled demo checkpoints in it')
     group.add_argument('--export_only', action='store_true',
                        help='with --resume and --export: write the weights-only file from the run as it was last saved '
-                            '(an unfinished, interrupted or still running run included) and exit without training; needs '
-                            'neither the training data nor the teacher files')
+                            '(an unfinished, interrupted or still running run included) and exit without training; '
+                            'needs neither the training data nor the teacher files')
     group.add_argument('--stop_after', type=int, default=0, help=argparse.SUPPRESS)  # tests: act as Ctrl-C
     group = parser.add_argument_group('runtime')
     add_device_args(parser)
